@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod id;
+pub mod retry;
+pub mod schedule;
+pub mod state;
+pub mod store;
+pub mod time;
+
+pub use commit::{Commit, InboxMark, Limits, StateWrite};
+pub use config::{Durability, ErrorCallback, OutboxConfig, StoreChoice};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use event::{Envelope, Headers, NewEvent, Payload, PayloadKind};
+pub use id::{ActorId, ConsumerId, Epoch, EventId, OrderingKey};
+pub use retry::{Backoff, RetryPolicy, SplitMix64};
+pub use schedule::KeyScheduler;
+pub use state::{StateSnapshot, Version};
+pub use store::{
+    Capabilities, ClaimRequest, CommitReceipt, DeliveryStore, DurableStore, DurableStoreExt, InboxStore,
+    InspectStore, LeaderGrant, LeaderStore, LeadershipMode, MaybeSendSync, StateStore, StoreStats,
+    async_trait,
+};
+pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
+
+/// The store traits, for `use outbox_core::prelude::*;` so their methods
+/// are callable on concrete store types.
+pub mod prelude {
+    pub use crate::store::{
+        DeliveryStore, DurableStore, DurableStoreExt, InboxStore, InspectStore, LeaderStore, StateStore,
+    };
+}

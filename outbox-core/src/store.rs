@@ -1,0 +1,375 @@
+//! The store contract: what every backend (memory, SQLite, sled, IndexedDB,
+//! PostgreSQL, or your own) promises.
+//!
+//! The contract is split by concern into [`StateStore`], [`DeliveryStore`],
+//! [`InspectStore`], [`InboxStore`] and [`LeaderStore`]; [`DurableStore`]
+//! is all of them plus [`DurableStore::capabilities`], and is what the rest
+//! of the library takes (`Arc<dyn DurableStore>`).
+//!
+//! The conformance suite in `outbox-testkit` is the executable form of the
+//! `# Contract` sections below: a behaviour it does not test is not promised.
+//!
+//! # Time
+//!
+//! A store reads "now" from the [`Clock`](crate::Clock) it was built with,
+//! never from the system directly, so tests can move time.
+//!
+//! # Implementing
+//!
+//! Implement the five traits with [`async_trait`](macro@async_trait) (re-exported here; use
+//! `#[async_trait(?Send)]` on `wasm32`), call [`Commit::validate`] first in
+//! [`StateStore::put_state_and_events`], and run the conformance suite.
+
+use std::fmt;
+use std::time::Duration;
+
+pub use async_trait::async_trait;
+
+use crate::commit::{Commit, Limits};
+use crate::error::Result;
+use crate::event::Envelope;
+use crate::id::{ActorId, ConsumerId, Epoch, EventId};
+use crate::state::{StateSnapshot, Version};
+use crate::time::Timestamp;
+
+/// `Send + Sync` on native targets; nothing on `wasm32`, where futures and
+/// stores hold JavaScript values that are neither.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSendSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> MaybeSendSync for T {}
+
+/// `Send + Sync` on native targets; nothing on `wasm32`, where futures and
+/// stores hold JavaScript values that are neither.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSendSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSendSync for T {}
+
+/// What a successful commit reports.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CommitReceipt {
+    /// The new state version, if the commit changed state.
+    pub version: Option<Version>,
+    /// When it was committed, by the store's clock.
+    pub committed_at: Timestamp,
+}
+
+/// Actor state and the atomic commit.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait StateStore: MaybeSendSync {
+    /// Writes the state change, the events and the inbox marks of `commit`
+    /// as one atomic unit.
+    ///
+    /// # Contract
+    ///
+    /// - All or nothing: on any error, the store holds exactly what it held
+    ///   before (no state without its events, no events without their state,
+    ///   no inbox mark without either).
+    /// - Input is checked with [`Commit::validate`] against the store's
+    ///   [`Limits`] before anything is written ([`Error::InvalidInput`](crate::Error::InvalidInput)).
+    /// - The state write succeeds only if the actor's stored version equals
+    ///   `expected_version` ([`Version::NONE`] when it has none); otherwise
+    ///   [`Error::Conflict`](crate::Error::Conflict). On success the version is
+    ///   `expected_version.next()`.
+    /// - An event id already in the store (pending, dead or delivered and
+    ///   not yet pruned) fails the commit with
+    ///   [`Error::DuplicateEvent`](crate::Error::DuplicateEvent).
+    /// - An inbox mark already stored fails the commit with
+    ///   [`Error::AlreadyProcessed`](crate::Error::AlreadyProcessed).
+    /// - Events become claimable in the order of `commit.events`, after all
+    ///   events of earlier commits that share their ordering key.
+    /// - When it returns `Ok`, the commit is as durable as
+    ///   [`Capabilities::durable`] says.
+    async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt>;
+
+    /// The last committed state of `actor`, or `None` if it has none.
+    ///
+    /// # Contract
+    ///
+    /// Reflects every commit that returned `Ok` before the call started
+    /// (read-your-writes), and survives reopen on a store whose
+    /// [`Capabilities::survives_reopen`] is true.
+    async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>>;
+}
+
+/// A grant of the flusher role, presented with every delivery operation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LeaderGrant {
+    /// Who holds it.
+    pub holder: String,
+    /// Its epoch; larger than every earlier grant's.
+    pub epoch: Epoch,
+    /// When it lapses unless renewed (by the store's clock).
+    pub expires_at: Timestamp,
+}
+
+/// How many leadership grants a store allows at once.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum LeadershipMode {
+    /// One flusher at a time (embedded stores, browser tabs): a new grant
+    /// fences every earlier one.
+    Exclusive,
+    /// Many concurrent flushers (PostgreSQL): each grant has its own epoch,
+    /// and fencing is per claimed event.
+    Shared,
+}
+
+/// The single-flusher role.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait LeaderStore: MaybeSendSync {
+    /// Tries to become a flusher for `ttl`.
+    ///
+    /// # Contract
+    ///
+    /// - Returns `Some` with an epoch larger than any earlier grant's, or
+    ///   `None` when (in [`LeadershipMode::Exclusive`]) another holder's
+    ///   grant has not expired and has not been released.
+    /// - A holder that already holds the role gets a new grant (the old one
+    ///   is fenced). Use a holder name unique to the process instance.
+    /// - A zero `ttl` is [`Error::InvalidInput`](crate::Error::InvalidInput).
+    async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>>;
+
+    /// Extends `grant` by `ttl` from now, keeping its epoch.
+    ///
+    /// # Contract
+    ///
+    /// [`Error::Fenced`](crate::Error::Fenced) if the grant was superseded
+    /// or released. An expired grant that nobody else took is renewed.
+    async fn renew_leadership(&self, grant: &LeaderGrant, ttl: Duration) -> Result<LeaderGrant>;
+
+    /// Gives the role up so another holder can take it at once.
+    ///
+    /// # Contract
+    ///
+    /// Releasing a superseded grant does nothing and is not an error.
+    async fn release_leadership(&self, grant: &LeaderGrant) -> Result<()>;
+}
+
+/// What to claim.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ClaimRequest {
+    /// Most events to return (0 returns none).
+    pub limit: usize,
+    /// How long the claimed events stay leased to the claimer.
+    pub lease: Duration,
+    /// Whether a dead-lettered event blocks the later events of its key
+    /// until it is requeued (park) or not (skip).
+    pub park_dead_keys: bool,
+}
+
+impl ClaimRequest {
+    /// Claims up to `limit` events for `lease`, skipping past dead letters.
+    pub fn new(limit: usize, lease: Duration) -> Self {
+        ClaimRequest { limit, lease, park_dead_keys: false }
+    }
+
+    /// Sets whether dead letters park their key.
+    pub fn park_dead_keys(mut self, park: bool) -> Self {
+        self.park_dead_keys = park;
+        self
+    }
+}
+
+/// Claiming and settling events for delivery.
+///
+/// Every operation runs under a [`LeaderGrant`]; one whose grant has been
+/// superseded fails with [`Error::Fenced`](crate::Error::Fenced) and changes
+/// nothing.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait DeliveryStore: MaybeSendSync {
+    /// Leases up to `request.limit` due events to `grant`.
+    ///
+    /// # Contract
+    ///
+    /// - Returns only events that are undelivered, not dead, due
+    ///   (`next_attempt_at <= now`), and not under an unexpired lease.
+    /// - Per-key order: an event is returned only if every earlier event of
+    ///   its key is delivered (or dead, unless `park_dead_keys`), or is
+    ///   returned before it in the same batch. So an event whose
+    ///   predecessor is leased or waiting for a retry is not returned.
+    /// - The result is in commit order.
+    /// - Each returned event's lease runs to `now + lease`, belongs to
+    ///   `grant.epoch`, and its `attempts` went up by one (the returned
+    ///   envelope shows the new count).
+    /// - A lease that expires makes the event claimable again: a crashed
+    ///   claimer loses nothing.
+    /// - A zero `lease` is [`Error::InvalidInput`](crate::Error::InvalidInput).
+    async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>>;
+
+    /// Marks events delivered.
+    ///
+    /// # Contract
+    ///
+    /// - Idempotent: acking a delivered or unknown (pruned) id is `Ok`.
+    /// - An id currently leased under another epoch, or pending and never
+    ///   claimed under `grant`, fails the whole call with
+    ///   [`Error::Fenced`](crate::Error::Fenced) and acks none of `ids`.
+    /// - A delivered event is never claimed again.
+    async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()>;
+
+    /// Puts a claimed event back, due at `at`, recording `error`.
+    ///
+    /// # Contract
+    ///
+    /// The event is not claimable before `at`; its lease ends now. Fenced
+    /// as [`DeliveryStore::ack`]; a delivered or unknown id is a no-op.
+    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()>;
+
+    /// Moves a claimed event to the dead letters, recording `error`.
+    ///
+    /// # Contract
+    ///
+    /// A dead event is never claimed, is listed by
+    /// [`InspectStore::list_dead`], and stays until requeued. Fenced as
+    /// [`DeliveryStore::ack`]; a delivered or unknown id is a no-op.
+    async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()>;
+}
+
+/// Counts over the outbox.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct StoreStats {
+    /// Events not yet delivered and not dead (leased ones included).
+    pub pending: u64,
+    /// Pending events under an unexpired lease.
+    pub in_flight: u64,
+    /// Dead-lettered events.
+    pub dead: u64,
+    /// Delivered events not yet pruned.
+    pub delivered: u64,
+    /// Commit time of the oldest pending event.
+    pub oldest_pending_at: Option<Timestamp>,
+}
+
+/// Looking into the outbox and tidying it up.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait InspectStore: MaybeSendSync {
+    /// Counts by status.
+    async fn stats(&self) -> Result<StoreStats>;
+
+    /// Up to `limit` pending events, in commit order.
+    async fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>>;
+
+    /// Up to `limit` dead-lettered events, in commit order, with their
+    /// `last_error`.
+    async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>>;
+
+    /// Moves the named dead events back to pending, due now, attempts reset
+    /// to zero. Returns how many moved; ids that are not dead are skipped.
+    async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64>;
+
+    /// Deletes up to `limit` delivered events acked before `before`.
+    ///
+    /// # Contract
+    ///
+    /// Never deletes a pending or dead event, nor one acked at or after
+    /// `before`. Returns how many were deleted.
+    async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64>;
+}
+
+/// The consumer inbox: which events a consumer has processed. Marks are
+/// written by [`StateStore::put_state_and_events`] ([`Commit::inbox`]).
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait InboxStore: MaybeSendSync {
+    /// Whether `consumer` has a mark for (`origin`, `id`).
+    async fn is_processed(&self, consumer: &ConsumerId, origin: &ActorId, id: EventId) -> Result<bool>;
+
+    /// Deletes up to `limit` inbox marks written before `before`; returns
+    /// how many.
+    async fn prune_inbox(&self, before: Timestamp, limit: usize) -> Result<u64>;
+}
+
+/// What a store can do, reported at run time.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The backend's name, e.g. `"sqlite"`.
+    pub backend: &'static str,
+    /// A commit that returned `Ok` survives a crash of the process.
+    pub durable: bool,
+    /// Reopening the same location finds everything committed.
+    pub survives_reopen: bool,
+    /// Several processes can share the store.
+    pub multi_process: bool,
+    /// How leadership grants work.
+    pub leadership: LeadershipMode,
+    /// The limits commits are checked against.
+    pub limits: Limits,
+}
+
+impl Capabilities {
+    /// A single-process, exclusive-leadership store with default limits.
+    pub fn new(backend: &'static str, durable: bool) -> Self {
+        Capabilities {
+            backend,
+            durable,
+            survives_reopen: durable,
+            multi_process: false,
+            leadership: LeadershipMode::Exclusive,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Sets [`Capabilities::survives_reopen`].
+    pub fn survives_reopen(mut self, yes: bool) -> Self {
+        self.survives_reopen = yes;
+        self
+    }
+
+    /// Sets [`Capabilities::multi_process`].
+    pub fn multi_process(mut self, yes: bool) -> Self {
+        self.multi_process = yes;
+        self
+    }
+
+    /// Sets [`Capabilities::leadership`].
+    pub fn leadership(mut self, mode: LeadershipMode) -> Self {
+        self.leadership = mode;
+        self
+    }
+
+    /// Sets [`Capabilities::limits`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// A complete outbox store: what the forwarder, the consumer and the actor
+/// runtime take, usually as `Arc<dyn DurableStore>`.
+pub trait DurableStore:
+    StateStore + DeliveryStore + InspectStore + InboxStore + LeaderStore + fmt::Debug
+{
+    /// What this store can do.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// Conveniences over any [`DurableStore`], provided for all of them (so
+/// wrappers need not forward them).
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait DurableStoreExt: DurableStore {
+    /// Number of pending events.
+    async fn pending_count(&self) -> Result<u64> {
+        Ok(self.stats().await?.pending)
+    }
+
+    /// Age of the oldest pending event at `now`, or `None` when nothing is
+    /// pending.
+    async fn oldest_pending_age(&self, now: Timestamp) -> Result<Option<Duration>> {
+        Ok(self.stats().await?.oldest_pending_at.map(|t| now.duration_since(t)))
+    }
+
+    /// The actor's version, [`Version::NONE`] when it has no state.
+    async fn current_version(&self, actor: &ActorId) -> Result<Version> {
+        Ok(self.load_state(actor).await?.map_or(Version::NONE, |s| s.version))
+    }
+}
+
+impl<T: DurableStore + ?Sized> DurableStoreExt for T {}

@@ -1,0 +1,423 @@
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use outbox_core::{
+    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
+    Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits, OrderingKey,
+    Result, SharedClock, StateSnapshot, StateStore, StoreStats, SystemClock, Timestamp, Version, async_trait,
+};
+
+/// The full store contract, in memory.
+///
+/// Not durable: everything is gone when the value is dropped. It reports
+/// `durable: false` in its [`Capabilities`] and logs a warning when made.
+/// Cloning is not offered; share it with `Arc`.
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    /// Opened over a [`MemoryBacking`] that outlives it.
+    reopenable: bool,
+    clock: SharedClock,
+    limits: Limits,
+}
+
+/// The data of a memory store, kept apart from any one handle: a store
+/// opened over the same backing after another was dropped finds everything
+/// the first committed, like a file reopened. Lost with the process.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryBacking(Arc<Mutex<Inner>>);
+
+impl MemoryBacking {
+    /// A new, empty backing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_seq: u64,
+    states: HashMap<ActorId, StateSnapshot>,
+    /// Events by commit sequence.
+    events: BTreeMap<u64, Row>,
+    by_id: HashMap<EventId, u64>,
+    inbox: HashMap<(ConsumerId, ActorId, EventId), Timestamp>,
+    leader: Option<LeaderGrant>,
+    last_epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Dead,
+    Delivered(Timestamp),
+}
+
+#[derive(Debug)]
+struct Row {
+    env: Envelope,
+    status: Status,
+    /// The epoch of the last claim, kept after the lease lapses.
+    claimed_by: Option<Epoch>,
+    lease_until: Option<Timestamp>,
+}
+
+impl Row {
+    fn leased_at(&self, now: Timestamp) -> bool {
+        self.lease_until.is_some_and(|t| t > now)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock, with default limits.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock::shared())
+    }
+
+    /// An empty store reading time from `clock`.
+    pub fn with_clock(clock: SharedClock) -> Self {
+        tracing::warn!(
+            target: "outbox",
+            "outbox: using the in-memory store; committed events are lost when the process exits (outbox.durable = 0)"
+        );
+        MemoryStore { inner: Arc::default(), reopenable: false, clock, limits: Limits::default() }
+    }
+
+    /// A store over `backing`: reopening (another `open` on the same
+    /// backing) keeps what was committed, within this process.
+    pub fn open(backing: &MemoryBacking, clock: SharedClock) -> Self {
+        MemoryStore { inner: backing.0.clone(), reopenable: true, ..Self::with_clock(clock) }
+    }
+
+    /// Sets the limits commits are checked against.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change:
+        // every mutation below validates first and then applies infallibly.
+        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Inner {
+    fn check_fence(&self, grant: &LeaderGrant) -> Result<()> {
+        let current = self.leader.as_ref().map(|g| g.epoch);
+        if current != Some(grant.epoch) {
+            return Err(Error::Fenced { epoch: grant.epoch, current });
+        }
+        Ok(())
+    }
+
+    /// The rows `grant` may settle; `Fenced` if any id is held by another
+    /// claim. Delivered, dead and unknown ids are skipped.
+    fn settleable(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<u64>> {
+        self.check_fence(grant)?;
+        let mut seqs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(&seq) = self.by_id.get(id) else { continue };
+            let row = &self.events[&seq];
+            if row.status != Status::Pending {
+                continue;
+            }
+            if row.claimed_by != Some(grant.epoch) {
+                return Err(Error::Fenced { epoch: grant.epoch, current: row.claimed_by });
+            }
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl StateStore for MemoryStore {
+    async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
+        commit.validate(&self.limits)?;
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        // Check everything first, then apply: nothing can fail after the
+        // first write.
+        if let Some(s) = &commit.state {
+            let actual = inner.states.get(&s.actor).map_or(Version::NONE, |st| st.version);
+            if actual != s.expected_version {
+                return Err(Error::Conflict { actor: s.actor.clone(), expected: s.expected_version, actual });
+            }
+        }
+        if let Some(e) = commit.events.iter().find(|e| inner.by_id.contains_key(&e.id)) {
+            return Err(Error::DuplicateEvent { id: e.id });
+        }
+        for m in &commit.inbox {
+            if inner.inbox.contains_key(&(m.consumer.clone(), m.origin.clone(), m.event_id)) {
+                return Err(Error::AlreadyProcessed {
+                    consumer: m.consumer.clone(),
+                    origin: m.origin.clone(),
+                    id: m.event_id,
+                });
+            }
+        }
+        let version = commit.state.map(|s| {
+            let version = s.expected_version.next();
+            inner.states.insert(s.actor, StateSnapshot { version, bytes: s.snapshot, updated_at: now });
+            version
+        });
+        for e in commit.events {
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.by_id.insert(e.id, seq);
+            let env = Envelope::committed(e, now);
+            inner
+                .events
+                .insert(seq, Row { env, status: Status::Pending, claimed_by: None, lease_until: None });
+        }
+        for m in commit.inbox {
+            inner.inbox.insert((m.consumer, m.origin, m.event_id), now);
+        }
+        Ok(CommitReceipt { version, committed_at: now })
+    }
+
+    async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {
+        Ok(self.lock().states.get(actor).cloned())
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl LeaderStore for MemoryStore {
+    async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_input("leadership ttl must be positive"));
+        }
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        if let Some(cur) = &inner.leader
+            && cur.holder != holder
+            && cur.expires_at > now
+        {
+            return Ok(None);
+        }
+        inner.last_epoch += 1;
+        let grant = LeaderGrant {
+            holder: holder.to_owned(),
+            epoch: Epoch(inner.last_epoch),
+            expires_at: now.saturating_add(ttl),
+        };
+        inner.leader = Some(grant.clone());
+        Ok(Some(grant))
+    }
+
+    async fn renew_leadership(&self, grant: &LeaderGrant, ttl: Duration) -> Result<LeaderGrant> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_input("leadership ttl must be positive"));
+        }
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.check_fence(grant)?;
+        let renewed = LeaderGrant { expires_at: now.saturating_add(ttl), ..grant.clone() };
+        inner.leader = Some(renewed.clone());
+        Ok(renewed)
+    }
+
+    async fn release_leadership(&self, grant: &LeaderGrant) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.leader.as_ref().is_some_and(|g| g.epoch == grant.epoch) {
+            inner.leader = None;
+        }
+        Ok(())
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl DeliveryStore for MemoryStore {
+    async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
+        if request.lease.is_zero() {
+            return Err(Error::invalid_input("claim lease must be positive"));
+        }
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.check_fence(grant)?;
+        let lease_until = now.saturating_add(request.lease);
+        let mut blocked: HashSet<OrderingKey> = HashSet::new();
+        let mut out = Vec::new();
+        for row in inner.events.values_mut() {
+            if out.len() >= request.limit {
+                break;
+            }
+            if blocked.contains(&row.env.key) {
+                continue;
+            }
+            match row.status {
+                Status::Delivered(_) => continue,
+                Status::Dead => {
+                    if request.park_dead_keys {
+                        blocked.insert(row.env.key.clone());
+                    }
+                    continue;
+                }
+                Status::Pending => {}
+            }
+            if row.leased_at(now) || row.env.next_attempt_at > now {
+                blocked.insert(row.env.key.clone());
+                continue;
+            }
+            row.env.attempts = row.env.attempts.saturating_add(1);
+            row.claimed_by = Some(grant.epoch);
+            row.lease_until = Some(lease_until);
+            out.push(row.env.clone());
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        for seq in inner.settleable(grant, ids)? {
+            if let Some(row) = inner.events.get_mut(&seq) {
+                row.status = Status::Delivered(now);
+                row.lease_until = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+        let mut inner = self.lock();
+        for seq in inner.settleable(grant, &[id])? {
+            if let Some(row) = inner.events.get_mut(&seq) {
+                row.env.next_attempt_at = at;
+                row.env.last_error = Some(error.to_owned());
+                row.lease_until = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
+        let mut inner = self.lock();
+        for seq in inner.settleable(grant, &[id])? {
+            if let Some(row) = inner.events.get_mut(&seq) {
+                row.status = Status::Dead;
+                row.env.last_error = Some(error.to_owned());
+                row.lease_until = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl InspectStore for MemoryStore {
+    async fn stats(&self) -> Result<StoreStats> {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let mut s = StoreStats::default();
+        for row in inner.events.values() {
+            match row.status {
+                Status::Pending => {
+                    s.pending += 1;
+                    if row.leased_at(now) {
+                        s.in_flight += 1;
+                    }
+                    let at = row.env.created_at;
+                    s.oldest_pending_at = Some(s.oldest_pending_at.map_or(at, |o| o.min(at)));
+                }
+                Status::Dead => s.dead += 1,
+                Status::Delivered(_) => s.delivered += 1,
+            }
+        }
+        Ok(s)
+    }
+
+    async fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {
+        let inner = self.lock();
+        Ok(inner
+            .events
+            .values()
+            .filter(|r| r.status == Status::Pending)
+            .take(limit)
+            .map(|r| r.env.clone())
+            .collect())
+    }
+
+    async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
+        let inner = self.lock();
+        Ok(inner
+            .events
+            .values()
+            .filter(|r| r.status == Status::Dead)
+            .take(limit)
+            .map(|r| r.env.clone())
+            .collect())
+    }
+
+    async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let mut moved = 0;
+        for id in ids {
+            let Some(&seq) = inner.by_id.get(id) else { continue };
+            if let Some(row) = inner.events.get_mut(&seq)
+                && row.status == Status::Dead
+            {
+                row.status = Status::Pending;
+                row.env.attempts = 0;
+                row.env.next_attempt_at = now;
+                row.claimed_by = None;
+                row.lease_until = None;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut inner = self.lock();
+        let doomed: Vec<(u64, EventId)> = inner
+            .events
+            .iter()
+            .filter(|(_, r)| matches!(r.status, Status::Delivered(at) if at < before))
+            .take(limit)
+            .map(|(seq, r)| (*seq, r.env.id))
+            .collect();
+        for (seq, id) in &doomed {
+            inner.events.remove(seq);
+            inner.by_id.remove(id);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl InboxStore for MemoryStore {
+    async fn is_processed(&self, consumer: &ConsumerId, origin: &ActorId, id: EventId) -> Result<bool> {
+        Ok(self.lock().inbox.contains_key(&(consumer.clone(), origin.clone(), id)))
+    }
+
+    async fn prune_inbox(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut inner = self.lock();
+        let doomed: Vec<_> =
+            inner.inbox.iter().filter(|(_, at)| **at < before).take(limit).map(|(k, _)| k.clone()).collect();
+        for k in &doomed {
+            inner.inbox.remove(k);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+impl DurableStore for MemoryStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new("memory", false).survives_reopen(self.reopenable).limits(self.limits)
+    }
+}

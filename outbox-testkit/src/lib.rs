@@ -1,0 +1,105 @@
+#![doc = include_str!("../README.md")]
+
+pub mod conformance;
+mod factory;
+mod faulty;
+pub mod model;
+
+pub use factory::StoreFactory;
+pub use faulty::{FaultMode, FaultyStore};
+
+/// Runs a future to completion on a fresh Tokio runtime (native only): what
+/// the generated tests use, so backends need no runtime of their own.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => panic!("cannot start a Tokio runtime for the test: {e}"),
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use proptest;
+}
+
+/// Expands to one `#[test]` per conformance property, each running
+/// `outbox_testkit::conformance::<property>(&factory)`.
+///
+/// ```ignore
+/// // tests/conformance.rs of a backend
+/// outbox_testkit::conformance_tests!(my_store::tests::Factory::default());
+/// ```
+///
+/// `cargo test -- --list` then shows `commit_then_load`,
+/// `version_conflict_writes_nothing`, ... one line each, and a failure
+/// names the property it broke.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::__conformance_tests!(
+            $factory;
+            commit_then_load,
+            version_conflict_writes_nothing,
+            commit_is_atomic_under_mid_commit_failure,
+            concurrent_commits_on_one_version_admit_one,
+            bad_input_rejected_and_nothing_written,
+            events_of_one_key_claimed_in_commit_order,
+            key_waits_for_its_leased_or_retrying_predecessor,
+            claims_exclusive_while_leased,
+            expired_lease_claimable_again,
+            ack_is_idempotent,
+            retry_later_not_claimable_before_its_time,
+            not_before_delays_first_delivery,
+            dead_letters_never_claimed_listed_and_requeueable,
+            dead_letter_parks_its_key_when_asked,
+            prune_removes_only_delivered_past_retention,
+            stats_count_by_status,
+            inbox_mark_atomic_with_state,
+            duplicate_inbox_mark_detected,
+            inbox_prune_removes_only_old_marks,
+            stale_leader_ack_rejected,
+            leadership_is_exclusive,
+            reopen_keeps_everything_committed,
+            fault_wrapper_passes_through_and_fails_on_cue,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($factory:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let factory = $factory;
+                $crate::block_on($crate::conformance::$name(&factory));
+            }
+        )+
+    };
+}
+
+/// Expands to a proptest `#[test]` named `model_matches_reference`: random
+/// sequences of commit / claim / ack / retry / dead-letter / requeue /
+/// prune / time / leadership operations against the store and a simple
+/// reference model, compared after every step.
+///
+/// `cases` is the number of random sequences (the `PROPTEST_CASES`
+/// environment variable overrides it).
+#[macro_export]
+macro_rules! model_tests {
+    ($factory:expr) => {
+        $crate::model_tests!($factory, cases = 64);
+    };
+    ($factory:expr, cases = $cases:expr) => {
+        $crate::__private::proptest::proptest! {
+            #![proptest_config($crate::model::config($cases))]
+            #[test]
+            fn model_matches_reference(ops in $crate::model::ops_strategy()) {
+                let factory = $factory;
+                $crate::block_on($crate::model::run(&factory, ops));
+            }
+        }
+    };
+}

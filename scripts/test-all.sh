@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: provisions what it needs, then runs every check CI
+# runs. Usage: scripts/test-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "provision: rust components and the wasm32 target"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add wasm32-unknown-unknown
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --locked
+
+step "docs"
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
+
+step "wasm32 build of the core"
+cargo build -p outbox-core --target wasm32-unknown-unknown --locked
+
+step "mutation check: every conformance test fails on a store broken the way it checks"
+python3 scripts/mutants.py
+
+step "all checks passed"
