@@ -94,6 +94,18 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// The store's location cannot be written: a read-only file or
+    /// directory, missing permissions. Retrying will not help; fix the
+    /// location.
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// What could not be opened or written.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The store was written by a newer version of this library; it is left
     /// untouched.
     #[error("store schema version {found} is newer than the {supported} this build supports")]
@@ -158,6 +170,8 @@ pub enum ErrorKind {
     Unavailable,
     /// See [`Error::Corrupted`].
     Corrupted,
+    /// See [`Error::PermissionDenied`].
+    PermissionDenied,
     /// See [`Error::SchemaTooNew`].
     SchemaTooNew,
     /// See [`Error::Serialization`].
@@ -187,6 +201,7 @@ impl Error {
             Error::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Corrupted { .. } => ErrorKind::Corrupted,
+            Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             Error::SchemaTooNew { .. } => ErrorKind::SchemaTooNew,
             Error::Serialization { .. } => ErrorKind::Serialization,
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,
