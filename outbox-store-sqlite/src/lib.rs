@@ -4,4 +4,4 @@ mod error;
 pub mod schema;
 mod store;
 
-pub use store::{SqliteOptions, SqliteStore, Synchronous};
+pub use store::{GroupCommitStats, SqliteOptions, SqliteStore, Synchronous};

@@ -2,7 +2,8 @@ use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -118,6 +119,21 @@ impl SqliteOptions {
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
+#[derive(Debug, Default)]
+struct Counts {
+    transactions: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// How much group commit coalesced, since the store was opened.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct GroupCommitStats {
+    /// Commit transactions (fsyncs) run.
+    pub transactions: u64,
+    /// `put_state_and_events` calls they carried, failed members included.
+    pub commits: u64,
+}
+
 enum Msg {
     Commit(Member),
     Job(Job),
@@ -142,7 +158,9 @@ struct Member {
 /// cannot lead while the lock is held. Fencing is by epoch, checked inside
 /// every delivery transaction.
 pub struct SqliteStore {
-    tx: Mutex<Sender<Msg>>,
+    tx: Mutex<Option<Sender<Msg>>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    counts: Arc<Counts>,
     path: PathBuf,
     lock_path: PathBuf,
     lock: Mutex<Option<File>>,
@@ -176,6 +194,14 @@ impl SqliteStore {
         &self.path
     }
 
+    /// How many transactions the commits so far took.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            transactions: self.counts.transactions.load(Ordering::Relaxed),
+            commits: self.counts.commits.load(Ordering::Relaxed),
+        }
+    }
+
     fn open_with(o: SqliteOptions) -> Result<Self> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&o.path, flags).map_err(|e| map("open", e))?;
@@ -196,22 +222,29 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync).map_err(|e| map("set synchronous", e))?;
         schema::migrate(&mut conn)?;
-        if let Some(bytes) = o.max_size_bytes {
-            let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| map("page size", e))?;
-            let pages = (bytes as i64 / page.max(512)).max(1);
-            conn.pragma_update(None, "max_page_count", pages).map_err(|e| map("set max page count", e))?;
-        }
+        let cap_pages = match o.max_size_bytes {
+            Some(bytes) => {
+                let page: i64 =
+                    conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| map("page size", e))?;
+                Some((i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(512)).max(1))
+            }
+            None => None,
+        };
         let (tx, rx) = channel();
-        let worker = Worker { conn, clock: o.clock.clone(), granted: None };
+        let counts = Arc::new(Counts::default());
+        let worker =
+            Worker { conn, clock: o.clock.clone(), granted: None, counts: counts.clone(), cap_pages, capped: None };
         let max_batch = o.max_batch;
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("outbox-sqlite".into())
             .spawn(move || run(worker, rx, max_batch))
             .map_err(|e| Error::Internal { message: "cannot start the sqlite worker".into(), source: Some(Box::new(e)) })?;
         let mut lock_path = o.path.clone().into_os_string();
         lock_path.push(".lock");
         Ok(SqliteStore {
-            tx: Mutex::new(tx),
+            tx: Mutex::new(Some(tx)),
+            worker: Some(handle),
+            counts,
             path: o.path,
             lock_path: lock_path.into(),
             lock: Mutex::new(None),
@@ -222,8 +255,10 @@ impl SqliteStore {
 
     fn send(&self, msg: Msg) -> Result<()> {
         lock(&self.tx)
-            .send(msg)
-            .map_err(|_| Error::Unavailable { message: "the sqlite worker has stopped".into(), source: None })
+            .as_ref()
+            .ok_or(())
+            .and_then(|tx| tx.send(msg).map_err(|_| ()))
+            .map_err(|()| Error::Unavailable { message: "the sqlite worker has stopped".into(), source: None })
     }
 
     async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Worker) -> Result<T> + Send + 'static) -> Result<T> {
@@ -254,6 +289,17 @@ impl SqliteStore {
             }
             Err(TryLockError::WouldBlock) => Ok(false),
             Err(TryLockError::Error(e)) => Err(io_error("lock the leadership lock file", e)),
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Closes the file: queued work finishes, the connection closes (and
+    /// checkpoints), the leadership lock is released.
+    fn drop(&mut self) {
+        drop(lock(&self.tx).take());
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
         }
     }
 }
@@ -307,6 +353,13 @@ pub(crate) struct Worker {
     clock: SharedClock,
     /// The epoch this handle granted last and has not released.
     granted: Option<u64>,
+    counts: Arc<Counts>,
+    /// The size cap in pages, for commits only: delivery and pruning get
+    /// headroom above it, so a full outbox can still drain.
+    cap_pages: Option<i64>,
+    /// Whether the cap (rather than the headroom) is in force now; `None`
+    /// before the first write.
+    capped: Option<bool>,
 }
 
 const ENVELOPE_COLS: &str = "id, origin, key, event_type, payload_kind, payload, headers, schema_version, \
@@ -475,15 +528,32 @@ impl Worker {
         self.clock.now().as_millis()
     }
 
+    /// Puts the commit cap (`for_commit`) or the headroom above it in
+    /// force; does nothing without a cap.
+    fn cap(&mut self, for_commit: bool) -> Result<()> {
+        let Some(cap) = self.cap_pages else { return Ok(()) };
+        if self.capped != Some(for_commit) {
+            let pages = if for_commit { cap } else { cap + (cap / 10).max(64) };
+            self.conn.pragma_update(None, "max_page_count", pages).map_err(|e| map("set max page count", e))?;
+            self.capped = Some(for_commit);
+        }
+        Ok(())
+    }
+
     fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        self.cap(false)?;
         self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map("begin", e))
     }
 
     fn commit_batch(&mut self, batch: Vec<Member>) {
         let now = self.now();
         let single = batch.len() == 1;
+        self.counts.transactions.fetch_add(1, Ordering::Relaxed);
+        self.counts.commits.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let outcome = (|| -> Result<Vec<Result<Option<Version>>>> {
-            let mut tx = self.write_tx()?;
+            self.cap(true)?;
+            let mut tx =
+                self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map("begin", e))?;
             let mut results = Vec::with_capacity(batch.len());
             if single {
                 let r = apply(&tx, &batch[0], now);
@@ -850,6 +920,7 @@ impl InspectStore for SqliteStore {
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.call(move |w| {
+            w.cap(false)?;
             let n = w
                 .conn
                 .execute(
@@ -880,6 +951,7 @@ impl InboxStore for SqliteStore {
 
     async fn prune_inbox(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.call(move |w| {
+            w.cap(false)?;
             let n = w
                 .conn
                 .execute(
