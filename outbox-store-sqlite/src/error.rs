@@ -26,7 +26,9 @@ pub(crate) fn map(what: &str, e: rusqlite::Error) -> Error {
         _ => match e {
             rusqlite::Error::FromSqlConversionFailure(..)
             | rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => Error::Corrupted { message, source: Some(Box::new(e)) },
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                Error::Corrupted { message, source: Some(Box::new(e)) }
+            }
             _ => Error::Internal { message, source: Some(Box::new(e)) },
         },
     }

@@ -70,8 +70,11 @@ const MIGRATIONS: &[&str] = &[
 /// Reads the schema version; fails with `Corrupted` on a file that is not
 /// a SQLite database.
 pub(crate) fn read_version(conn: &Connection) -> Result<u32> {
-    let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| map("read schema version", e))?;
-    u32::try_from(v).map_err(|_| Error::Corrupted { message: format!("schema version {v} out of range"), source: None })
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| map("read schema version", e))?;
+    u32::try_from(v)
+        .map_err(|_| Error::Corrupted { message: format!("schema version {v} out of range"), source: None })
 }
 
 /// Checks that a non-empty file is an outbox file, then applies the
@@ -81,7 +84,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     if found > SCHEMA_VERSION {
         return Err(Error::SchemaTooNew { found, supported: SCHEMA_VERSION });
     }
-    let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(|e| map("read application id", e))?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| map("read application id", e))?;
     if found > 0 && app_id != APPLICATION_ID {
         return Err(Error::Corrupted {
             message: format!("not an outbox file (application_id {app_id:#x}, schema version {found})"),

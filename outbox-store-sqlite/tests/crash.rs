@@ -61,7 +61,7 @@ fn child(path: &Path) {
     for t in 0..THREADS {
         let (store, out) = (store.clone(), out.clone());
         threads.push(std::thread::spawn(move || {
-            let mut rng = SplitMix64::new(seed ^ (t as u64 + 1) * 0x9E37);
+            let mut rng = SplitMix64::new(seed ^ ((t as u64 + 1) * 0x9E37));
             let actors: Vec<ActorId> =
                 (0..ACTORS_PER_THREAD).map(|j| ActorId::new(format!("t{t}-a{j}")).unwrap()).collect();
             let mut versions: Vec<Version> = actors
@@ -92,7 +92,8 @@ fn child(path: &Path) {
     }
     // The forwarder.
     let grant = loop {
-        if let Some(g) = block_on(store.acquire_leadership("crash-child", Duration::from_secs(3600))).unwrap() {
+        if let Some(g) = block_on(store.acquire_leadership("crash-child", Duration::from_secs(3600))).unwrap()
+        {
             break g;
         }
     };
@@ -122,9 +123,13 @@ struct Ledger {
 
 fn parent() {
     let kills: u64 = std::env::var("OUTBOX_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let seed: u64 = std::env::var("OUTBOX_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    });
+    let seed: u64 =
+        std::env::var("OUTBOX_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        });
     println!("{NAME}: {kills} kills, OUTBOX_CRASH_SEED={seed}");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("crash.db");
@@ -134,7 +139,7 @@ fn parent() {
     let mut killed_before_first_line = 0;
     for k in 0..kills {
         // 1 in 8 runs is killed as soon as it starts (during open/migration).
-        let wait_lines = if rng.next_u64() % 8 == 0 { 0 } else { rng.next_u64() % 80 };
+        let wait_lines = if rng.next_u64().is_multiple_of(8) { 0 } else { rng.next_u64() % 80 };
         let mut child = Command::new(&exe)
             .env("OUTBOX_CRASH_CHILD", &path)
             .env("OUTBOX_CRASH_CHILD_SEED", rng.next_u64().to_string())
@@ -217,7 +222,10 @@ fn verify(path: &Path, ledger: &Ledger, k: u64) {
     assert_eq!(ok, "ok", "kill {k}: integrity check");
     let mut versions: HashMap<String, u64> = HashMap::new();
     let mut st = c.prepare("SELECT actor, version, snapshot FROM outbox_state").unwrap();
-    for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))).unwrap() {
+    for row in st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))
+        .unwrap()
+    {
         let (actor, v, snapshot) = row.unwrap();
         assert_eq!(snapshot, format!("{actor}@{v}").into_bytes(), "kill {k}: snapshot matches its version");
         versions.insert(actor, v as u64);
@@ -226,7 +234,10 @@ fn verify(path: &Path, ledger: &Ledger, k: u64) {
     let mut events: HashMap<(String, u64), (u64, u64)> = HashMap::new();
     let mut statuses: HashMap<String, String> = HashMap::new();
     let mut st = c.prepare("SELECT id, payload, status FROM outbox_events").unwrap();
-    for row in st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?))).unwrap() {
+    for row in st
+        .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?)))
+        .unwrap()
+    {
         let (id, payload, status) = row.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         let key = (body["actor"].as_str().unwrap().to_owned(), body["version"].as_u64().unwrap());
@@ -242,7 +253,10 @@ fn verify(path: &Path, ledger: &Ledger, k: u64) {
     }
     for (actor, v) in &versions {
         for version in 1..=*v {
-            assert!(events.contains_key(&(actor.clone(), version)), "kill {k}: {actor} v{version} has no events");
+            assert!(
+                events.contains_key(&(actor.clone(), version)),
+                "kill {k}: {actor} v{version} has no events"
+            );
         }
     }
     for id in &ledger.acked {

@@ -9,8 +9,8 @@ use futures::executor::block_on;
 use futures::future::join_all;
 use outbox_core::prelude::*;
 use outbox_core::{
-    ActorId, ClaimRequest, Commit, ConsumerId, Envelope, ErrorKind, EventId, NewEvent, Payload, Result, Timestamp,
-    Version,
+    ActorId, ClaimRequest, Commit, ConsumerId, Envelope, ErrorKind, EventId, NewEvent, Payload, Result,
+    Timestamp, Version,
 };
 use outbox_store_sqlite::{SqliteStore, Synchronous};
 
@@ -68,7 +68,16 @@ fn failing_member_does_not_spoil_the_batch() {
         let a = actor(&format!("a{i}"));
         let c = Commit::state(a.clone(), Version::NONE, b"ok".to_vec()).event(event(&a, i));
         let (c, want) = match i % 6 {
-            1 => (Commit { state: Some(outbox_core::StateWrite { expected_version: Version(3), ..c.state.clone().unwrap() }), ..c }, Some(ErrorKind::Conflict)),
+            1 => (
+                Commit {
+                    state: Some(outbox_core::StateWrite {
+                        expected_version: Version(3),
+                        ..c.state.clone().unwrap()
+                    }),
+                    ..c
+                },
+                Some(ErrorKind::Conflict),
+            ),
             3 => (c.event(existing.clone()), Some(ErrorKind::DuplicateEvent)),
             5 => (c.mark_processed(consumer.clone(), &seen), Some(ErrorKind::AlreadyProcessed)),
             _ => (c, None),
@@ -99,8 +108,10 @@ fn a_file_that_is_not_sqlite_is_corrupted_and_left_alone() {
 fn store_with_events(path: &Path, n: u64) {
     let store = SqliteStore::open(path).unwrap();
     let a = actor("a");
-    let events: Vec<_> = (0..n).map(|i| NewEvent::new(a.clone(), "T", Payload::bytes(vec![i as u8; 900]))).collect();
-    block_on(store.put_state_and_events(Commit::state(a, Version::NONE, b"s".to_vec()).events(events))).unwrap();
+    let events: Vec<_> =
+        (0..n).map(|i| NewEvent::new(a.clone(), "T", Payload::bytes(vec![i as u8; 900]))).collect();
+    block_on(store.put_state_and_events(Commit::state(a, Version::NONE, b"s".to_vec()).events(events)))
+        .unwrap();
 }
 
 #[test]
@@ -184,7 +195,11 @@ fn a_full_disk_is_quota_exceeded_and_keeps_what_was_committed() {
     assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
     assert!(committed > 5);
     assert_eq!(block_on(store.stats()).unwrap().pending, committed, "everything committed before is there");
-    assert_eq!(block_on(store.load_state(&a)).unwrap().unwrap().version, version, "the failed commit wrote nothing");
+    assert_eq!(
+        block_on(store.load_state(&a)).unwrap().unwrap().version,
+        version,
+        "the failed commit wrote nothing"
+    );
 
     // Delivering and pruning frees space; commits go through again.
     let g = block_on(store.acquire_leadership("l", Duration::from_secs(30))).unwrap().unwrap();
@@ -242,7 +257,11 @@ fn a_read_only_directory_is_permission_denied() {
         .output()
         .expect("runuser");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("1 passed"), "probe as nobody failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "probe as nobody failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -256,7 +275,8 @@ fn a_second_handle_commits_but_cannot_lead_while_the_lock_is_held() {
 
     let x = actor("x");
     let e = event(&x, 1);
-    block_on(b.put_state_and_events(Commit::state(x, Version::NONE, b"s".to_vec()).event(e.clone()))).unwrap();
+    block_on(b.put_state_and_events(Commit::state(x, Version::NONE, b"s".to_vec()).event(e.clone())))
+        .unwrap();
     let claimed = block_on(a.claim(&ga, ClaimRequest::new(10, ttl))).unwrap();
     assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e.id], "the leader sees b's commit");
     block_on(a.ack(&ga, &[e.id])).unwrap();
@@ -279,8 +299,10 @@ fn normal_synchronous_mode_commits_and_reopens() {
     {
         let store = SqliteStore::options(&path).synchronous(Synchronous::Normal).open().unwrap();
         let a = actor("a");
-        block_on(store.put_state_and_events(Commit::state(a, Version::NONE, b"n".to_vec()).event(event(&actor("a"), 1))))
-            .unwrap();
+        block_on(store.put_state_and_events(
+            Commit::state(a, Version::NONE, b"n".to_vec()).event(event(&actor("a"), 1)),
+        ))
+        .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(block_on(store.load_state(&actor("a"))).unwrap().unwrap().bytes, b"n");

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod conformance;
 mod factory;
 mod faulty;
