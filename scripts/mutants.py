@@ -41,6 +41,8 @@ MUTANTS = [
        .replace("now - 1_000_000_000", "now.saturating_sub(std::time::Duration::from_secs(1_000_000))"))]),
     (["ack_is_idempotent"],
      [("Status::Delivered(_) => continue,", "Status::Delivered(_) => {}")]),
+    (["release_returns_claims_unattempted"],
+     [("row.env.attempts = row.env.attempts.saturating_sub(1);", "")]),
     (["retry_later_not_claimable_before_its_time"],
      [("row.env.next_attempt_at = at;", "let _ = at;")]),
     (["not_before_delays_first_delivery"],

@@ -212,6 +212,17 @@ pub trait DeliveryStore: MaybeSendSync {
     /// - A delivered event is never claimed again.
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()>;
 
+    /// Hands claimed events back unattempted: their leases end now and the
+    /// attempt their claim counted is taken back.
+    ///
+    /// # Contract
+    ///
+    /// For the forwarder's "not delivered after all" case (an earlier event
+    /// of the same key failed): the events are claimable again at once and
+    /// their `attempts` are as before the claim. Fenced as
+    /// [`DeliveryStore::ack`]; delivered, dead or unknown ids are skipped.
+    async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()>;
+
     /// Puts a claimed event back, due at `at`, recording `error`.
     ///
     /// # Contract

@@ -290,6 +290,19 @@ impl DeliveryStore for MemoryStore {
         Ok(())
     }
 
+    async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let mut inner = self.lock();
+        for seq in inner.settleable(grant, ids)? {
+            if let Some(row) = inner.events.get_mut(&seq)
+                && row.lease_until.is_some()
+            {
+                row.env.attempts = row.env.attempts.saturating_sub(1);
+                row.lease_until = None;
+            }
+        }
+        Ok(())
+    }
+
     async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
         let mut inner = self.lock();
         for seq in inner.settleable(grant, &[id])? {

@@ -942,6 +942,26 @@ impl DeliveryStore for SqliteStore {
         self.call(move |w| w.ack(&grant, &ids)).await
     }
 
+    async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let (grant, ids) = (grant.clone(), ids.to_vec());
+        self.call(move |w| {
+            let tx = w.write_tx()?;
+            check_fence(&tx, &grant)?;
+            for id in ids {
+                if let Some(seq) = settleable(&tx, &grant, id)? {
+                    tx.prepare_cached(
+                        "UPDATE outbox_events SET attempts = max(attempts - 1, 0), lease_until = NULL
+                         WHERE seq = ?1 AND lease_until IS NOT NULL",
+                    )
+                    .and_then(|mut st| st.execute([seq]))
+                    .map_err(|e| map("release", e))?;
+                }
+            }
+            tx.commit().map_err(|e| map("commit release", e))
+        })
+        .await
+    }
+
     async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
         let (grant, error) = (grant.clone(), error.to_owned());
         self.call(move |w| {

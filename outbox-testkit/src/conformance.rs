@@ -454,6 +454,30 @@ pub async fn ack_is_idempotent<F: StoreFactory>(factory: &F) {
     assert!(ctx.pending_ids().await.is_empty());
 }
 
+/// `release` hands claims back unattempted: claimable again at once, with
+/// the attempt count as before; a stale grant's release is fenced.
+pub async fn release_returns_claims_unattempted<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let a = actor("a");
+    let evs = vec![event(&a, 1), event(&a, 2), event(&a, 3)];
+    ctx.commit_events(evs.clone()).await;
+    let g = ctx.lead("l").await;
+    assert_eq!(ctx.claim(&g, 10).await.len(), 3);
+    ctx.store.release(&g, &[evs[1].id, evs[2].id]).await.expect("release");
+    assert_eq!(ctx.stats().await.in_flight, 1, "released events are no longer leased");
+    ctx.store.ack(&g, &[evs[0].id]).await.expect("ack");
+    let again = ctx.claim(&g, 10).await;
+    assert_eq!(ids(&again), vec![evs[1].id, evs[2].id], "claimable again at once");
+    assert!(again.iter().all(|e| e.attempts == 1), "the released claim was not counted as an attempt");
+    ctx.store.release(&g, &[evs[0].id, EventId::new()]).await.expect("delivered and unknown ids are skipped");
+
+    ctx.advance(TTL.max(LEASE) + Duration::from_secs(1));
+    let g2 = ctx.lead("m").await;
+    assert_eq!(ids(&ctx.claim(&g2, 10).await), vec![evs[1].id, evs[2].id]);
+    assert_eq!(kind_of(ctx.store.release(&g, &[evs[1].id]).await), ErrorKind::Fenced);
+    assert_eq!(ctx.stats().await.in_flight, 2, "the stale release changed nothing");
+}
+
 /// `retry_later` ends the lease and hides the event until its time, with
 /// the error recorded.
 pub async fn retry_later_not_claimable_before_its_time<F: StoreFactory>(factory: &F) {

@@ -160,6 +160,9 @@ impl DeliveryStore for FaultyStore {
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         faulty!(self, "ack", self.inner.ack(grant, ids))
     }
+    async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        faulty!(self, "release", self.inner.release(grant, ids))
+    }
     async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
         faulty!(self, "retry_later", self.inner.retry_later(grant, id, at, error))
     }

@@ -51,6 +51,7 @@ macro_rules! conformance_tests {
             claims_exclusive_while_leased,
             expired_lease_claimable_again,
             ack_is_idempotent,
+            release_returns_claims_unattempted,
             retry_later_not_claimable_before_its_time,
             not_before_delays_first_delivery,
             dead_letters_never_claimed_listed_and_requeueable,

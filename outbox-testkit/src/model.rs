@@ -55,6 +55,11 @@ pub enum Op {
         /// Also ack an id the store never saw.
         unknown: bool,
     },
+    /// Release some held events unattempted.
+    Release {
+        /// Indexes into the held events.
+        picks: Vec<u8>,
+    },
     /// Retry a held event later.
     Retry {
         /// Index into the held events.
@@ -99,6 +104,7 @@ pub fn ops_strategy() -> impl Strategy<Value = Vec<Op>> {
         5 => (0u8..6, 1u32..3_000, any::<bool>()).prop_map(|(limit, lease_ms, park)| Op::Claim { limit, lease_ms, park }),
         4 => (prop::collection::vec(any::<u8>(), 0..4), prop::bool::weighted(0.2)).prop_map(|(picks, unknown)| Op::Ack { picks, unknown }),
         2 => (any::<u8>(), 0u32..4_000).prop_map(|(pick, delay_ms)| Op::Retry { pick, delay_ms }),
+        1 => prop::collection::vec(any::<u8>(), 1..3).prop_map(|picks| Op::Release { picks }),
         1 => any::<u8>().prop_map(|pick| Op::DeadLetter { pick }),
         1 => any::<u8>().prop_map(|pick| Op::Requeue { pick }),
         3 => (0u32..4_000).prop_map(|ms| Op::Advance { ms }),
@@ -305,6 +311,24 @@ pub async fn run<F: StoreFactory>(factory: &F, ops: Vec<Op>) {
                 for e in m.events.iter_mut().filter(|e| ids.contains(&e.id) && e.st == St::Pending) {
                     e.st = St::Delivered(now);
                     e.lease_until = None;
+                }
+            }
+            Op::Release { picks } => {
+                let held = m.held(grant.epoch.0);
+                if held.is_empty() {
+                    continue;
+                }
+                let mut chosen: Vec<usize> = picks.iter().map(|p| held[*p as usize % held.len()]).collect();
+                chosen.dedup();
+                let ids: Vec<EventId> = chosen.iter().map(|&i| m.events[i].id).collect();
+                store.release(&grant, &ids).await.unwrap_or_else(|e| panic!("{ctx}: release: {e}"));
+                let mut seen = HashSet::new();
+                for i in chosen {
+                    let e = &mut m.events[i];
+                    if seen.insert(i) && e.lease_until.is_some() {
+                        e.attempts = e.attempts.saturating_sub(1);
+                        e.lease_until = None;
+                    }
                 }
             }
             Op::Retry { pick, delay_ms } => {
