@@ -83,6 +83,24 @@ impl<K: Eq + Hash + Clone, T> KeyScheduler<K, T> {
         self.queues.remove(key).map(Vec::from).unwrap_or_default()
     }
 
+    /// Removes and returns every queued (not started) item, oldest key
+    /// first, each key's items in order: for abandoning a batch (say, when
+    /// the sink's circuit opens). In-flight items stay in flight.
+    pub fn drain_queued(&mut self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.queued());
+        let keys: Vec<K> = self.ready.drain(..).collect();
+        for k in keys {
+            if let Some(q) = self.queues.remove(&k) {
+                out.extend(q);
+            }
+        }
+        // Keys waiting behind an in-flight item are not in `ready`.
+        for (_, q) in self.queues.drain() {
+            out.extend(q);
+        }
+        out
+    }
+
     /// Lets a parked key take items again.
     pub fn unpark(&mut self, key: &K) {
         self.parked.remove(key);
@@ -168,6 +186,22 @@ mod tests {
         s.unpark(&"bad");
         s.push("bad", 3).unwrap();
         assert_eq!(s.take_next(), Some(("bad", 3)));
+    }
+
+    #[test]
+    fn drain_queued_returns_everything_not_started() {
+        let mut s = KeyScheduler::new(1);
+        s.push("a", 1).unwrap();
+        s.push("a", 2).unwrap();
+        s.push("b", 3).unwrap();
+        assert_eq!(s.take_next(), Some(("a", 1)));
+        let mut rest = s.drain_queued();
+        rest.sort();
+        assert_eq!(rest, vec![2, 3]);
+        assert_eq!(s.queued(), 0);
+        assert_eq!(s.in_flight(), 1);
+        s.complete(&"a");
+        assert!(s.is_idle());
     }
 
     #[test]

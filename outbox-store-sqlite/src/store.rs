@@ -409,18 +409,23 @@ const ENVELOPE_COLS: &str = "id, origin, key, event_type, payload_kind, payload,
                              created_at, attempts, next_attempt_at, last_error";
 
 fn envelope(r: &Row<'_>) -> rusqlite::Result<Result<Envelope>> {
-    let id: Vec<u8> = r.get(0)?;
-    let origin: String = r.get(1)?;
-    let key: String = r.get(2)?;
-    let event_type: String = r.get(3)?;
-    let kind: String = r.get(4)?;
-    let payload: Vec<u8> = r.get(5)?;
-    let headers: String = r.get(6)?;
-    let schema_version: i64 = r.get(7)?;
-    let created_at: i64 = r.get(8)?;
-    let attempts: i64 = r.get(9)?;
-    let next_attempt_at: i64 = r.get(10)?;
-    let last_error: Option<String> = r.get(11)?;
+    envelope_at(r, 0)
+}
+
+/// Decodes [`ENVELOPE_COLS`] starting at column `at`.
+fn envelope_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Envelope>> {
+    let id: Vec<u8> = r.get(at)?;
+    let origin: String = r.get(at + 1)?;
+    let key: String = r.get(at + 2)?;
+    let event_type: String = r.get(at + 3)?;
+    let kind: String = r.get(at + 4)?;
+    let payload: Vec<u8> = r.get(at + 5)?;
+    let headers: String = r.get(at + 6)?;
+    let schema_version: i64 = r.get(at + 7)?;
+    let created_at: i64 = r.get(at + 8)?;
+    let attempts: i64 = r.get(at + 9)?;
+    let next_attempt_at: i64 = r.get(at + 10)?;
+    let last_error: Option<String> = r.get(at + 11)?;
     Ok((|| {
         let bytes: [u8; 16] = id.as_slice().try_into().map_err(|_| corrupt("event id is not 16 bytes"))?;
         let headers: Headers =
@@ -440,6 +445,19 @@ fn envelope(r: &Row<'_>) -> rusqlite::Result<Result<Envelope>> {
             last_error,
         })
     })())
+}
+
+/// `[a,b,c]`: a JSON array of already-encoded items, for `json_each`.
+fn json_list<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let mut s = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&item.to_string());
+    }
+    s.push(']');
+    s
 }
 
 fn corrupt(message: &str) -> Error {
@@ -750,43 +768,60 @@ impl Worker {
             }
         }
         let lease_until = Timestamp::from_millis(now).saturating_add(req.lease).as_millis();
-        let mut out = Vec::with_capacity(seqs.len());
-        {
+        let mut out: Vec<(i64, Envelope)> = Vec::with_capacity(seqs.len());
+        if !seqs.is_empty() {
+            // One statement for the whole batch: the seqs go in as a JSON array.
             let mut st = tx
                 .prepare_cached(&format!(
                     "UPDATE outbox_events SET attempts = attempts + 1, lease_until = ?2, claimed_epoch = ?3
-                     WHERE seq = ?1 RETURNING {ENVELOPE_COLS}"
+                     WHERE seq IN (SELECT value FROM json_each(?1)) RETURNING seq, {ENVELOPE_COLS}"
                 ))
                 .map_err(|e| map("prepare claim", e))?;
-            for seq in seqs {
-                let env = st
-                    .query_row(params![seq, lease_until, grant.epoch.0 as i64], envelope)
-                    .map_err(|e| map("claim", e))??;
-                out.push(env);
+            let rows = st
+                .query_map(params![json_list(seqs.iter()), lease_until, grant.epoch.0 as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, envelope_at(r, 1)?))
+                })
+                .map_err(|e| map("claim", e))?;
+            for row in rows {
+                let (seq, env) = row.map_err(|e| map("claim", e))?;
+                out.push((seq, env?));
             }
         }
         tx.commit().map_err(|e| map("commit claim", e))?;
-        Ok(out)
+        // RETURNING gives no order: put the batch back in commit order.
+        out.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(out.into_iter().map(|(_, e)| e).collect())
     }
 
     fn ack(&mut self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         let now = self.now();
         let tx = self.write_tx()?;
         check_fence(&tx, grant)?;
-        {
-            let mut fast = tx
-                .prepare_cached(
-                    "UPDATE outbox_events SET status = 'delivered', delivered_at = ?3, lease_until = NULL
-                     WHERE id = ?1 AND status = 'pending' AND claimed_epoch = ?2",
-                )
-                .map_err(|e| map("prepare ack", e))?;
-            for id in ids {
-                let changed = fast
-                    .execute(params![&id.to_bytes()[..], grant.epoch.0 as i64, now])
+        if !ids.is_empty() {
+            // One statement for the whole batch: the ids go in as a JSON
+            // array of hex strings.
+            let mut acked = std::collections::HashSet::with_capacity(ids.len());
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "UPDATE outbox_events SET status = 'delivered', delivered_at = ?3, lease_until = NULL
+                         WHERE id IN (SELECT unhex(value) FROM json_each(?1))
+                           AND status = 'pending' AND claimed_epoch = ?2
+                         RETURNING id",
+                    )
+                    .map_err(|e| map("prepare ack", e))?;
+                let hex = json_list(ids.iter().map(|id| format!("\"{}\"", id.as_uuid().simple())));
+                let rows = st
+                    .query_map(params![hex, grant.epoch.0 as i64, now], |r| r.get::<_, Vec<u8>>(0))
                     .map_err(|e| map("ack", e))?;
-                // Not acked by the fast path: delivered, dead or unknown
-                // (a no-op), or held by another claim (fenced).
-                if changed == 0 {
+                for row in rows {
+                    acked.insert(row.map_err(|e| map("ack", e))?);
+                }
+            }
+            // Not acked: delivered, dead or unknown (a no-op), or held by
+            // another claim (fenced: the whole ack rolls back).
+            for id in ids {
+                if !acked.contains(&id.to_bytes()[..]) {
                     settleable(&tx, grant, *id)?;
                 }
             }
@@ -817,12 +852,19 @@ impl Worker {
 
     fn stats(&mut self) -> Result<StoreStats> {
         let now = self.now();
-        let mut s = StoreStats::default();
+        // Delivered rows are counted on their partial index (no table
+        // scan); the undelivered ones are read in full.
+        let delivered = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox_events WHERE status = 'delivered'")
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(|e| map("stats", e))? as u64;
+        let mut s = StoreStats { delivered, ..StoreStats::default() };
         let mut st = self
             .conn
             .prepare_cached(
                 "SELECT status, COUNT(*), MIN(created_at), SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END)
-                 FROM outbox_events GROUP BY status",
+                 FROM outbox_events WHERE status <> 'delivered' GROUP BY status",
             )
             .map_err(|e| map("prepare stats", e))?;
         let mut rows = st.query([now]).map_err(|e| map("stats", e))?;
@@ -838,7 +880,6 @@ impl Worker {
                         r.get::<_, Option<i64>>(3).map_err(|e| map("stats", e))?.unwrap_or(0) as u64;
                 }
                 "dead" => s.dead = count as u64,
-                "delivered" => s.delivered = count as u64,
                 other => return Err(corrupt(&format!("unknown event status {other:?}"))),
             }
         }

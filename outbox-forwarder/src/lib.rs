@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+#![warn(clippy::unwrap_used)]
+
+mod breaker;
+mod config;
+pub mod metrics;
+mod sink;
+mod worker;
+
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
+pub use config::{DeadLetterPolicy, ForwarderConfig};
+pub use sink::{Bus, BusSink, ChannelSink, Outcome, Sink, Subscription, Topic};
+pub use worker::{CycleReport, Forwarder, ForwarderHandle, Wake};

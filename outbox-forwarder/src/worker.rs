@@ -1,0 +1,492 @@
+//! The forwarder: claims committed events and delivers them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use outbox_core::{
+    ClaimRequest, DurableStore, Envelope, ErrorKind, EventId, KeyScheduler, LeaderGrant, OrderingKey, Result,
+    SplitMix64, Timestamp,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{BreakerState, CircuitBreaker, Permit};
+use crate::config::{DeadLetterPolicy, ForwarderConfig};
+use crate::metrics as m;
+use crate::sink::{Outcome, Sink};
+
+#[derive(Debug, Default)]
+struct WakeInner {
+    notify: Notify,
+    online: AtomicBool,
+}
+
+/// Wakes a forwarder: after a commit ([`Wake::wake`]) or when the sink is
+/// reachable again ([`Wake::notify_online`]). Cheap to clone; a wake-up
+/// sent while the forwarder is busy is kept for its next wait.
+#[derive(Clone, Debug, Default)]
+pub struct Wake {
+    inner: Arc<WakeInner>,
+}
+
+impl Wake {
+    /// Something was committed: look now instead of at the next tick.
+    pub fn wake(&self) {
+        self.inner.notify.notify_one();
+    }
+
+    /// The sink (or the network) is back: close the circuit breaker to a
+    /// probe and look now.
+    pub fn notify_online(&self) {
+        self.inner.online.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_one();
+    }
+}
+
+/// What one [`Forwarder::run_once`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Whether this forwarder held leadership for the cycle.
+    pub leader: bool,
+    /// Its grant was found superseded during the cycle; it stepped down.
+    pub fenced: bool,
+    /// The claim limit used (0 when nothing was claimed for lack of
+    /// leadership or an open circuit).
+    pub limit: usize,
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events delivered and acked.
+    pub delivered: usize,
+    /// Events put back for a later retry.
+    pub retried: usize,
+    /// Events dead-lettered.
+    pub dead_lettered: usize,
+    /// Events handed back unattempted (behind a failed event of their key,
+    /// or abandoned when the circuit opened).
+    pub released: usize,
+    /// The breaker after the cycle.
+    pub circuit: BreakerState,
+}
+
+impl Default for CycleReport {
+    fn default() -> Self {
+        CycleReport {
+            leader: false,
+            fenced: false,
+            limit: 0,
+            claimed: 0,
+            delivered: 0,
+            retried: 0,
+            dead_lettered: 0,
+            released: 0,
+            circuit: BreakerState::Closed,
+        }
+    }
+}
+
+/// Delivers committed events from a store to a sink: at least once, in
+/// commit order per key, different keys concurrently.
+///
+/// Drive it with [`Forwarder::spawn`] (or [`Forwarder::run`]), or step it
+/// with [`Forwarder::run_once`] in tests.
+pub struct Forwarder {
+    store: Arc<dyn DurableStore>,
+    sink: Arc<dyn Sink>,
+    cfg: ForwarderConfig,
+    wake: Wake,
+    rng: SplitMix64,
+    breaker: CircuitBreaker,
+    grant: Option<LeaderGrant>,
+    next_due: Option<Timestamp>,
+    last_prune: Option<Timestamp>,
+    last_stats: Option<Timestamp>,
+}
+
+impl fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("store", &self.store)
+            .field("sink", &self.sink)
+            .field("grant", &self.grant)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running forwarder task.
+#[derive(Debug)]
+pub struct ForwarderHandle {
+    wake: Wake,
+    cancel: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl ForwarderHandle {
+    /// The forwarder's wake-up handle.
+    pub fn waker(&self) -> &Wake {
+        &self.wake
+    }
+
+    /// Stops it: the batch in flight finishes (or, if the process dies
+    /// first, its lease lapses), leadership is released.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.join.await;
+    }
+}
+
+impl Forwarder {
+    /// A forwarder from `store` to `sink`.
+    pub fn new(store: Arc<dyn DurableStore>, sink: Arc<dyn Sink>, cfg: ForwarderConfig) -> Self {
+        Forwarder {
+            store,
+            sink,
+            rng: SplitMix64::new(cfg.seed),
+            breaker: CircuitBreaker::new(cfg.breaker),
+            cfg,
+            wake: Wake::default(),
+            grant: None,
+            next_due: None,
+            last_prune: None,
+            last_stats: None,
+        }
+    }
+
+    /// The handle that wakes this forwarder.
+    pub fn waker(&self) -> Wake {
+        self.wake.clone()
+    }
+
+    /// The circuit breaker's state.
+    pub fn circuit(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// The leadership grant held, if any.
+    pub fn grant(&self) -> Option<&LeaderGrant> {
+        self.grant.as_ref()
+    }
+
+    /// Runs on the current Tokio runtime until [`ForwarderHandle::shutdown`].
+    pub fn spawn(self) -> ForwarderHandle {
+        let cancel = CancellationToken::new();
+        let wake = self.wake.clone();
+        let join = tokio::spawn(self.run(cancel.clone()));
+        ForwarderHandle { wake, cancel, join }
+    }
+
+    /// Runs until `cancel`: a cycle at start, then one after every wake-up,
+    /// tick, due retry or probe time. An idle forwarder's tick backs off
+    /// from `flush_interval` to `max_idle_interval`; a full batch is
+    /// followed at once by the next.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut idle = self.cfg.flush_interval;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let wait = match self.run_once().await {
+                Ok(r) if r.claimed > 0 && r.claimed >= r.limit => Duration::ZERO,
+                Ok(r) if r.claimed > 0 => {
+                    idle = self.cfg.flush_interval;
+                    idle
+                }
+                Ok(_) => {
+                    let w = idle;
+                    idle = (idle * 2).min(self.cfg.max_idle_interval);
+                    w
+                }
+                Err(e) => {
+                    tracing::warn!(target: "outbox", error = %e, "forwarder cycle failed");
+                    let w = idle;
+                    idle = (idle * 2).min(self.cfg.max_idle_interval);
+                    w
+                }
+            };
+            let wait = match self.next_due {
+                Some(at) => wait.min(at.duration_since(self.cfg.clock.now())),
+                None => wait,
+            };
+            if wait.is_zero() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.wake.inner.notify.notified() => idle = self.cfg.flush_interval,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.step_down().await;
+    }
+
+    /// Releases leadership, if held.
+    pub async fn step_down(&mut self) {
+        if let Some(g) = self.grant.take()
+            && let Err(e) = self.store.release_leadership(&g).await
+        {
+            tracing::warn!(target: "outbox", error = %e, "releasing leadership failed; it will expire");
+        }
+    }
+
+    /// One cycle: make sure of leadership, claim a batch (one probe event
+    /// when the circuit is half-open, none when open), deliver it, settle
+    /// every event, then the leader's housekeeping (gauges, pruning).
+    pub async fn run_once(&mut self) -> Result<CycleReport> {
+        let started = tokio::time::Instant::now();
+        let now = self.cfg.clock.now();
+        let mut report = CycleReport::default();
+        if self.wake.inner.online.swap(false, Ordering::SeqCst) {
+            self.breaker.online();
+        }
+        if self.next_due.is_some_and(|t| t <= now) {
+            self.next_due = None;
+        }
+        if !self.ensure_leader(now).await? {
+            report.circuit = self.breaker.state();
+            return Ok(report);
+        }
+        report.leader = true;
+        let limit = match self.breaker.permit(now) {
+            Permit::All => self.cfg.batch_size,
+            Permit::Probe => 1,
+            Permit::Wait(until) => {
+                self.next_due = Some(self.next_due.map_or(until, |t| t.min(until)));
+                report.circuit = self.breaker.state();
+                self.housekeeping(now).await?;
+                return Ok(report);
+            }
+        };
+        report.limit = limit;
+        let request = ClaimRequest::new(limit, self.cfg.lease)
+            .park_dead_keys(self.cfg.dead_letters == DeadLetterPolicy::Park);
+        let Some(grant) = self.grant.clone() else { return Ok(report) };
+        let batch = match self.store.claim(&grant, request).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::Fenced => return Ok(self.fenced(report)),
+            Err(e) => return Err(e),
+        };
+        report.claimed = batch.len();
+        if !batch.is_empty() {
+            match self.deliver(&grant, batch, &mut report).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Fenced => return Ok(self.fenced(report)),
+                Err(e) => return Err(e),
+            }
+            metrics::histogram!(m::FLUSH_MS).record(started.elapsed().as_secs_f64() * 1e3);
+        }
+        report.circuit = self.breaker.state();
+        self.housekeeping(now).await?;
+        Ok(report)
+    }
+
+    fn fenced(&mut self, mut report: CycleReport) -> CycleReport {
+        tracing::warn!(target: "outbox", "forwarder lost leadership (fenced); stepping down");
+        self.grant = None;
+        report.leader = false;
+        report.fenced = true;
+        report.circuit = self.breaker.state();
+        report
+    }
+
+    async fn ensure_leader(&mut self, now: Timestamp) -> Result<bool> {
+        let ttl = self.cfg.leader_ttl;
+        if let Some(g) = &self.grant {
+            if g.expires_at.duration_since(now) > ttl / 2 {
+                return Ok(true);
+            }
+            match self.store.renew_leadership(g, ttl).await {
+                Ok(renewed) => {
+                    self.grant = Some(renewed);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Fenced => self.grant = None,
+                Err(e) => return Err(e),
+            }
+        }
+        self.grant = self.store.acquire_leadership(&self.cfg.holder, ttl).await?;
+        Ok(self.grant.is_some())
+    }
+
+    async fn deliver(
+        &mut self,
+        grant: &LeaderGrant,
+        batch: Vec<Envelope>,
+        report: &mut CycleReport,
+    ) -> Result<()> {
+        let mut sched: KeyScheduler<OrderingKey, Envelope> = KeyScheduler::new(self.cfg.max_concurrency);
+        // Fast path: a batch of distinct keys that fits the concurrency
+        // bound is one round; the scheduler only sees what a failure hands
+        // back to it (nothing, as every key has one event).
+        let mut first_round = None;
+        let distinct = batch.len() <= self.cfg.max_concurrency && {
+            let mut keys = HashSet::with_capacity(batch.len());
+            batch.iter().all(|e| keys.insert(&e.key))
+        };
+        if distinct {
+            first_round = Some(batch);
+        } else {
+            for e in batch {
+                // A fresh scheduler has no parked keys: every push succeeds.
+                let _ = sched.push(e.key.clone(), e);
+            }
+        }
+        loop {
+            let round = match first_round.take() {
+                Some(round) => round,
+                None => {
+                    let mut round = Vec::new();
+                    while let Some((_, e)) = sched.take_next() {
+                        round.push(e);
+                    }
+                    round
+                }
+            };
+            if round.is_empty() {
+                break;
+            }
+            let t0 = tokio::time::Instant::now();
+            let mut outcomes = self.sink.publish(&round).await;
+            let slow = t0.elapsed() > self.cfg.breaker.slow_call;
+            outcomes.truncate(round.len());
+            while outcomes.len() < round.len() {
+                outcomes.push(Outcome::Retriable("the sink returned no outcome for this event".into()));
+            }
+            let now = self.cfg.clock.now();
+            let mut acks = Vec::new();
+            let mut release: Vec<Envelope> = Vec::new();
+            for (e, outcome) in round.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Ok => {
+                        acks.push(e.id);
+                        sched.complete(&e.key);
+                        if !slow {
+                            self.breaker.on_success();
+                        }
+                    }
+                    Outcome::Retriable(msg) => {
+                        self.failed(grant, e, None, &msg, now, &mut sched, &mut release, report).await?
+                    }
+                    Outcome::RetryAfter(d, msg) => {
+                        self.failed(grant, e, Some(d), &msg, now, &mut sched, &mut release, report).await?
+                    }
+                    Outcome::NonRetriable(msg) => {
+                        self.dead(grant, e, &msg, &mut sched, &mut release, report).await?;
+                    }
+                }
+            }
+            if slow {
+                self.breaker.on_failure(now);
+            }
+            if !acks.is_empty() {
+                self.store.ack(grant, &acks).await?;
+                report.delivered += acks.len();
+                metrics::counter!(m::DELIVERED).increment(acks.len() as u64);
+            }
+            let open = self.breaker.is_open();
+            if open {
+                release.extend(sched.drain_queued());
+            }
+            if !release.is_empty() {
+                let ids: Vec<EventId> = release.iter().map(|e| e.id).collect();
+                self.store.release(grant, &ids).await?;
+                report.released += ids.len();
+            }
+            if open {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn failed(
+        &mut self,
+        grant: &LeaderGrant,
+        e: &Envelope,
+        after: Option<Duration>,
+        msg: &str,
+        now: Timestamp,
+        sched: &mut KeyScheduler<OrderingKey, Envelope>,
+        release: &mut Vec<Envelope>,
+        report: &mut CycleReport,
+    ) -> Result<()> {
+        metrics::counter!(m::FAILED).increment(1);
+        self.breaker.on_failure(now);
+        if !self.cfg.retry.may_retry(e.attempts) {
+            let msg = format!("gave up after {} attempts: {msg}", e.attempts);
+            return self.dead(grant, e, &msg, sched, release, report).await;
+        }
+        // While the circuit is open the sink is down, not this event: the
+        // breaker paces the probes, and the event is due again as soon as
+        // the circuit closes (a RetryAfter is still honoured).
+        let delay = match after {
+            Some(d) => d,
+            None if self.breaker.is_open() => Duration::ZERO,
+            None => self.cfg.retry.backoff.delay(e.attempts, self.rng.next_unit()),
+        };
+        let at = now.saturating_add(delay);
+        self.store.retry_later(grant, e.id, at, msg).await?;
+        report.retried += 1;
+        self.next_due = Some(self.next_due.map_or(at, |t| t.min(at)));
+        // The key's later events in this batch wait for this one.
+        release.extend(sched.park(&e.key));
+        Ok(())
+    }
+
+    async fn dead(
+        &mut self,
+        grant: &LeaderGrant,
+        e: &Envelope,
+        msg: &str,
+        sched: &mut KeyScheduler<OrderingKey, Envelope>,
+        release: &mut Vec<Envelope>,
+        report: &mut CycleReport,
+    ) -> Result<()> {
+        tracing::warn!(target: "outbox", event = %e.id, key = %e.key, error = msg, "event dead-lettered");
+        self.store.dead_letter(grant, e.id, msg).await?;
+        report.dead_lettered += 1;
+        metrics::counter!(m::DEAD_LETTERED).increment(1);
+        match self.cfg.dead_letters {
+            DeadLetterPolicy::Park => release.extend(sched.park(&e.key)),
+            DeadLetterPolicy::Skip => sched.complete(&e.key),
+        }
+        Ok(())
+    }
+
+    /// Gauges (at most every `stats_every`) and pruning (every
+    /// `prune_every`), by the leader only.
+    async fn housekeeping(&mut self, now: Timestamp) -> Result<()> {
+        metrics::gauge!(m::CIRCUIT_OPEN).set(if self.breaker.is_open() { 1.0 } else { 0.0 });
+        metrics::gauge!(m::DURABLE).set(if self.store.capabilities().durable { 1.0 } else { 0.0 });
+        if self.last_stats.is_none_or(|t| now.duration_since(t) >= self.cfg.stats_every) {
+            self.last_stats = Some(now);
+            let s = self.store.stats().await?;
+            metrics::gauge!(m::PENDING).set(s.pending as f64);
+            let lag = s.oldest_pending_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+            metrics::gauge!(m::LAG_SECONDS).set(lag);
+            let blocked = if self.cfg.dead_letters == DeadLetterPolicy::Park && s.dead > 0 {
+                let dead = self.store.list_dead(10_000).await?;
+                dead.iter().map(|e| &e.key).collect::<HashSet<_>>().len()
+            } else {
+                0
+            };
+            metrics::gauge!(m::BLOCKED_KEYS).set(blocked as f64);
+        }
+        if let Some(retention) = self.cfg.retention
+            && self.last_prune.is_none_or(|t| now.duration_since(t) >= self.cfg.prune_every)
+        {
+            self.last_prune = Some(now);
+            let pruned =
+                self.store.prune_delivered(now.saturating_sub(retention), self.cfg.prune_batch).await?;
+            if pruned > 0 {
+                tracing::debug!(target: "outbox", pruned, "pruned delivered events");
+            }
+        }
+        Ok(())
+    }
+}

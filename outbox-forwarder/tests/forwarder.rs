@@ -1,0 +1,552 @@
+//! Forwarder behaviour, deterministic: a manual clock shared by store and
+//! forwarder with stepped cycles, or paused Tokio time for the timer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox_core::prelude::*;
+use outbox_core::{
+    ActorId, Backoff, Clock, Commit, Envelope, EventId, ManualClock, NewEvent, OrderingKey, RetryPolicy,
+    SharedClock, SplitMix64, Timestamp,
+};
+use outbox_forwarder::{
+    BreakerConfig, BreakerState, ChannelSink, DeadLetterPolicy, Forwarder, ForwarderConfig, Outcome, Sink,
+};
+use outbox_store_memory::MemoryStore;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
+
+struct Rig {
+    clock: Arc<ManualClock>,
+    store: Arc<dyn DurableStore>,
+    sink: Arc<ChannelSink>,
+    rx: UnboundedReceiver<Envelope>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let clock = ManualClock::new(T0);
+        let store: Arc<dyn DurableStore> = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let (sink, rx) = ChannelSink::new();
+        Rig { clock, store, sink, rx }
+    }
+
+    fn config(&self) -> ForwarderConfig {
+        let clock: SharedClock = self.clock.clone();
+        ForwarderConfig { clock, seed: 42, ..ForwarderConfig::default() }
+    }
+
+    fn forwarder(&self, cfg: ForwarderConfig) -> Forwarder {
+        let sink: Arc<dyn Sink> = self.sink.clone();
+        Forwarder::new(self.store.clone(), sink, cfg)
+    }
+
+    /// Commits `per_key` events for each of `keys` keys, interleaved, one
+    /// commit per event; returns them in commit order.
+    async fn commit(&self, keys: usize, per_key: usize) -> Vec<NewEvent> {
+        let mut all = Vec::new();
+        for i in 0..per_key {
+            for k in 0..keys {
+                let a = ActorId::new(format!("k{k}")).unwrap();
+                let e = NewEvent::json(a, "T", &serde_json::json!({ "k": k, "i": i })).unwrap();
+                self.store.put_state_and_events(Commit::events_only().event(e.clone())).await.unwrap();
+                all.push(e);
+            }
+        }
+        all
+    }
+
+    fn delivered(&mut self) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+
+    async fn pending(&self) -> u64 {
+        self.store.stats().await.unwrap().pending
+    }
+}
+
+fn by_key(events: &[Envelope]) -> HashMap<OrderingKey, Vec<EventId>> {
+    let mut m: HashMap<OrderingKey, Vec<EventId>> = HashMap::new();
+    for e in events {
+        m.entry(e.key.clone()).or_default().push(e.id);
+    }
+    m
+}
+
+fn by_key_new(events: &[NewEvent]) -> HashMap<OrderingKey, Vec<EventId>> {
+    let mut m: HashMap<OrderingKey, Vec<EventId>> = HashMap::new();
+    for e in events {
+        m.entry(e.key.clone()).or_default().push(e.id);
+    }
+    m
+}
+
+#[tokio::test]
+async fn delivers_per_key_in_commit_order_with_bounded_concurrency() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(10, 20).await;
+    let mut f = rig.forwarder(ForwarderConfig { batch_size: 50, max_concurrency: 4, ..rig.config() });
+    for _ in 0..100 {
+        if rig.pending().await == 0 {
+            break;
+        }
+        f.run_once().await.unwrap();
+    }
+    assert_eq!(rig.pending().await, 0);
+    let delivered = rig.delivered();
+    assert_eq!(delivered.len(), committed.len(), "each event exactly once");
+    assert_eq!(by_key(&delivered), by_key_new(&committed), "per-key commit order");
+    let calls = rig.sink.calls();
+    assert!(calls.iter().all(|n| *n <= 4), "at most max_concurrency per round: {calls:?}");
+    assert!(calls.contains(&4), "keys run in parallel: {calls:?}");
+}
+
+#[tokio::test]
+async fn backoff_schedule_is_full_jitter_with_a_cap() {
+    let rig = Rig::new();
+    let committed = rig.commit(1, 1).await;
+    let id = committed[0].id;
+    rig.sink.script(|_| Outcome::Retriable("down".into()));
+    let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_millis(400) };
+    let cfg = ForwarderConfig {
+        retry: RetryPolicy { backoff, max_attempts: 100 },
+        breaker: BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() },
+        ..rig.config()
+    };
+    let mut f = rig.forwarder(cfg);
+    let mut rng = SplitMix64::new(42);
+    for attempt in 1..=8u32 {
+        let now = rig.clock.now();
+        let r = f.run_once().await.unwrap();
+        assert_eq!(r.retried, 1, "attempt {attempt}");
+        let e = rig.store.list_pending(1).await.unwrap().remove(0);
+        assert_eq!((e.id, e.attempts), (id, attempt));
+        let want = backoff.delay(attempt, rng.next_unit());
+        assert_eq!(e.next_attempt_at, now.saturating_add(want), "attempt {attempt}: seeded full jitter");
+        assert!(want <= backoff.ceiling(attempt) && want <= backoff.cap);
+        // Not before it is due...
+        if !want.is_zero() {
+            rig.clock.set(e.next_attempt_at.saturating_sub(Duration::from_millis(1)));
+            assert_eq!(f.run_once().await.unwrap().claimed, 0, "attempt {attempt}: not early");
+        }
+        rig.clock.set(e.next_attempt_at);
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let mut rig = Rig::new();
+    rig.commit(1, 1).await;
+    let first = Arc::new(AtomicUsize::new(0));
+    let f1 = first.clone();
+    rig.sink.script(move |_| {
+        if f1.fetch_add(1, Ordering::SeqCst) == 0 {
+            Outcome::RetryAfter(Duration::from_secs(7), "429".into())
+        } else {
+            Outcome::Ok
+        }
+    });
+    let mut f = rig.forwarder(rig.config());
+    assert_eq!(f.run_once().await.unwrap().retried, 1);
+    let e = rig.store.list_pending(1).await.unwrap().remove(0);
+    assert_eq!(e.next_attempt_at, T0.saturating_add(Duration::from_secs(7)));
+    rig.clock.advance(Duration::from_millis(6_999));
+    assert_eq!(f.run_once().await.unwrap().claimed, 0);
+    rig.clock.advance(Duration::from_millis(1));
+    assert_eq!(f.run_once().await.unwrap().delivered, 1);
+    assert_eq!(rig.delivered().len(), 1);
+}
+
+fn poison(key: &'static str) -> impl Fn(&Envelope) -> Outcome + Send + Sync {
+    move |e: &Envelope| {
+        if e.key.as_str() == key { Outcome::Retriable("poison".into()) } else { Outcome::Ok }
+    }
+}
+
+#[tokio::test]
+async fn max_attempts_dead_letters_and_parks_the_key_only() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(2, 3).await; // k0 and k1, 3 each
+    rig.sink.script(poison("k0"));
+    let cfg = ForwarderConfig {
+        retry: RetryPolicy {
+            backoff: Backoff { base: Duration::from_millis(10), cap: Duration::from_millis(10) },
+            max_attempts: 3,
+        },
+        breaker: BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() },
+        ..rig.config()
+    };
+    let mut f = rig.forwarder(cfg);
+    let mut dead = 0;
+    for _ in 0..10 {
+        let r = f.run_once().await.unwrap();
+        dead += r.dead_lettered;
+        rig.clock.advance(Duration::from_millis(20));
+    }
+    assert_eq!(dead, 1, "k0's head dead-lettered after max attempts");
+    let k0: Vec<EventId> = committed.iter().filter(|e| e.key.as_str() == "k0").map(|e| e.id).collect();
+    let dead_list = rig.store.list_dead(10).await.unwrap();
+    assert_eq!(dead_list.iter().map(|e| e.id).collect::<Vec<_>>(), vec![k0[0]]);
+    assert_eq!(dead_list[0].attempts, 3);
+    let delivered = rig.delivered();
+    assert!(delivered.iter().all(|e| e.key.as_str() == "k1"), "k0 is parked");
+    assert_eq!(delivered.len(), 3, "k1 flowed");
+    let pending = rig.store.list_pending(10).await.unwrap();
+    assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), k0[1..].to_vec());
+    assert!(pending.iter().all(|e| e.attempts == 0), "parked events were never attempted");
+
+    // Requeue once the sink is fixed: k0 flows, in order.
+    rig.sink.unscript();
+    rig.store.requeue_dead(&[k0[0]]).await.unwrap();
+    f.run_once().await.unwrap();
+    assert_eq!(rig.delivered().iter().map(|e| e.id).collect::<Vec<_>>(), k0);
+}
+
+#[tokio::test]
+async fn skip_policy_lets_the_key_flow_past_a_dead_letter() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(1, 3).await;
+    let bad = committed[0].id;
+    rig.sink
+        .script(move |e| if e.id == bad { Outcome::NonRetriable("rejected".into()) } else { Outcome::Ok });
+    let mut f = rig.forwarder(ForwarderConfig { dead_letters: DeadLetterPolicy::Skip, ..rig.config() });
+    let r = f.run_once().await.unwrap();
+    assert_eq!((r.dead_lettered, r.delivered, r.retried), (1, 2, 0), "non-retriable: dead at once");
+    assert_eq!(
+        rig.delivered().iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![committed[1].id, committed[2].id]
+    );
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_probes_and_closes() {
+    let mut rig = Rig::new();
+    rig.commit(10, 1).await;
+    rig.sink.script(|_| Outcome::Retriable("down".into()));
+    let breaker = BreakerConfig {
+        failure_threshold: 3,
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(8),
+        slow_call: Duration::from_secs(60),
+    };
+    let retry = RetryPolicy {
+        backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
+        max_attempts: 100,
+    };
+    let mut f = rig.forwarder(ForwarderConfig { breaker, retry, max_concurrency: 10, ..rig.config() });
+    let r = f.run_once().await.unwrap();
+    assert_eq!(r.circuit, BreakerState::Open { until: T0.saturating_add(Duration::from_secs(1)) });
+    assert_eq!(r.retried, 10, "the round in flight is settled");
+
+    rig.clock.advance(Duration::from_millis(500));
+    let r = f.run_once().await.unwrap();
+    assert_eq!((r.claimed, r.limit), (0, 0), "open: nothing claimed");
+
+    rig.clock.advance(Duration::from_millis(500));
+    let r = f.run_once().await.unwrap();
+    assert_eq!((r.limit, r.claimed, r.retried), (1, 1, 1), "half-open: one probe");
+    assert_eq!(
+        r.circuit,
+        BreakerState::Open { until: T0.saturating_add(Duration::from_secs(3)) },
+        "failed probe: open 2 s"
+    );
+
+    rig.sink.unscript();
+    f.waker().notify_online();
+    let r = f.run_once().await.unwrap();
+    assert_eq!((r.limit, r.delivered), (1, 1), "online: probe at once");
+    assert_eq!(r.circuit, BreakerState::Closed);
+    let r = f.run_once().await.unwrap();
+    assert_eq!(r.delivered, 9, "closed: full batches again");
+    assert_eq!(rig.delivered().len(), 10);
+}
+
+#[tokio::test]
+async fn after_an_outage_notify_online_delivers_without_waiting_for_backoffs() {
+    let mut rig = Rig::new();
+    rig.commit(50, 4).await;
+    rig.sink.script(|_| Outcome::Retriable("offline".into()));
+    let breaker =
+        BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(60), ..BreakerConfig::default() };
+    let retry = RetryPolicy {
+        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(30) },
+        max_attempts: 100,
+    };
+    let mut f = rig.forwarder(ForwarderConfig { breaker, retry, ..rig.config() });
+    let r = f.run_once().await.unwrap();
+    assert!(matches!(r.circuit, BreakerState::Open { .. }));
+    // Only the failures before the circuit opened wait for a backoff.
+    let waiting =
+        rig.store.list_pending(1000).await.unwrap().iter().filter(|e| e.next_attempt_at > T0).count();
+    assert_eq!(waiting, 2, "failures 1 and 2 back off; from the 3rd the sink is known down");
+    rig.sink.unscript();
+    f.waker().notify_online();
+    rig.clock.advance(Duration::from_secs(30));
+    for _ in 0..3 {
+        f.run_once().await.unwrap();
+    }
+    assert_eq!(rig.pending().await, 0, "the backlog went out right after the sink came back");
+    assert_eq!(rig.delivered().len(), 200);
+}
+
+/// A sink whose first call waits at a gate: a leader paused mid-batch.
+#[derive(Debug)]
+struct GatedSink {
+    inner: Arc<ChannelSink>,
+    gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    entered: tokio::sync::Notify,
+}
+
+#[outbox_core::async_trait]
+impl Sink for GatedSink {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(g) = gate {
+            self.entered.notify_one();
+            let _ = g.await;
+        }
+        self.inner.publish(batch).await
+    }
+}
+
+#[tokio::test]
+async fn leader_handover_never_redelivers_acked_events() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(5, 4).await;
+    let (tx, gate) = tokio::sync::oneshot::channel();
+    let gated = Arc::new(GatedSink {
+        inner: rig.sink.clone(),
+        gate: Mutex::new(Some(gate)),
+        entered: Default::default(),
+    });
+    let cfg = ForwarderConfig {
+        batch_size: 5,
+        lease: Duration::from_secs(10),
+        leader_ttl: Duration::from_secs(10),
+        ..rig.config()
+    };
+    let mut old = Forwarder::new(
+        rig.store.clone(),
+        gated.clone(),
+        ForwarderConfig { holder: "old".into(), ..cfg.clone() },
+    );
+    let mut new = rig.forwarder(ForwarderConfig { holder: "new".into(), ..cfg });
+
+    // The old leader claims 5 and stalls inside the sink.
+    let stalled = tokio::spawn(async move {
+        let r = old.run_once().await;
+        (old, r)
+    });
+    gated.entered.notified().await;
+    assert_eq!(rig.store.stats().await.unwrap().in_flight, 5);
+
+    // Past its lease and ttl, the new leader takes over and drains all.
+    rig.clock.advance(Duration::from_secs(11));
+    for _ in 0..10 {
+        new.run_once().await.unwrap();
+    }
+    assert!(new.grant().is_some());
+    assert_eq!(rig.pending().await, 0);
+    let after_new: Vec<EventId> = rig.delivered().iter().map(|e| e.id).collect();
+    assert_eq!(after_new.len(), 20, "everything delivered once by the new leader");
+
+    // The old leader wakes up: its sink delivers (at least once), its ack
+    // is fenced, and it steps down.
+    tx.send(()).unwrap();
+    let (mut old, r) = stalled.await.unwrap();
+    let r = r.unwrap();
+    assert!(r.fenced && !r.leader, "{r:?}");
+    assert_eq!(r.delivered, 0, "the stale ack did not count");
+    let stale: Vec<Envelope> = rig.delivered();
+    assert_eq!(stale.len(), 5, "the paused leader's in-flight batch reached its sink");
+    let again = old.run_once().await.unwrap();
+    assert!(!again.leader, "the old leader cannot come back while the new one holds the role");
+    for _ in 0..3 {
+        new.run_once().await.unwrap();
+    }
+    assert!(rig.delivered().is_empty(), "no acked event is ever delivered again");
+    assert_eq!(by_key_new(&committed).values().map(Vec::len).sum::<usize>(), 20);
+}
+
+#[tokio::test]
+async fn random_30_percent_failures_still_deliver_everything_in_order() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(20, 25).await;
+    let rng = Mutex::new(SplitMix64::new(7));
+    rig.sink.script(move |_| {
+        if rng.lock().unwrap().next_unit() < 0.3 { Outcome::Retriable("flaky".into()) } else { Outcome::Ok }
+    });
+    let cfg = ForwarderConfig {
+        retry: RetryPolicy {
+            backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
+            max_attempts: 1000,
+        },
+        breaker: BreakerConfig { failure_threshold: 10_000, ..BreakerConfig::default() },
+        batch_size: 64,
+        max_concurrency: 8,
+        ..rig.config()
+    };
+    let mut f = rig.forwarder(cfg);
+    let mut cycles = 0;
+    while rig.pending().await > 0 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_millis(250));
+        cycles += 1;
+        assert!(cycles < 10_000, "did not converge");
+    }
+    let delivered = rig.delivered();
+    let failures = rig.sink.attempts().iter().filter(|(_, o)| !o.is_ok()).count();
+    assert!(failures > 100, "the sink did fail often: {failures}");
+    assert_eq!(delivered.len(), committed.len(), "every event, exactly once (no lease expired)");
+    assert_eq!(by_key(&delivered), by_key_new(&committed), "per-key order held through the failures");
+}
+
+#[tokio::test]
+async fn metrics_are_reported() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let rig = Rig::new();
+    let committed = rig.commit(3, 2).await; // k0, k1, k2
+    rig.sink.script(poison("k0"));
+    let cfg = ForwarderConfig {
+        retry: RetryPolicy {
+            backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
+            max_attempts: 2,
+        },
+        breaker: BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() },
+        stats_every: Duration::ZERO,
+        ..rig.config()
+    };
+    let mut f = rig.forwarder(cfg);
+    for _ in 0..4 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_millis(10));
+    }
+    let values: HashMap<String, DebugValue> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(k, _, _, v)| (k.key().name().to_owned(), v))
+        .collect();
+    let counter = |n: &str| match values.get(n) {
+        Some(DebugValue::Counter(c)) => *c,
+        other => panic!("{n}: {other:?}"),
+    };
+    let gauge = |n: &str| match values.get(n) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{n}: {other:?}"),
+    };
+    assert_eq!(counter("outbox.delivered"), 4, "k1 and k2");
+    assert_eq!(counter("outbox.failed"), 2, "k0's head, twice");
+    assert_eq!(counter("outbox.dead_lettered"), 1);
+    assert_eq!(gauge("outbox.pending"), 1.0, "k0's second event, parked");
+    assert_eq!(gauge("outbox.blocked_keys"), 1.0);
+    assert_eq!(gauge("outbox.durable"), 0.0, "memory store");
+    assert_eq!(gauge("outbox.circuit_open"), 0.0);
+    let lag = gauge("outbox.lag.seconds");
+    assert!((0.03..1.0).contains(&lag), "lag of the parked event: {lag}");
+    assert!(matches!(values.get("outbox.flush.ms"), Some(DebugValue::Histogram(h)) if !h.is_empty()));
+    assert_eq!(committed.len(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_commit_wakes_an_idle_forwarder_without_waiting_for_the_timer() {
+    let mut rig = Rig::new();
+    let cfg = ForwarderConfig {
+        flush_interval: Duration::from_millis(100),
+        max_idle_interval: Duration::from_secs(5),
+        ..rig.config()
+    };
+    let handle = rig.forwarder(cfg).spawn();
+    // Let it go idle: the tick backs off to 5 s.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    rig.commit(1, 1).await;
+    handle.waker().wake();
+    let t = tokio::time::Instant::now();
+    let e = rig.rx.recv().await.expect("delivered");
+    assert_eq!(t.elapsed(), Duration::ZERO, "delivered on wake-up, no timer wait");
+    assert_eq!(e.key.as_str(), "k0");
+
+    // Without a wake-up, the idle tick finds it within max_idle_interval.
+    rig.commit(1, 1).await;
+    let t = tokio::time::Instant::now();
+    rig.rx.recv().await.expect("delivered by the tick");
+    assert!(t.elapsed() <= Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(t.elapsed() > Duration::ZERO, "this one did wait for the timer");
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_leadership_for_the_next_forwarder() {
+    let rig = Rig::new();
+    let handle = rig.forwarder(ForwarderConfig { holder: "first".into(), ..rig.config() }).spawn();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        rig.store.acquire_leadership("second", Duration::from_secs(1)).await.unwrap(),
+        None,
+        "first leads"
+    );
+    handle.shutdown().await;
+    assert!(rig.store.acquire_leadership("second", Duration::from_secs(1)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_follower_waits_and_takes_over_when_the_leader_goes_away() {
+    let mut rig = Rig::new();
+    rig.commit(2, 2).await;
+    let cfg = rig.config();
+    let mut a = rig.forwarder(ForwarderConfig { holder: "a".into(), ..cfg.clone() });
+    let mut b = rig.forwarder(ForwarderConfig { holder: "b".into(), ..cfg });
+    assert!(a.run_once().await.unwrap().leader);
+    let r = b.run_once().await.unwrap();
+    assert!(!r.leader && r.claimed == 0, "b follows");
+    rig.commit(1, 1).await;
+    a.step_down().await;
+    let r = b.run_once().await.unwrap();
+    assert!(r.leader && r.delivered == 1, "b took over at once after a stepped down");
+    assert_eq!(rig.delivered().len(), 5);
+}
+
+#[tokio::test]
+async fn works_over_a_real_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let shared: SharedClock = clock.clone();
+    let store: Arc<dyn DurableStore> = Arc::new(
+        outbox_store_sqlite::SqliteStore::options(dir.path().join("f.db"))
+            .clock(shared.clone())
+            .open()
+            .unwrap(),
+    );
+    let mut committed = Vec::new();
+    for i in 0..200u64 {
+        let a = ActorId::new(format!("k{}", i % 7)).unwrap();
+        let e = NewEvent::json(a, "T", &i).unwrap();
+        store.put_state_and_events(Commit::events_only().event(e.clone())).await.unwrap();
+        committed.push(e);
+    }
+    let (sink, mut rx) = ChannelSink::new();
+    let mut f = Forwarder::new(
+        store.clone(),
+        sink,
+        ForwarderConfig { clock: shared, batch_size: 32, ..ForwarderConfig::default() },
+    );
+    while store.stats().await.unwrap().pending > 0 {
+        f.run_once().await.unwrap();
+    }
+    let mut got = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        got.push(e);
+    }
+    assert_eq!(by_key(&got), by_key_new(&committed));
+}
