@@ -159,6 +159,9 @@ fn parent() {
                 Err(e) => panic!("reading the child: {e}"),
             }
         }
+        // Kill at a random moment, not right after a report line (written
+        // at an operation boundary): up to 2 ms later.
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
         child.kill().expect("SIGKILL the child");
         let status = child.wait().expect("wait for the child");
         // Lines the child wrote before it died were reported as done.

@@ -1,0 +1,359 @@
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox_core::{
+    ActorId, Commit, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, InboxMark, NewEvent,
+    SharedClock, StateWrite, SystemClock, Timestamp, Version, async_trait,
+};
+use outbox_forwarder::{ForwarderConfig, Outcome, Sink};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{DUPLICATES, EXPIRED};
+
+/// The key a consumer deduplicates on, and the one to pass to an outside
+/// system (an HTTP `Idempotency-Key` header, a payment provider's key) so
+/// that it can deduplicate too: the event's origin actor and id.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct IdempotencyKey {
+    /// The event's origin actor.
+    pub origin: ActorId,
+    /// The event's id.
+    pub id: EventId,
+}
+
+impl fmt::Display for IdempotencyKey {
+    /// `origin/id`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.origin, self.id)
+    }
+}
+
+/// Why a handler did not handle an event. Nothing it staged is committed.
+#[derive(Debug)]
+pub enum HandlerError {
+    /// Try again later (the event is redelivered).
+    Retriable(String),
+    /// The event can never be handled; the producer dead-letters it.
+    NonRetriable(String),
+    /// The store failed.
+    Store(Error),
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandlerError::Retriable(m) => write!(f, "retriable: {m}"),
+            HandlerError::NonRetriable(m) => write!(f, "non-retriable: {m}"),
+            HandlerError::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+impl From<Error> for HandlerError {
+    fn from(e: Error) -> Self {
+        HandlerError::Store(e)
+    }
+}
+
+/// What became of a delivered event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Delivery {
+    /// Handled now; its effects and the inbox mark committed together.
+    Applied,
+    /// Already processed by this consumer: dropped, counted, acknowledged.
+    Duplicate,
+    /// Older than what the inbox still remembers (its mark, if it ever
+    /// had one, may have been pruned): reported, not applied.
+    Expired,
+}
+
+/// What to do with an event older than the inbox retention watermark.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum ExpiredPolicy {
+    /// Refuse it ([`Delivery::Expired`]; as a sink, `NonRetriable`, so the
+    /// producer dead-letters it with the reason, for a person to decide).
+    #[default]
+    Report,
+    /// Apply it anyway (for handlers that are idempotent by themselves).
+    Apply,
+}
+
+/// Inbox settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct InboxConfig {
+    /// How long inbox marks are kept.
+    pub retention: Duration,
+    /// Marks pruned per [`Consumer::prune`] call.
+    pub prune_batch: usize,
+    /// What to do with events older than the pruning watermark.
+    pub expired: ExpiredPolicy,
+    /// Allowance for clocks of producers running ahead of this one.
+    pub clock_skew: Duration,
+    /// Reruns of the handler when the consumer's state moved under it.
+    pub max_conflict_retries: u32,
+}
+
+impl InboxConfig {
+    /// Retention derived from the producer's forwarder settings: a
+    /// duplicate comes from a redelivery after a processed event's ack was
+    /// lost, which happens within the retry horizon (every backoff ceiling
+    /// plus a lease per attempt, [`RetryPolicy::horizon`](outbox_core::RetryPolicy::horizon)),
+    /// while the event is still in the outbox, which keeps delivered events
+    /// for its `retention`. Marks are kept for the sum of the two.
+    pub fn for_forwarder(cfg: &ForwarderConfig) -> Self {
+        let horizon = cfg.retry.horizon(cfg.lease);
+        InboxConfig {
+            retention: horizon.saturating_add(cfg.retention.unwrap_or(Duration::ZERO)),
+            prune_batch: 500,
+            expired: ExpiredPolicy::Report,
+            clock_skew: Duration::from_secs(60),
+            max_conflict_retries: 8,
+        }
+    }
+}
+
+impl Default for InboxConfig {
+    /// [`InboxConfig::for_forwarder`] of the default forwarder settings.
+    fn default() -> Self {
+        Self::for_forwarder(&ForwarderConfig::default())
+    }
+}
+
+/// What a handler stages; committed with the inbox mark as one atomic
+/// write when the handler returns `Ok`.
+pub struct Tx<'a> {
+    store: &'a dyn DurableStore,
+    key: IdempotencyKey,
+    loaded: Option<(ActorId, Version)>,
+    state: Option<StateWrite>,
+    events: Vec<NewEvent>,
+}
+
+impl fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx").field("key", &self.key).field("loaded", &self.loaded).finish_non_exhaustive()
+    }
+}
+
+impl Tx<'_> {
+    /// The idempotency key of the event being handled: pass it on to any
+    /// system outside the store.
+    pub fn idempotency_key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    /// Reads `actor`'s committed state (`S::default()` if it has none).
+    /// One actor per transaction.
+    pub async fn load<S: DeserializeOwned + Default>(&mut self, actor: &ActorId) -> Result<S, HandlerError> {
+        if let Some((a, _)) = &self.loaded
+            && a != actor
+        {
+            return Err(HandlerError::Store(Error::invalid_input(format!(
+                "a consumer transaction changes one actor; {a} is loaded, not {actor}"
+            ))));
+        }
+        let snap = self.store.load_state(actor).await?;
+        let version = snap.as_ref().map_or(Version::NONE, |s| s.version);
+        self.loaded = Some((actor.clone(), version));
+        match snap {
+            Some(s) => serde_json::from_slice(&s.bytes).map_err(|e| HandlerError::Store(e.into())),
+            None => Ok(S::default()),
+        }
+    }
+
+    /// Stages the new state of the loaded actor.
+    pub fn save<S: Serialize>(&mut self, state: &S) -> Result<(), HandlerError> {
+        let Some((actor, expected_version)) = self.loaded.clone() else {
+            return Err(HandlerError::Store(Error::invalid_input("save before load")));
+        };
+        let snapshot = serde_json::to_vec(state).map_err(|e| HandlerError::Store(e.into()))?;
+        self.state = Some(StateWrite { actor, expected_version, snapshot });
+        Ok(())
+    }
+
+    /// Stages an event, committed (and so delivered) only with the mark.
+    pub fn emit(&mut self, event: NewEvent) {
+        self.events.push(event);
+    }
+}
+
+/// A consumer's event handler.
+///
+/// Effects on the consumer's own state go through [`Tx`] and commit with
+/// the inbox mark: exactly once. Effects outside the store (an HTTP call)
+/// happen inside `handle`; if the process dies after them and before the
+/// mark commits, the event is redelivered and they happen again: at least
+/// once, with the same [`Tx::idempotency_key`] for the outside system to
+/// deduplicate on.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Handles `event`, staging state and events in `tx`.
+    async fn handle(&self, event: &Envelope, tx: &mut Tx<'_>) -> Result<(), HandlerError>;
+}
+
+/// A handler wrapped so each event takes effect once per consumer: see
+/// [`once_per_event`].
+pub struct Consumer<H> {
+    store: Arc<dyn DurableStore>,
+    id: ConsumerId,
+    handler: H,
+    cfg: InboxConfig,
+    clock: SharedClock,
+    /// The pruning watermark, cached: events before it may have lost their
+    /// mark. Read from the store on first use.
+    watermark: Mutex<Option<Option<Timestamp>>>,
+}
+
+impl<H> fmt::Debug for Consumer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").field("id", &self.id).field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+/// Wraps `handler` so that an event whose (origin, id) consumer `consumer`
+/// has already processed is dropped, counted (`outbox.consumer.duplicates`)
+/// and acknowledged, and every other event's effects commit atomically with
+/// its inbox mark in `store`.
+pub fn once_per_event<H: Handler>(
+    store: Arc<dyn DurableStore>,
+    consumer: ConsumerId,
+    handler: H,
+) -> Consumer<H> {
+    Consumer {
+        store,
+        id: consumer,
+        handler,
+        cfg: InboxConfig::default(),
+        clock: SystemClock::shared(),
+        watermark: Mutex::new(None),
+    }
+}
+
+fn event_time(id: EventId) -> Option<Timestamp> {
+    let (secs, nanos) = id.as_uuid().get_timestamp()?.to_unix();
+    Some(Timestamp::from_millis(i64::try_from(secs).ok()? * 1000 + i64::from(nanos / 1_000_000)))
+}
+
+impl<H: Handler> Consumer<H> {
+    /// Sets the inbox settings.
+    pub fn with_config(mut self, cfg: InboxConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Reads time from `clock` (share the store's).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The consumer's id.
+    pub fn id(&self) -> &ConsumerId {
+        &self.id
+    }
+
+    fn watermark_actor(&self) -> Result<ActorId, Error> {
+        ActorId::new(format!("outbox.inbox-watermark/{}", self.id))
+    }
+
+    async fn watermark(&self) -> Result<Option<Timestamp>, Error> {
+        if let Some(w) = *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(w);
+        }
+        let w = match self.store.load_state(&self.watermark_actor()?).await? {
+            Some(s) => Some(serde_json::from_slice::<i64>(&s.bytes).map(Timestamp::from_millis)?),
+            None => None,
+        };
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        Ok(w)
+    }
+
+    /// Handles one delivery of `event`, exactly once in effect.
+    pub async fn deliver(&self, event: &Envelope) -> Result<Delivery, HandlerError> {
+        if self.store.is_processed(&self.id, &event.origin, event.id).await? {
+            return Ok(self.duplicate(event));
+        }
+        if self.cfg.expired == ExpiredPolicy::Report
+            && let (Some(w), Some(t)) = (self.watermark().await?, event_time(event.id))
+            && t.saturating_add(self.cfg.clock_skew) < w
+        {
+            tracing::warn!(target: "outbox", consumer = %self.id, event = %event.id,
+                "event is older than the inbox retention; not applied (it may be a duplicate whose mark was pruned)");
+            metrics::counter!(EXPIRED, "consumer" => self.id.to_string()).increment(1);
+            return Ok(Delivery::Expired);
+        }
+        let key = IdempotencyKey { origin: event.origin.clone(), id: event.id };
+        let mut attempt = 0;
+        loop {
+            let mut tx =
+                Tx { store: &*self.store, key: key.clone(), loaded: None, state: None, events: Vec::new() };
+            self.handler.handle(event, &mut tx).await?;
+            let mark =
+                InboxMark { consumer: self.id.clone(), origin: event.origin.clone(), event_id: event.id };
+            let commit = Commit { state: tx.state, events: tx.events, inbox: vec![mark] };
+            match self.store.put_state_and_events(commit).await {
+                Ok(_) => return Ok(Delivery::Applied),
+                Err(e) if e.kind() == ErrorKind::AlreadyProcessed => return Ok(self.duplicate(event)),
+                Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.cfg.max_conflict_retries => {
+                    attempt += 1
+                }
+                Err(e) => return Err(HandlerError::Store(e)),
+            }
+        }
+    }
+
+    fn duplicate(&self, event: &Envelope) -> Delivery {
+        tracing::debug!(target: "outbox", consumer = %self.id, event = %event.id, "duplicate delivery dropped");
+        metrics::counter!(DUPLICATES, "consumer" => self.id.to_string()).increment(1);
+        Delivery::Duplicate
+    }
+
+    /// Deletes up to `prune_batch` inbox marks older than the retention,
+    /// after moving the watermark up to the cut-off (so an event whose mark
+    /// goes is reported as expired, never silently re-applied). Returns how
+    /// many marks were deleted.
+    pub async fn prune(&self) -> Result<u64, Error> {
+        let cut = self.clock.now().saturating_sub(self.cfg.retention);
+        let actor = self.watermark_actor()?;
+        let current = self.store.load_state(&actor).await?;
+        let old = match &current {
+            Some(s) => Some(Timestamp::from_millis(serde_json::from_slice::<i64>(&s.bytes)?)),
+            None => None,
+        };
+        if old.is_none_or(|w| w < cut) {
+            let version = current.map_or(Version::NONE, |s| s.version);
+            let bytes = serde_json::to_vec(&cut.as_millis())?;
+            self.store.put_state_and_events(Commit::state(actor, version, bytes)).await?;
+        }
+        let w = old.map_or(cut, |w| w.max(cut));
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(Some(w));
+        self.store.prune_inbox(cut, self.cfg.prune_batch).await
+    }
+}
+
+#[async_trait]
+impl<H: Handler> Sink for Consumer<H> {
+    /// Delivers the batch one event at a time (the consumer's state is one
+    /// actor): applied and duplicate events are `Ok`, expired ones
+    /// `NonRetriable` with the reason, handler errors as they say.
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(batch.len());
+        for e in batch {
+            out.push(match self.deliver(e).await {
+                Ok(Delivery::Applied | Delivery::Duplicate) => Outcome::Ok,
+                Ok(Delivery::Expired) => Outcome::NonRetriable(format!(
+                    "older than consumer {}'s inbox retention: may be a duplicate whose mark was pruned",
+                    self.id
+                )),
+                Err(HandlerError::Retriable(m)) => Outcome::Retriable(m),
+                Err(HandlerError::NonRetriable(m)) => Outcome::NonRetriable(m),
+                Err(HandlerError::Store(e)) => Outcome::Retriable(e.to_string()),
+            });
+        }
+        out
+    }
+}
