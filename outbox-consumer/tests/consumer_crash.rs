@@ -20,6 +20,7 @@ use outbox_core::{
 };
 use outbox_forwarder::{Forwarder, ForwarderConfig, Outcome, Sink};
 use outbox_store_sqlite::SqliteStore;
+use outbox_testkit::crash;
 use serde::{Deserialize, Serialize};
 
 const NAME: &str = "consumer_sigkill_applies_each_event_once";
@@ -94,38 +95,24 @@ fn forwarder(store: Arc<dyn DurableStore>, clock: SharedClock) -> Forwarder {
 }
 
 fn main() {
-    if let Ok(path) = std::env::var("OUTBOX_CONSUMER_CHILD") {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            let store: Arc<dyn DurableStore> = Arc::new(SqliteStore::open(&path).expect("child opens"));
-            let handle = forwarder(store, SystemClock::shared()).spawn();
-            std::future::pending::<()>().await;
-            handle.shutdown().await;
-        });
-        return;
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("{NAME}: test");
-        return;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| NAME.contains(f.as_str())) {
-        println!("consumer crash: 0 passed, 0 failed, 1 skipped (filtered out)");
-        return;
-    }
-    parent();
+    let path = match crash::role(NAME, "OUTBOX_CONSUMER_CHILD") {
+        crash::Role::Child(path) => path,
+        crash::Role::Parent => return parent(),
+        crash::Role::Skip => return,
+    };
+    // The child: consume until killed.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let store: Arc<dyn DurableStore> = Arc::new(SqliteStore::open(&path).expect("child opens"));
+        let handle = forwarder(store, SystemClock::shared()).spawn();
+        std::future::pending::<()>().await;
+        handle.shutdown().await;
+    });
 }
 
 fn parent() {
-    let kills: u64 = std::env::var("OUTBOX_CONSUMER_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let seed: u64 =
-        std::env::var("OUTBOX_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(9)
-        });
+    let kills = crash::env_u64("OUTBOX_CONSUMER_KILLS", 100);
+    let seed = crash::seed();
     println!("{NAME}: {kills} kills, OUTBOX_CRASH_SEED={seed}");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("consumer.db");
@@ -200,7 +187,7 @@ fn parent() {
     });
     rt.block_on(verify(&path, kills, true));
     println!("{NAME}: ok: {kills} kills, {lines_seen} batches seen before kills, final state exact");
-    println!("consumer crash: 1 passed, 0 failed");
+    println!("{NAME}: 1 passed, 0 failed");
 }
 
 async fn verify(path: &Path, k: u64, complete: bool) {

@@ -518,6 +518,33 @@ async fn a_follower_waits_and_takes_over_when_the_leader_goes_away() {
 }
 
 #[tokio::test]
+async fn the_leader_prunes_delivered_events_past_retention_in_small_batches() {
+    let rig = Rig::new();
+    rig.commit(5, 2).await;
+    let cfg = ForwarderConfig {
+        retention: Some(Duration::from_secs(3600)),
+        prune_batch: 4,
+        prune_every: Duration::ZERO,
+        leader_ttl: Duration::from_secs(6 * 3600),
+        ..rig.config()
+    };
+    let mut leader = rig.forwarder(ForwarderConfig { holder: "leader".into(), ..cfg.clone() });
+    let mut follower = rig.forwarder(ForwarderConfig { holder: "follower".into(), ..cfg });
+    assert_eq!(leader.run_once().await.unwrap().delivered, 10);
+    let delivered = || async { rig.store.stats().await.unwrap().delivered };
+    assert_eq!(delivered().await, 10, "nothing is old enough yet");
+    rig.clock.advance(Duration::from_secs(2 * 3600));
+    assert!(!follower.run_once().await.unwrap().leader);
+    assert_eq!(delivered().await, 10, "a follower never prunes");
+    let mut left = Vec::new();
+    for _ in 0..4 {
+        leader.run_once().await.unwrap();
+        left.push(delivered().await);
+    }
+    assert_eq!(left, vec![6, 2, 0, 0], "pruned 4 at a time by the leader");
+}
+
+#[tokio::test]
 async fn works_over_a_real_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);

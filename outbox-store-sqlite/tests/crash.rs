@@ -13,7 +13,7 @@
 //! `OUTBOX_CRASH_SEED` replays a run.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,27 +23,18 @@ use futures::executor::block_on;
 use outbox_core::prelude::*;
 use outbox_core::{ActorId, ClaimRequest, Commit, NewEvent, SplitMix64, Version};
 use outbox_store_sqlite::SqliteStore;
+use outbox_testkit::crash;
 
 const THREADS: usize = 4;
 const ACTORS_PER_THREAD: usize = 3;
 const NAME: &str = "sigkill_crash_keeps_every_reported_commit";
 
 fn main() {
-    if let Ok(path) = std::env::var("OUTBOX_CRASH_CHILD") {
-        child(Path::new(&path));
-        return;
+    match crash::role(NAME, "OUTBOX_CRASH_CHILD") {
+        crash::Role::Child(path) => child(Path::new(&path)),
+        crash::Role::Parent => parent(),
+        crash::Role::Skip => {}
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("{NAME}: test");
-        return;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| NAME.contains(f.as_str())) {
-        println!("crash: 0 passed, 0 failed, 1 skipped (filtered out)");
-        return;
-    }
-    parent();
 }
 
 // ------------------------------------------------------------------ child
@@ -149,14 +140,10 @@ fn parent() {
             .expect("spawn child");
         let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
         let mut lines = Vec::new();
-        let mut buf = String::new();
         while (lines.len() as u64) < wait_lines {
-            buf.clear();
-            match reader.read_line(&mut buf) {
-                Ok(0) => break,
-                Ok(_) if buf.ends_with('\n') => lines.push(buf.trim_end().to_owned()),
-                Ok(_) => break,
-                Err(e) => panic!("reading the child: {e}"),
+            match crash::complete_line(&mut reader) {
+                Some(line) => lines.push(line),
+                None => break,
             }
         }
         // Kill at a random moment, not right after a report line (written
@@ -165,15 +152,7 @@ fn parent() {
         child.kill().expect("SIGKILL the child");
         let status = child.wait().expect("wait for the child");
         // Lines the child wrote before it died were reported as done.
-        loop {
-            buf.clear();
-            match reader.read_line(&mut buf) {
-                Ok(0) => break,
-                Ok(_) if buf.ends_with('\n') => lines.push(buf.trim_end().to_owned()),
-                Ok(_) => break,
-                Err(e) => panic!("reading the child: {e}"),
-            }
-        }
+        lines.extend(std::iter::from_fn(|| crash::complete_line(&mut reader)));
         if status.success() || status.code().is_some() {
             let mut err = String::new();
             let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
@@ -208,7 +187,7 @@ fn parent() {
         ledger.commits,
         ledger.acked.len()
     );
-    println!("crash: 1 passed, 0 failed");
+    println!("{NAME}: 1 passed, 0 failed");
 }
 
 fn verify(path: &Path, ledger: &Ledger, k: u64) {

@@ -3,6 +3,8 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod conformance;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod crash;
 mod factory;
 mod faulty;
 pub mod model;
