@@ -94,6 +94,16 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// An event was moved to the dead letters: the sink refused it or kept
+    /// failing (reported through the `on_error` callback).
+    #[error("event {id} dead-lettered: {reason}")]
+    DeadLettered {
+        /// The event.
+        id: EventId,
+        /// Why.
+        reason: String,
+    },
+
     /// The store's location cannot be written: a read-only file or
     /// directory, missing permissions. Retrying will not help; fix the
     /// location.
@@ -170,6 +180,8 @@ pub enum ErrorKind {
     Unavailable,
     /// See [`Error::Corrupted`].
     Corrupted,
+    /// See [`Error::DeadLettered`].
+    DeadLettered,
     /// See [`Error::PermissionDenied`].
     PermissionDenied,
     /// See [`Error::SchemaTooNew`].
@@ -201,6 +213,7 @@ impl Error {
             Error::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Corrupted { .. } => ErrorKind::Corrupted,
+            Error::DeadLettered { .. } => ErrorKind::DeadLettered,
             Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             Error::SchemaTooNew { .. } => ErrorKind::SchemaTooNew,
             Error::Serialization { .. } => ErrorKind::Serialization,

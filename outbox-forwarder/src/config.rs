@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use outbox_core::{RetryPolicy, SharedClock, SystemClock};
+use outbox_core::{ErrorCallback, RetryPolicy, SharedClock, SystemClock};
 
 use crate::breaker::BreakerConfig;
 
@@ -53,6 +53,9 @@ pub struct ForwarderConfig {
     pub clock: SharedClock,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// Called with the event and an [`Error::DeadLettered`](outbox_core::Error::DeadLettered)
+    /// when an event is dead-lettered.
+    pub on_error: Option<ErrorCallback>,
 }
 
 impl Default for ForwarderConfig {
@@ -78,6 +81,7 @@ impl Default for ForwarderConfig {
             stats_every: Duration::from_secs(1),
             clock: SystemClock::shared(),
             seed: 0x5EED,
+            on_error: None,
         }
     }
 }

@@ -452,6 +452,9 @@ impl Forwarder {
         tracing::warn!(target: "outbox", event = %e.id, key = %e.key, error = msg, "event dead-lettered");
         self.store.dead_letter(grant, e.id, msg).await?;
         report.dead_lettered += 1;
+        if let Some(cb) = &self.cfg.on_error {
+            cb(Some(e), &outbox_core::Error::DeadLettered { id: e.id, reason: msg.to_owned() });
+        }
         metrics::counter!(m::DEAD_LETTERED).increment(1);
         match self.cfg.dead_letters {
             DeadLetterPolicy::Park => release.extend(sched.park(&e.key)),

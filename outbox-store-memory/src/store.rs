@@ -90,6 +90,19 @@ impl MemoryStore {
         MemoryStore { inner: Arc::default(), reopenable: false, clock, limits: Limits::default() }
     }
 
+    /// An empty store that does not log the not-durable warning: for
+    /// wrappers that report durability themselves (a quota fallback).
+    pub fn unannounced(clock: SharedClock) -> Self {
+        MemoryStore { inner: Arc::default(), reopenable: false, clock, limits: Limits::default() }
+    }
+
+    /// Puts `actor`'s state in as `snapshot` (a copy of state committed
+    /// elsewhere, so commits here continue its versions). Replaces any
+    /// state the actor has here.
+    pub fn seed_state(&self, actor: ActorId, snapshot: StateSnapshot) {
+        self.lock().states.insert(actor, snapshot);
+    }
+
     /// A store over `backing`: reopening (another `open` on the same
     /// backing) keeps what was committed, within this process.
     pub fn open(backing: &MemoryBacking, clock: SharedClock) -> Self {

@@ -1,0 +1,284 @@
+//! The actor runtime and the outbox modes, on a real SQLite file.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox::consumer::{Delivery, Handler, HandlerError, Tx, once_per_event};
+use outbox::prelude::*;
+use outbox::{
+    Actor, ActorError, ActorId, Bus, ConsumerId, Context, Durability, Envelope, ErrorKind, NewEvent,
+    OutboxConfig, SqliteStore, StoreChoice, Topic, Version, configure_outbox,
+};
+use outbox_testkit::{FaultMode, FaultyStore};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+enum Form {
+    #[default]
+    Empty,
+    Draft {
+        title: String,
+    },
+    Saved {
+        title: String,
+    },
+}
+
+enum Msg {
+    Edit(String),
+    Save,
+    /// Changes the draft and emits, then fails.
+    Broken,
+}
+
+struct FormActor;
+
+impl Actor for FormActor {
+    type State = Form;
+    type Message = Msg;
+    type Error = String;
+
+    fn handle(&mut self, state: &mut Form, msg: Msg, ctx: &mut Context) -> Result<Vec<NewEvent>, String> {
+        match msg {
+            Msg::Edit(title) => {
+                *state = Form::Draft { title: title.clone() };
+                ctx.emit("FORM_EDITED", &title).map_err(|e| e.to_string())?;
+                Ok(vec![])
+            }
+            Msg::Save => {
+                let Form::Draft { title } = state.clone() else { return Err("nothing to save".into()) };
+                *state = Form::Saved { title: title.clone() };
+                ctx.emit("FORM_SAVED", &title).map_err(|e| e.to_string())?;
+                // Handlers may return events as well as emit them.
+                Ok(vec![
+                    NewEvent::json(ctx.actor_id().clone(), "FORM_AUDIT", &"saved")
+                        .map_err(|e| e.to_string())?,
+                ])
+            }
+            Msg::Broken => {
+                *state = Form::Saved { title: "never".into() };
+                ctx.emit("FORM_SAVED", &"never").map_err(|e| e.to_string())?;
+                Err("broken".into())
+            }
+        }
+    }
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> OutboxConfig {
+    OutboxConfig::default().store(StoreChoice::Sqlite(dir.path().join("app.db")))
+}
+
+async fn next(sub: &mut outbox::Subscription) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(30), sub.recv())
+        .await
+        .expect("delivered in time")
+        .expect("bus open")
+}
+
+#[tokio::test]
+async fn commits_atomically_and_publishes_only_committed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::new();
+    let mut all = bus.subscribe(Topic::All);
+    let outbox = configure_outbox(sqlite(&dir), Arc::new(bus.sink())).await.unwrap();
+    assert!(outbox.is_durable());
+    let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
+    let mut watch = form.watch();
+    assert_eq!(*form.state(), Form::Empty);
+
+    assert_eq!(form.send(Msg::Edit("Hi".into())).await.unwrap(), Version(1));
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(**watch.borrow_and_update(), Form::Draft { title: "Hi".into() });
+
+    // A failing handler: the draft and its event are discarded, watchers
+    // see nothing.
+    assert!(matches!(form.send(Msg::Broken).await, Err(ActorError::Handler(_))));
+    assert!(!watch.has_changed().unwrap(), "no uncommitted state published");
+    assert_eq!(*form.state(), Form::Draft { title: "Hi".into() });
+
+    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(2));
+    assert_eq!(**watch.borrow_and_update(), Form::Saved { title: "Hi".into() });
+    let types: Vec<String> = vec![next(&mut all).await, next(&mut all).await, next(&mut all).await]
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(
+        types,
+        vec!["FORM_EDITED", "FORM_SAVED", "FORM_AUDIT"],
+        "emitted and returned events, in order"
+    );
+    let stored = outbox.store().load_state(&ActorId::new("form-1").unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.version, Version(2));
+    outbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_discards_the_draft_and_the_events() {
+    let inner: Arc<dyn DurableStore> = Arc::new(outbox::MemoryStore::new());
+    let faulty = FaultyStore::new(inner.clone());
+    let store: Arc<dyn DurableStore> = faulty.clone();
+    let outbox = configure_outbox(
+        OutboxConfig::default().store(StoreChoice::Custom(store)),
+        Arc::new(Bus::new().sink()),
+    )
+    .await
+    .unwrap();
+    let form = outbox.spawn_actor(ActorId::new("f").unwrap(), FormActor).await.unwrap();
+    let mut watch = form.watch();
+    faulty.fail_from(1, FaultMode::Before);
+    let err = form.send(Msg::Edit("x".into())).await.unwrap_err();
+    assert_eq!(err.store_kind(), Some(ErrorKind::Unavailable));
+    faulty.disarm();
+    assert!(!watch.has_changed().unwrap());
+    assert_eq!(*form.state(), Form::Empty);
+    assert_eq!(inner.stats().await.unwrap().pending, 0, "no event of the failed commit");
+    assert_eq!(
+        form.send(Msg::Edit("y".into())).await.unwrap(),
+        Version(1),
+        "the next message starts from the committed state"
+    );
+    outbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_restores_the_last_committed_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = configure_outbox(sqlite(&dir), Arc::new(Bus::new().sink())).await.unwrap();
+        let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
+        form.send(Msg::Edit("kept".into())).await.unwrap();
+        form.send(Msg::Save).await.unwrap();
+        let _ = form.send(Msg::Broken).await;
+        outbox.shutdown().await;
+    }
+    let outbox = configure_outbox(sqlite(&dir), Arc::new(Bus::new().sink())).await.unwrap();
+    let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
+    assert_eq!(*form.state(), Form::Saved { title: "kept".into() });
+    outbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_actors_run_concurrently_one_message_at_a_time_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::new();
+    let mut all = bus.subscribe(Topic::All);
+    let outbox = configure_outbox(sqlite(&dir), Arc::new(bus.sink())).await.unwrap();
+    let mut tasks = Vec::new();
+    for a in 0..40 {
+        let form = outbox.spawn_actor(ActorId::new(format!("form-{a}")).unwrap(), FormActor).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut last = Version::NONE;
+            for i in 0..10 {
+                last = form.send(Msg::Edit(format!("{i}"))).await.unwrap();
+            }
+            last
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Version(10));
+    }
+    let mut per_actor: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for _ in 0..400 {
+        let e = next(&mut all).await;
+        per_actor.entry(e.origin.to_string()).or_default().push(e.payload.decode_json::<String>().unwrap());
+    }
+    assert_eq!(per_actor.len(), 40);
+    for (a, titles) in per_actor {
+        assert_eq!(titles, (0..10).map(|i| i.to_string()).collect::<Vec<_>>(), "{a}: delivered in order");
+    }
+    outbox.shutdown().await;
+}
+
+/// A listener whose effect must happen once per event.
+struct CountEffect(Arc<AtomicUsize>);
+
+#[outbox::consumer::async_trait]
+impl Handler for CountEffect {
+    async fn handle(&self, _e: &Envelope, _tx: &mut Tx<'_>) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_reaches_the_listener_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::new();
+    let mut saved = bus.subscribe(Topic::EventType("FORM_SAVED".into()));
+    let outbox = configure_outbox(sqlite(&dir), Arc::new(bus.sink())).await.unwrap();
+    let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
+    form.send(Msg::Edit("t".into())).await.unwrap();
+    form.send(Msg::Save).await.unwrap();
+    let e = next(&mut saved).await;
+    let effects = Arc::new(AtomicUsize::new(0));
+    let listener_store: Arc<dyn DurableStore> = Arc::new(outbox::MemoryStore::new());
+    let listener =
+        once_per_event(listener_store, ConsumerId::new("mailer").unwrap(), CountEffect(effects.clone()));
+    assert_eq!(listener.deliver(&e).await.unwrap(), Delivery::Applied);
+    assert_eq!(listener.deliver(&e).await.unwrap(), Delivery::Duplicate);
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+    outbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn off_sends_events_straight_to_the_sink() {
+    let bus = Bus::new();
+    let mut all = bus.subscribe(Topic::All);
+    let outbox = configure_outbox(OutboxConfig::default().durability(Durability::Off), Arc::new(bus.sink()))
+        .await
+        .unwrap();
+    assert!(!outbox.is_durable());
+    let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
+    form.send(Msg::Edit("now".into())).await.unwrap();
+    let e = all.try_recv().expect("published during the commit, no forwarder involved");
+    assert_eq!(e.event_type, "FORM_EDITED");
+    assert_eq!(
+        outbox.store().stats().await.unwrap().pending,
+        1,
+        "nothing delivers from the store in Off mode"
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_falls_back_to_memory_and_keeps_delivering() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn DurableStore> = Arc::new(
+        SqliteStore::options(dir.path().join("small.db")).max_size_bytes(160 * 1024).open().unwrap(),
+    );
+    let errors: Arc<Mutex<Vec<ErrorKind>>> = Arc::default();
+    let e2 = errors.clone();
+    let config = OutboxConfig::default()
+        .store(StoreChoice::Custom(sqlite.clone()))
+        .on_error(move |_, e| e2.lock().unwrap().push(e.kind()));
+    let bus = Bus::new();
+    let mut all = bus.subscribe(Topic::All);
+    let outbox = configure_outbox(config, Arc::new(bus.sink())).await.unwrap();
+    let form = outbox.spawn_actor(ActorId::new("big").unwrap(), FormActor).await.unwrap();
+    let mut sent = 0u64;
+    while outbox.is_durable() {
+        form.send(Msg::Edit("x".repeat(4000))).await.expect("commits keep working");
+        sent += 1;
+        assert!(sent < 500, "the cap was never hit");
+    }
+    assert_eq!(*errors.lock().unwrap(), vec![ErrorKind::QuotaExceeded], "on_error called once");
+    let in_sqlite = sqlite.stats().await.unwrap();
+    assert!(in_sqlite.pending + in_sqlite.delivered + 1 >= sent, "what was stored stays stored");
+    for i in 0..5 {
+        form.send(Msg::Edit(format!("after-{i}"))).await.expect("commits go to memory now");
+    }
+    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(sent + 6), "versions carry on across the switch");
+    // Everything is delivered, the durable backlog first, in order.
+    let mut titles = Vec::new();
+    for _ in 0..(sent + 5 + 2) {
+        let e = next(&mut all).await;
+        if e.event_type == "FORM_EDITED" {
+            titles.push(e.payload.decode_json::<String>().unwrap());
+        }
+    }
+    assert_eq!(titles.len() as u64, sent + 5);
+    assert_eq!(&titles[titles.len() - 5..], &["after-0", "after-1", "after-2", "after-3", "after-4"]);
+    assert!(!outbox.is_durable());
+    assert!(!outbox.store().capabilities().durable);
+    outbox.shutdown().await;
+}
