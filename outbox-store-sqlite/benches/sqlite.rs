@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use outbox_core::{DurableStore, EventId};
-use outbox_store_sqlite::SqliteStore;
+use outbox_core::DurableStore;
+use outbox_store_sqlite::{SqliteStore, baseline};
 use outbox_testkit::bench::{Rate, commit_rate, drain, fill, median};
-use rusqlite::{Connection, TransactionBehavior, params};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -56,81 +55,6 @@ fn ours(path: &Path) -> Arc<dyn DurableStore> {
     Arc::new(SqliteStore::open(path).expect("open"))
 }
 
-fn raw_conn(path: &Path) -> Connection {
-    let c = Connection::open(path).expect("raw open");
-    c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).expect("wal");
-    c.pragma_update(None, "synchronous", "FULL").expect("sync");
-    c
-}
-
-/// The raw baseline: one transaction per commit, the same upsert + insert
-/// into the same tables, FULL sync.
-fn raw_commits(path: &Path, n: u64) -> Rate {
-    let mut c = raw_conn(path);
-    let start = Instant::now();
-    for v in 1..=n as i64 {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).expect("begin");
-        tx.prepare_cached(
-            "INSERT INTO outbox_state (actor, version, snapshot, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (actor) DO UPDATE SET version = excluded.version, snapshot = excluded.snapshot,
-             updated_at = excluded.updated_at",
-        )
-        .and_then(|mut s| s.execute(params!["raw", v, vec![b's'; 64], 0]))
-        .expect("upsert");
-        tx.prepare_cached(
-            "INSERT INTO outbox_events (id, origin, key, event_type, payload_kind, payload, headers,
-                                        schema_version, created_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, 'bytes', ?5, '{}', 1, ?6, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![&EventId::new().to_bytes()[..], "raw", "raw", "BENCH", vec![b'x'; 100], 0])
-        })
-        .expect("insert");
-        tx.commit().expect("commit");
-    }
-    Rate { ops: n, elapsed: start.elapsed() }
-}
-
-/// The raw drain baseline: per batch, one transaction selecting the next
-/// pending rows and leasing them, one marking them delivered.
-fn raw_drain(path: &Path, batch: i64) -> Rate {
-    let mut c = raw_conn(path);
-    let start = Instant::now();
-    let mut ops = 0;
-    loop {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).expect("begin");
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = tx
-            .prepare_cached(
-                "SELECT seq, id, payload FROM outbox_events WHERE status <> 'delivered' AND status = 'pending'
-                 ORDER BY seq LIMIT ?1",
-            )
-            .and_then(|mut s| s.query_map([batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
-            .expect("select");
-        if rows.is_empty() {
-            break;
-        }
-        for (seq, _, _) in &rows {
-            tx.prepare_cached(
-                "UPDATE outbox_events SET attempts = attempts + 1, lease_until = ?2 WHERE seq = ?1",
-            )
-            .and_then(|mut s| s.execute(params![seq, i64::MAX]))
-            .expect("lease");
-        }
-        tx.commit().expect("commit");
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).expect("begin");
-        for (seq, _, _) in &rows {
-            tx.prepare_cached(
-                "UPDATE outbox_events SET status = 'delivered', delivered_at = 1 WHERE seq = ?1",
-            )
-            .and_then(|mut s| s.execute([seq]))
-            .expect("deliver");
-        }
-        tx.commit().expect("commit");
-        ops += rows.len() as u64;
-    }
-    Rate { ops, elapsed: start.elapsed() }
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -145,7 +69,8 @@ fn main() {
     // 1. One committer, ours vs raw, interleaved run by run.
     let (mut ours_us, mut raw_us, mut raw_rate) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let r = raw_commits(&dir.fresh(), commits);
+        let (ops, elapsed) = baseline::raw_commits(&dir.fresh(), commits);
+        let r = Rate { ops, elapsed };
         raw_us.push(r.micros_per_op());
         raw_rate.push(r.per_sec());
         let store = ours(&dir.fresh());
@@ -208,7 +133,8 @@ fn main() {
         let s2 = ours(&p2);
         fill(&s2, backlog, 10_000, 1000);
         drop(s2);
-        let d = raw_drain(&p2, 1000);
+        let (ops, elapsed) = baseline::raw_drain(&p2, 1000);
+        let d = Rate { ops, elapsed };
         assert_eq!(d.ops, backlog, "raw drained everything");
         raw_d.push(d.per_sec());
         let _ = std::fs::remove_file(&p1);

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::unwrap_used)]
 
+#[doc(hidden)]
+pub mod baseline;
 mod error;
 pub mod schema;
 mod store;

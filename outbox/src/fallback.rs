@@ -110,7 +110,7 @@ impl FallbackStore {
         lock(&self.mem_grant).clone()
     }
 
-    fn from_memory(&self, id: EventId) -> Option<LeaderGrant> {
+    fn grant_if_claimed_here(&self, id: EventId) -> Option<LeaderGrant> {
         let held = lock(&self.mem_ids).contains(&id);
         if held { self.current_mem_grant() } else { None }
     }
@@ -205,7 +205,7 @@ impl DeliveryStore for FallbackStore {
     }
 
     async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
-        if let Some(mg) = self.from_memory(id) {
+        if let Some(mg) = self.grant_if_claimed_here(id) {
             self.memory.retry_later(&mg, id, at, error).await?;
             self.settled(&[id]);
             return Ok(());
@@ -214,7 +214,7 @@ impl DeliveryStore for FallbackStore {
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
-        if let Some(mg) = self.from_memory(id) {
+        if let Some(mg) = self.grant_if_claimed_here(id) {
             self.memory.dead_letter(&mg, id, error).await?;
             self.settled(&[id]);
             return Ok(());

@@ -11,7 +11,7 @@ pub use runtime::{DEFAULT_SQLITE_PATH, Outbox, configure_outbox, configure_with,
 pub use outbox_consumer as consumer;
 pub use outbox_core::{
     ActorId, Commit, CommitReceipt, ConsumerId, Durability, DurableStore, Envelope, Error, ErrorKind,
-    EventId, NewEvent, OutboxConfig, Payload, StoreChoice, Version, prelude,
+    EventId, NewEvent, OutboxConfig, Payload, Result, StoreChoice, Version, prelude,
 };
 pub use outbox_forwarder::{Bus, ForwarderConfig, Outcome, Sink, Subscription, Topic};
 pub use outbox_store_memory::MemoryStore;

@@ -125,7 +125,7 @@ async fn a_failed_commit_discards_the_draft_and_the_events() {
     .await
     .unwrap();
     let form = outbox.spawn_actor(ActorId::new("f").unwrap(), FormActor).await.unwrap();
-    let mut watch = form.watch();
+    let watch = form.watch();
     faulty.fail_from(1, FaultMode::Before);
     let err = form.send(Msg::Edit("x".into())).await.unwrap_err();
     assert_eq!(err.store_kind(), Some(ErrorKind::Unavailable));
