@@ -65,6 +65,21 @@ impl Sink for Switch {
     }
 }
 
+/// Commits one 100-byte event from `a`.
+async fn commit_one(store: &Arc<dyn DurableStore>, a: &ActorId) {
+    store
+        .put_state_and_events(Commit::events_only().event(NewEvent::new(a.clone(), "L", payload())))
+        .await
+        .expect("commit");
+}
+
+/// Returns once nothing is pending.
+async fn drained(store: &Arc<dyn DurableStore>) {
+    while store.stats().await.expect("stats").pending > 0 {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
@@ -170,10 +185,7 @@ fn main() {
         let mut lat = Vec::with_capacity(n_lat as usize);
         for _ in 0..n_lat {
             let start = Instant::now();
-            store
-                .put_state_and_events(Commit::events_only().event(NewEvent::new(a.clone(), "L", payload())))
-                .await
-                .expect("commit");
+            commit_one(&store, &a).await;
             handle.waker().wake();
             sub.recv().await.expect("delivered");
             lat.push(start.elapsed().as_secs_f64() * 1e3);
@@ -183,10 +195,7 @@ fn main() {
         let mut commit_only = Vec::with_capacity(n_lat as usize);
         for _ in 0..n_lat {
             let start = Instant::now();
-            store
-                .put_state_and_events(Commit::events_only().event(NewEvent::new(a.clone(), "L", payload())))
-                .await
-                .expect("commit");
+            commit_one(&store, &a).await;
             commit_only.push(start.elapsed().as_secs_f64() * 1e3);
         }
         (lat, commit_only)
@@ -234,18 +243,14 @@ fn main() {
             sink.0.store(true, Ordering::SeqCst);
             let start = Instant::now();
             handle.waker().notify_online();
-            while store.stats().await.expect("stats").pending > 0 {
-                tokio::task::yield_now().await;
-            }
+            drained(&store).await;
             let a = start.elapsed().as_secs_f64() * 1e3;
             handle.shutdown().await;
 
             let store: Arc<dyn DurableStore> = Arc::new(SqliteStore::open(&q).expect("open"));
             let start = Instant::now();
             let handle = Forwarder::new(store.clone(), Arc::new(NullSink), cfg).spawn();
-            while store.stats().await.expect("stats").pending > 0 {
-                tokio::task::yield_now().await;
-            }
+            drained(&store).await;
             let b = start.elapsed().as_secs_f64() * 1e3;
             handle.shutdown().await;
             (a, b)
