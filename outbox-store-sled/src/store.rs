@@ -1013,3 +1013,72 @@ impl DurableStore for SledStore {
         Capabilities::new("sled", durable).survives_reopen(true).limits(self.limits)
     }
 }
+
+/// Everything in a database, read raw after checking that its indexes
+/// agree with its rows (for crash tests and debugging; see
+/// [`dump`](crate::debug::dump)).
+#[derive(Debug, Default)]
+pub struct Contents {
+    /// Every actor's state.
+    pub states: Vec<(ActorId, StateSnapshot)>,
+    /// Every stored event in commit order, with whether it is delivered.
+    pub events: Vec<(Envelope, bool)>,
+}
+
+pub(crate) fn dump(path: &Path) -> Result<Contents> {
+    let db = open_db(&sled::Config::new().path(path), path)?;
+    let w = Worker::new(db, &SledOptions::new(path))?;
+    let mut c = Contents::default();
+    for item in w.all[STATE].iter() {
+        let (k, _) = item.map_err(|e| map("scan state", e))?;
+        let actor = ActorId::new(String::from_utf8_lossy(&k).into_owned())?;
+        let snap = w.load_state(&actor)?.ok_or_else(|| corrupt("state vanished"))?;
+        c.states.push((actor, snap));
+    }
+    let (mut pending, mut dead, mut delivered) = (0usize, 0usize, 0usize);
+    for item in w.all[EVENTS].iter() {
+        let (k, v) = item.map_err(|e| map("scan events", e))?;
+        let seq = seq_of(&k)?;
+        let row = decode_row(&v)?;
+        let id_seq = w.all[IDS].get(row.env.id.to_bytes()).map_err(|e| map("read id", e))?;
+        if id_seq.as_deref() != Some(&k[..]) {
+            return Err(corrupt(&format!("event {} is missing from the id index", row.env.id)));
+        }
+        let in_pending = w.all[PENDING].get(&k).map_err(|e| map("read pending", e))?;
+        let in_dead = w.all[DEAD].contains_key(&k).map_err(|e| map("read dead", e))?;
+        let ok = match row.status {
+            Status::Pending => {
+                pending += 1;
+                in_pending.map(|p| decode_pending(&p)).transpose()? == Some(PendingEntry::of(&row))
+                    && !in_dead
+            }
+            Status::Dead => {
+                dead += 1;
+                in_pending.is_none() && in_dead
+            }
+            Status::Delivered(at) => {
+                delivered += 1;
+                in_pending.is_none()
+                    && !in_dead
+                    && w.all[DELIVERED]
+                        .contains_key(time_seq_key(at, seq))
+                        .map_err(|e| map("read delivered", e))?
+            }
+        };
+        if !ok {
+            return Err(corrupt(&format!(
+                "event {} ({:?}) disagrees with the indexes",
+                row.env.id, row.status
+            )));
+        }
+        c.events.push((row.env, matches!(row.status, Status::Delivered(_))));
+    }
+    if w.all[PENDING].len() != pending
+        || w.all[DEAD].len() != dead
+        || w.all[DELIVERED].len() != delivered
+        || w.all[IDS].len() != c.events.len()
+    {
+        return Err(corrupt("an index names events that do not exist"));
+    }
+    Ok(c)
+}
