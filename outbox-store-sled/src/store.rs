@@ -31,6 +31,13 @@ pub const LAYOUT_VERSION: u32 = 1;
 const LAYOUT_KEY: &[u8] = b"layout";
 /// The `meta` key holding the last leadership epoch granted (`u64`).
 const EPOCH_KEY: &[u8] = b"last_epoch";
+/// The `meta` key holding the next commit sequence number (`u64`); it
+/// never goes down.
+const SEQ_KEY: &[u8] = b"next_seq";
+/// The file, beside sled's own in the database directory, recording a
+/// sequence number known durable (at open, after recovery, and at close).
+/// A database that recovers to less lost committed data.
+const WATERMARK_FILE: &str = "outbox.watermark";
 
 /// The trees, in the order of [`Worker::all`] (the transaction view).
 const TREES: [&str; 9] = [
@@ -401,7 +408,33 @@ fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
             (f.deliver)(err);
         }
     }
-    let _ = w.db.flush();
+    if w.failed.is_none() && w.db.flush().is_ok() {
+        let _ = write_watermark(&w.watermark, w.next_seq);
+    }
+}
+
+/// The durable sequence number recorded in `path`, if the file exists.
+fn read_watermark(path: &Path) -> Result<Option<u64>> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let b: [u8; 8] =
+                b.as_slice().try_into().map_err(|_| corrupt("the watermark file is malformed"))?;
+            Ok(Some(u64::from_be_bytes(b)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(map("read the watermark", sled::Error::Io(e))),
+    }
+}
+
+/// Records `seq` in `path` atomically (write, fsync, rename).
+fn write_watermark(path: &Path, seq: u64) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let io = |e| map("write the watermark", sled::Error::Io(e));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&seq.to_be_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The state the worker thread owns.
@@ -420,6 +453,7 @@ struct Worker {
     max_size: Option<u64>,
     /// Whether the size cap was hit, measured once per batch.
     capped: Option<bool>,
+    watermark: PathBuf,
 }
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
@@ -483,10 +517,30 @@ impl Worker {
                 .map_err(|e| map("write layout", e))?;
             db.flush().map_err(|e| map("flush layout", e))?;
         }
-        let next_seq = match all[EVENTS].last().map_err(|e| map("read last event", e))? {
+        let after_last = match all[EVENTS].last().map_err(|e| map("read last event", e))? {
             Some((k, _)) => seq_of(&k)? + 1,
             None => 0,
         };
+        let stored = match all[META].get(SEQ_KEY).map_err(|e| map("read sequence", e))? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("sequence is malformed"))?)
+            }
+            None => 0,
+        };
+        let next_seq = after_last.max(stored);
+        let watermark = o.path.join(WATERMARK_FILE);
+        if let Some(known) = read_watermark(&watermark)?
+            && next_seq < known
+        {
+            return Err(Error::Corrupted {
+                message: format!(
+                    "the sled database at {} recovered only {next_seq} of {known} committed events: its files were damaged or replaced",
+                    o.path.display()
+                ),
+                source: None,
+            });
+        }
+        write_watermark(&watermark, next_seq)?;
         let last_epoch = match all[META].get(EPOCH_KEY).map_err(|e| map("read epoch", e))? {
             Some(v) => {
                 let b: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt("epoch is malformed"))?;
@@ -506,6 +560,7 @@ impl Worker {
             failed: None,
             max_size: o.max_size_bytes,
             capped: None,
+            watermark,
         })
     }
 
@@ -594,6 +649,9 @@ impl Worker {
                 v[IDS].insert(&id.to_bytes(), &seq)?;
                 v[EVENTS].insert(&seq, row.as_slice())?;
                 v[PENDING].insert(&seq, pending.as_slice())?;
+            }
+            if n > 0 {
+                v[META].insert(SEQ_KEY, &(seq0 + n).to_be_bytes())?;
             }
             for (key, m) in &marks {
                 if v[INBOX].get(key)?.is_some() {

@@ -1,0 +1,246 @@
+//! sled-specific behaviour: group flush, layout versions, foreign and
+//! damaged databases, the directory lock, the size cap, leadership across
+//! reopen, the interval flush policy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::executor::block_on;
+use futures::future::join_all;
+use outbox_core::prelude::*;
+use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, Payload, Result, Timestamp, Version};
+use outbox_store_sled::{FlushPolicy, LAYOUT_VERSION, SledStore};
+
+fn actor(s: &str) -> ActorId {
+    ActorId::new(s).unwrap()
+}
+
+fn event(a: &ActorId, n: u64) -> NewEvent {
+    NewEvent::json(a.clone(), "T", &n).unwrap()
+}
+
+fn temp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sled");
+    (dir, path)
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
+    r.expect_err("expected an error").kind()
+}
+
+fn commit_n(store: &SledStore, a: &ActorId, n: u64) -> Version {
+    let mut v = block_on(store.current_version(a)).unwrap();
+    for i in 0..n {
+        v = block_on(store.put_state_and_events(Commit::state(a.clone(), v, vec![1]).event(event(a, i))))
+            .unwrap()
+            .version
+            .unwrap();
+    }
+    v
+}
+
+#[test]
+fn group_flush_coalesces_concurrent_commits() {
+    let (_d, path) = temp();
+    let store = SledStore::open(&path).unwrap();
+    let commits: Vec<_> = (0..64)
+        .map(|i| {
+            let a = actor(&format!("a{i}"));
+            Commit::state(a.clone(), Version::NONE, vec![i as u8]).event(event(&a, i))
+        })
+        .collect();
+    let results = block_on(join_all(commits.into_iter().map(|c| store.put_state_and_events(c))));
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let stats = store.flush_stats();
+    assert_eq!(stats.commits, 64);
+    assert!(stats.flushes < 64, "64 concurrent commits took {} flushes", stats.flushes);
+    assert_eq!(block_on(store.stats()).unwrap().pending, 64);
+}
+
+#[test]
+fn a_newer_layout_is_refused_and_not_altered() {
+    let (_d, path) = temp();
+    commit_n(&SledStore::open(&path).unwrap(), &actor("a"), 1);
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("outbox.meta").unwrap().insert("layout", &(LAYOUT_VERSION + 1).to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaTooNew);
+    let db = sled::open(&path).unwrap();
+    let v = db.open_tree("outbox.meta").unwrap().get("layout").unwrap().unwrap();
+    assert_eq!(v.as_ref(), &(LAYOUT_VERSION + 1).to_be_bytes(), "the layout mark was not rewritten");
+    assert_eq!(db.open_tree("outbox.events").unwrap().len(), 1, "the events are untouched");
+}
+
+#[test]
+fn a_foreign_sled_database_is_refused_and_left_alone() {
+    let (_d, path) = temp();
+    {
+        let db = sled::open(&path).unwrap();
+        db.insert("app", "data").unwrap();
+        db.open_tree("users").unwrap().insert("u1", "x").unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(kind(SledStore::open(&path)), ErrorKind::Corrupted);
+    let db = sled::open(&path).unwrap();
+    let names: Vec<_> =
+        db.tree_names().into_iter().map(|n| String::from_utf8_lossy(&n).into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with("outbox.")), "no outbox tree was created: {names:?}");
+}
+
+#[test]
+fn a_file_that_is_not_sled_is_a_typed_error_not_a_panic() {
+    let (_d, path) = temp();
+    // A plain file where the database directory should be.
+    std::fs::write(&path, b"not a directory").unwrap();
+    let k = kind(SledStore::open(&path));
+    assert!(
+        matches!(k, ErrorKind::Corrupted | ErrorKind::Unavailable | ErrorKind::PermissionDenied),
+        "{k:?}"
+    );
+}
+
+#[test]
+fn a_damaged_database_gives_typed_errors_not_panics() {
+    let (_d, path) = temp();
+    {
+        let store = SledStore::open(&path).unwrap();
+        let a = actor("a");
+        let events: Vec<_> =
+            (0..300).map(|i| NewEvent::new(a.clone(), "T", Payload::bytes(vec![i as u8; 900]))).collect();
+        block_on(store.put_state_and_events(Commit::state(a, Version::NONE, b"s".to_vec()).events(events)))
+            .unwrap();
+    }
+    let file = path.join("db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > 64 * 1024, "{}", bytes.len());
+    for b in &mut bytes[4096..] {
+        *b = 0xA5;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    // sled treats a damaged log like a torn write and recovers what comes
+    // before it; the store notices that committed events are missing.
+    assert_eq!(kind(SledStore::open(&path)), ErrorKind::Corrupted);
+}
+
+#[test]
+fn a_damaged_row_is_corrupted_not_a_panic() {
+    let (_d, path) = temp();
+    commit_n(&SledStore::open(&path).unwrap(), &actor("a"), 3);
+    {
+        let db = sled::open(&path).unwrap();
+        let events = db.open_tree("outbox.events").unwrap();
+        let (k, v) = events.first().unwrap().unwrap();
+        events.insert(k, &v[..v.len() / 2]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(kind(block_on(store.list_pending(10))), ErrorKind::Corrupted);
+    let g = block_on(store.acquire_leadership("l", Duration::from_secs(30))).unwrap().unwrap();
+    assert_eq!(
+        kind(block_on(store.claim(&g, ClaimRequest::new(10, Duration::from_secs(30))))),
+        ErrorKind::Corrupted
+    );
+    assert_eq!(
+        kind(outbox_store_sled::debug::dump(&path)),
+        ErrorKind::Unavailable,
+        "the store holds the lock"
+    );
+    drop(store);
+    assert_eq!(kind(outbox_store_sled::debug::dump(&path)), ErrorKind::Corrupted);
+}
+
+#[test]
+fn a_second_open_while_held_is_unavailable() {
+    let (_d, path) = temp();
+    let first = SledStore::open(&path).unwrap();
+    let err = SledStore::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(err.is_retryable());
+    drop(first);
+    SledStore::open(&path).expect("opens once the first handle is closed");
+}
+
+#[test]
+fn the_size_cap_is_quota_exceeded_and_keeps_what_was_committed() {
+    let (_d, path) = temp();
+    let store = SledStore::options(&path).max_size_bytes(4 * 1024 * 1024).open().unwrap();
+    let a = actor("a");
+    let mut version = Version::NONE;
+    let mut committed = 0u64;
+    let err = loop {
+        let e = NewEvent::new(a.clone(), "BIG", Payload::bytes(vec![7; 32 * 1024]));
+        match block_on(store.put_state_and_events(Commit::state(a.clone(), version, vec![1; 512]).event(e))) {
+            Ok(r) => {
+                version = r.version.unwrap();
+                committed += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(committed < 10_000, "the size cap never hit");
+    };
+    assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+    assert!(committed > 5);
+    assert_eq!(block_on(store.stats()).unwrap().pending, committed, "everything committed before is there");
+    assert_eq!(
+        block_on(store.load_state(&a)).unwrap().unwrap().version,
+        version,
+        "the failed commit wrote nothing"
+    );
+
+    // A full outbox still drains.
+    let g = block_on(store.acquire_leadership("l", Duration::from_secs(30))).unwrap().unwrap();
+    let mut drained = 0;
+    loop {
+        let batch = block_on(store.claim(&g, ClaimRequest::new(100, Duration::from_secs(30)))).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        drained += batch.len() as u64;
+        block_on(store.ack(&g, &batch.iter().map(|e| e.id).collect::<Vec<_>>())).unwrap();
+    }
+    assert_eq!(drained, committed);
+    let far = Timestamp::from_millis(i64::MAX);
+    assert_eq!(block_on(store.prune_delivered(far, usize::MAX)).unwrap(), committed);
+}
+
+#[test]
+fn epochs_grow_across_reopen_and_old_grants_are_fenced() {
+    let (_d, path) = temp();
+    let ttl = Duration::from_secs(3600);
+    let store = SledStore::open(&path).unwrap();
+    let a = actor("a");
+    commit_n(&store, &a, 2);
+    let g1 = block_on(store.acquire_leadership("one", ttl)).unwrap().unwrap();
+    let claimed = block_on(store.claim(&g1, ClaimRequest::new(1, Duration::from_millis(1)))).unwrap();
+    assert_eq!(claimed.len(), 1);
+    drop(store);
+
+    // A new opener is not blocked by the dead holder's unexpired grant.
+    let store = SledStore::open(&path).unwrap();
+    let g2 = block_on(store.acquire_leadership("two", ttl)).unwrap().expect("no leader after reopen");
+    assert!(g2.epoch > g1.epoch);
+    assert_eq!(kind(block_on(store.ack(&g1, &[claimed[0].id]))), ErrorKind::Fenced);
+    assert_eq!(kind(block_on(store.ack(&g2, &[claimed[0].id]))), ErrorKind::Fenced, "g2 never claimed it");
+}
+
+#[test]
+fn the_interval_policy_reports_not_durable_and_still_reopens() {
+    let (_d, path) = temp();
+    let a = actor("a");
+    {
+        let store = SledStore::options(&path)
+            .flush(FlushPolicy::Interval(Duration::from_millis(500)))
+            .open()
+            .unwrap();
+        assert!(!store.capabilities().durable);
+        commit_n(&store, &a, 3);
+        assert_eq!(store.flush_stats().flushes, 0, "no flush per write");
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert!(store.capabilities().durable);
+    assert_eq!(block_on(store.current_version(&a)).unwrap(), Version(3), "closing flushed everything");
+}
