@@ -3,6 +3,9 @@
 use outbox_core::Error;
 use sled::transaction::TransactionError;
 
+/// Part of the message of a held directory lock.
+pub(crate) const LOCK_HELD: &str = "is open in another process or handle";
+
 /// Maps a sled error, met while doing `what`: a held directory lock is
 /// `Unavailable`, corruption is `Corrupted`, a full disk is
 /// `QuotaExceeded`, permission and read-only failures are
@@ -14,7 +17,7 @@ pub(crate) fn map(what: &str, e: sled::Error) -> Error {
             if io.to_string().contains("could not acquire lock") {
                 return Error::Unavailable {
                     message: format!(
-                        "sled {what}: the database is open in another process or handle (sled locks its directory): {io}"
+                        "sled {what}: the database {LOCK_HELD} (sled locks its directory): {io}"
                     ),
                     source: Some(Box::new(io)),
                 };

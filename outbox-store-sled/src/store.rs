@@ -86,6 +86,7 @@ pub struct SledOptions {
     cache_capacity: Option<u64>,
     max_batch: usize,
     max_size_bytes: Option<u64>,
+    lock_timeout: Duration,
 }
 
 impl fmt::Debug for SledOptions {
@@ -97,6 +98,7 @@ impl fmt::Debug for SledOptions {
             .field("cache_capacity", &self.cache_capacity)
             .field("max_batch", &self.max_batch)
             .field("max_size_bytes", &self.max_size_bytes)
+            .field("lock_timeout", &self.lock_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -113,7 +115,18 @@ impl SledOptions {
             cache_capacity: None,
             max_batch: 256,
             max_size_bytes: None,
+            lock_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// How long [`SledOptions::open`] waits for sled's directory lock when
+    /// another handle holds it (one being closed, whose last users are
+    /// still winding down), retrying every 10 ms; then
+    /// [`Error::Unavailable`]. Default 1 s; zero fails at once. The wait
+    /// blocks the calling thread.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
     }
 
     /// Sets the flush policy.
@@ -283,7 +296,15 @@ impl SledStore {
             FlushPolicy::EveryWrite => config.flush_every_ms(None),
             FlushPolicy::Interval(d) => config.flush_every_ms(Some(d.as_millis().max(1) as u64)),
         };
-        let db = open_db(&config, &o.path)?;
+        let deadline = std::time::Instant::now() + o.lock_timeout;
+        let db = loop {
+            match open_db(&config, &o.path) {
+                Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r?,
+            }
+        };
         let worker = Worker::new(db, &o)?;
         let counts = worker.counts.clone();
         let (tx, rx) = channel();
@@ -344,6 +365,10 @@ impl SledStore {
             source: None,
         })?
     }
+}
+
+fn is_lock_held(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { message, .. } if message.contains(crate::error::LOCK_HELD))
 }
 
 /// Opens sled, catching a panic on a damaged directory (sled 0.34 asserts

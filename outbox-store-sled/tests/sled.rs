@@ -157,11 +157,16 @@ fn a_damaged_row_is_corrupted_not_a_panic() {
 fn a_second_open_while_held_is_unavailable() {
     let (_d, path) = temp();
     let first = SledStore::open(&path).unwrap();
-    let err = SledStore::open(&path).unwrap_err();
+    let err = SledStore::options(&path).lock_timeout(Duration::ZERO).open().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.is_retryable());
+    // An opener that waits gets the database once the holder closes it.
+    let waiter = std::thread::spawn({
+        let path = path.clone();
+        move || SledStore::options(&path).lock_timeout(Duration::from_secs(30)).open().map(drop)
+    });
     drop(first);
-    SledStore::open(&path).expect("opens once the first handle is closed");
+    waiter.join().unwrap().expect("opens once the first handle is closed");
 }
 
 #[test]

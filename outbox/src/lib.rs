@@ -15,5 +15,7 @@ pub use outbox_core::{
 };
 pub use outbox_forwarder::{Bus, ForwarderConfig, Outcome, Sink, Subscription, Topic};
 pub use outbox_store_memory::MemoryStore;
+#[cfg(feature = "sled")]
+pub use outbox_store_sled::SledStore;
 #[cfg(feature = "sqlite")]
 pub use outbox_store_sqlite::SqliteStore;

@@ -60,7 +60,14 @@ fn open_durable(choice: &StoreChoice, clock: &SharedClock) -> Result<Arc<dyn Dur
         StoreChoice::Sqlite(_) => {
             Err(Error::Unsupported { operation: "the SQLite store (enable the `sqlite` feature)" })
         }
-        StoreChoice::Sled(_) => Err(Error::Unsupported { operation: "the sled store (not in this build)" }),
+        #[cfg(feature = "sled")]
+        StoreChoice::Sled(path) => {
+            Ok(Arc::new(outbox_store_sled::SledStore::options(path).clock(clock.clone()).open()?))
+        }
+        #[cfg(not(feature = "sled"))]
+        StoreChoice::Sled(_) => {
+            Err(Error::Unsupported { operation: "the sled store (enable the `sled` feature)" })
+        }
         StoreChoice::IndexedDb(_) => {
             Err(Error::Unsupported { operation: "the IndexedDB store (wasm32 only)" })
         }
