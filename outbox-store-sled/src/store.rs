@@ -260,7 +260,10 @@ struct Finish {
 
 type Job = Box<dyn FnOnce(&mut Worker) -> Finish + Send>;
 
-struct Msg(Job);
+enum Msg {
+    Job(Job),
+    Commit(Commit, oneshot::Sender<Result<CommitReceipt>>),
+}
 
 impl SledStore {
     /// Opens the store at `path` with default options.
@@ -326,18 +329,18 @@ impl SledStore {
         })
     }
 
+    fn send(&self, msg: Msg) -> Result<()> {
+        lock(&self.tx)
+            .as_ref()
+            .ok_or(())
+            .and_then(|tx| tx.send(msg).map_err(|_| ()))
+            .map_err(|()| Error::Unavailable { message: "the sled worker has stopped".into(), source: None })
+    }
+
+    /// Runs `f` on the worker; `writes` makes its `Ok` wait for the flush.
     async fn call<T: Send + 'static>(
         &self,
         writes: bool,
-        f: impl FnOnce(&mut Worker) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.call_inner(writes, false, f).await
-    }
-
-    async fn call_inner<T: Send + 'static>(
-        &self,
-        writes: bool,
-        commit: bool,
         f: impl FnOnce(&mut Worker) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
@@ -348,7 +351,7 @@ impl SledStore {
             };
             Finish {
                 needs_flush: writes && r.is_ok(),
-                commit: commit && r.is_ok(),
+                commit: false,
                 deliver: Box::new(move |flush_error| {
                     let _ = reply.send(match flush_error {
                         Some(e) => Err(e),
@@ -357,9 +360,7 @@ impl SledStore {
                 }),
             }
         });
-        lock(&self.tx).as_ref().ok_or(()).and_then(|tx| tx.send(Msg(job)).map_err(|_| ())).map_err(|()| {
-            Error::Unavailable { message: "the sled worker has stopped".into(), source: None }
-        })?;
+        self.send(Msg::Job(job))?;
         rx.await.map_err(|_| Error::Unavailable {
             message: "the sled worker stopped mid-call".into(),
             source: None,
@@ -399,15 +400,27 @@ impl Drop for SledStore {
 /// of queued jobs.
 fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
     let mut finished: Vec<Finish> = Vec::new();
-    while let Ok(Msg(first)) = rx.recv() {
+    let mut queued: Vec<Msg> = Vec::new();
+    let mut group: Vec<(Commit, oneshot::Sender<Result<CommitReceipt>>)> = Vec::new();
+    while let Ok(first) = rx.recv() {
         w.capped = None;
-        finished.push(first(&mut w));
-        while finished.len() < max_batch {
+        queued.push(first);
+        while queued.len() < max_batch {
             match rx.try_recv() {
-                Ok(Msg(job)) => finished.push(job(&mut w)),
+                Ok(m) => queued.push(m),
                 Err(_) => break,
             }
         }
+        for m in queued.drain(..) {
+            match m {
+                Msg::Commit(c, reply) => group.push((c, reply)),
+                Msg::Job(job) => {
+                    run_group(&mut w, &mut group, &mut finished);
+                    finished.push(job(&mut w));
+                }
+            }
+        }
+        run_group(&mut w, &mut group, &mut finished);
         let flush_error = if w.flush_each && finished.iter().any(|f| f.needs_flush) {
             match w.db.flush() {
                 Ok(_) => {
@@ -435,6 +448,35 @@ fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
     }
     if w.failed.is_none() && w.db.flush().is_ok() {
         let _ = write_watermark(&w.watermark, w.next_seq);
+    }
+}
+
+/// Commits the queued `group` (see [`Worker::commit_group`]).
+fn run_group(
+    w: &mut Worker,
+    group: &mut Vec<(Commit, oneshot::Sender<Result<CommitReceipt>>)>,
+    finished: &mut Vec<Finish>,
+) {
+    if group.is_empty() {
+        return;
+    }
+    let (commits, replies): (Vec<Commit>, Vec<_>) = group.drain(..).unzip();
+    let results = match &w.failed {
+        Some(e) => commits.iter().map(|_| Err(for_caller(e))).collect(),
+        None => w.commit_group(&commits),
+    };
+    for (r, reply) in results.into_iter().zip(replies) {
+        let ok = r.is_ok();
+        finished.push(Finish {
+            needs_flush: ok,
+            commit: ok,
+            deliver: Box::new(move |flush_error| {
+                let _ = reply.send(match flush_error {
+                    Some(e) => Err(e),
+                    None => r,
+                });
+            }),
+        });
     }
 }
 
@@ -497,6 +539,39 @@ fn get_row(t: &TransactionalTree, seq: u64) -> TxResult<Option<Row>> {
 fn put_row(v: &[TransactionalTree], seq: u64, row: &Row) -> TxResult<()> {
     v[EVENTS].insert(&seq_key(seq), encode_row(row))?;
     Ok(())
+}
+
+/// The encoded writes of one checked commit.
+struct Write {
+    state: Option<(Vec<u8>, Vec<u8>)>,
+    /// (seq, id, row, pending index entry)
+    events: Vec<(u64, EventId, Vec<u8>, Vec<u8>)>,
+    marks: Vec<Vec<u8>>,
+}
+
+fn prepare(commit: &Commit, now: Timestamp, seq0: u64, marks: Vec<Vec<u8>>) -> Write {
+    let state = commit.state.as_ref().map(|s| {
+        let mut w = Writer(Vec::with_capacity(16 + s.snapshot.len()));
+        w.u64(s.expected_version.next().0);
+        w.time(now);
+        w.0.extend_from_slice(&s.snapshot);
+        (s.actor.as_str().as_bytes().to_vec(), w.0)
+    });
+    let events = commit
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let row = Row {
+                env: Envelope::committed(e.clone(), now),
+                status: Status::Pending,
+                claimed_by: None,
+                lease_until: None,
+            };
+            (seq0 + i as u64, e.id, encode_row(&row), encode_pending(&PendingEntry::of(&row)))
+        })
+        .collect();
+    Write { state, events, marks }
 }
 
 impl Worker {
@@ -616,85 +691,132 @@ impl Worker {
         Ok(over)
     }
 
-    fn commit(&mut self, commit: Commit) -> Result<CommitReceipt> {
-        if self.over_cap()? {
-            return Err(Error::QuotaExceeded {
-                message: "the sled outbox reached its size cap (max_size_bytes)".into(),
-                source: None,
-            });
+    /// Applies a run of queued commits: each is checked on its own (against
+    /// the trees and the members before it), and those that pass are
+    /// written together in ONE transaction. A member that fails its checks
+    /// (a version conflict, a duplicate) fails alone and writes nothing.
+    /// Checking outside the transaction is sound because every write to
+    /// the database runs on this thread.
+    fn commit_group(&mut self, commits: &[Commit]) -> Vec<Result<CommitReceipt>> {
+        match self.over_cap() {
+            Ok(false) => {}
+            Ok(true) => {
+                return commits
+                    .iter()
+                    .map(|_| {
+                        Err(Error::QuotaExceeded {
+                            message: "the sled outbox reached its size cap (max_size_bytes)".into(),
+                            source: None,
+                        })
+                    })
+                    .collect();
+            }
+            Err(e) => return commits.iter().map(|_| Err(for_caller(&e))).collect(),
         }
         let now = self.now();
-        let seq0 = self.next_seq;
-        let n = commit.events.len() as u64;
-        let state_key = commit.state.as_ref().map(|s| s.actor.as_str().as_bytes().to_vec());
-        let state_value = commit.state.as_ref().map(|s| {
-            let mut w = Writer(Vec::with_capacity(16 + s.snapshot.len()));
-            w.u64(s.expected_version.next().0);
-            w.time(now);
-            w.0.extend_from_slice(&s.snapshot);
-            w.0
+        let mut next_seq = self.next_seq;
+        let mut versions: HashMap<&ActorId, Version> = HashMap::new();
+        let mut ids: HashSet<EventId> = HashSet::new();
+        let mut marks: HashSet<Vec<u8>> = HashSet::new();
+        let mut writes: Vec<Write> = Vec::new();
+        let mut results: Vec<Result<CommitReceipt>> = Vec::with_capacity(commits.len());
+        for commit in commits {
+            match self.check(commit, &versions, &ids, &marks) {
+                Err(e) => results.push(Err(e)),
+                Ok(member_marks) => {
+                    let w = prepare(commit, now, next_seq, member_marks);
+                    next_seq += commit.events.len() as u64;
+                    if let Some(s) = &commit.state {
+                        versions.insert(&s.actor, s.expected_version.next());
+                    }
+                    ids.extend(commit.events.iter().map(|e| e.id));
+                    marks.extend(w.marks.iter().cloned());
+                    results.push(Ok(CommitReceipt {
+                        version: commit.state.as_ref().map(|s| s.expected_version.next()),
+                        committed_at: now,
+                    }));
+                    writes.push(w);
+                }
+            }
+        }
+        if writes.is_empty() {
+            return results;
+        }
+        let applied = self.tx("commit", |v| {
+            for w in &writes {
+                if let Some((key, value)) = &w.state {
+                    v[STATE].insert(key.as_slice(), value.as_slice())?;
+                }
+                for (seq, id, row, pending) in &w.events {
+                    let seq = seq_key(*seq);
+                    v[IDS].insert(&id.to_bytes(), &seq)?;
+                    v[EVENTS].insert(&seq, row.as_slice())?;
+                    v[PENDING].insert(&seq, pending.as_slice())?;
+                }
+                for key in &w.marks {
+                    v[INBOX].insert(key.as_slice(), &time_bytes(now))?;
+                    let mut tk = time_bytes(now).to_vec();
+                    tk.extend_from_slice(key);
+                    v[INBOX_TIME].insert(tk, &[])?;
+                }
+            }
+            if next_seq != self.next_seq {
+                v[META].insert(SEQ_KEY, &next_seq.to_be_bytes())?;
+            }
+            Ok(())
         });
-        let rows: Vec<(EventId, Vec<u8>, Vec<u8>)> = commit
-            .events
-            .iter()
-            .map(|e| {
-                let row = Row {
-                    env: Envelope::committed(e.clone(), now),
-                    status: Status::Pending,
-                    claimed_by: None,
-                    lease_until: None,
-                };
-                (e.id, encode_row(&row), encode_pending(&PendingEntry::of(&row)))
-            })
-            .collect();
-        let marks: Vec<(Vec<u8>, &outbox_core::InboxMark)> =
-            commit.inbox.iter().map(|m| (inbox_key(&m.consumer, &m.origin, m.event_id), m)).collect();
-        let version = self.tx("commit", |v| {
-            let mut version = None;
-            if let (Some(s), Some(key), Some(value)) = (&commit.state, &state_key, &state_value) {
-                let actual = match v[STATE].get(key)? {
-                    Some(b) => Version(Reader::new(&b).u64().or_else(abort)?),
-                    None => Version::NONE,
-                };
-                if actual != s.expected_version {
-                    return abort(Error::Conflict {
-                        actor: s.actor.clone(),
-                        expected: s.expected_version,
-                        actual,
-                    });
-                }
-                v[STATE].insert(key.as_slice(), value.as_slice())?;
-                version = Some(s.expected_version.next());
+        match applied {
+            Ok(()) => {
+                self.next_seq = next_seq;
+                results
             }
-            for (i, (id, row, pending)) in rows.iter().enumerate() {
-                if v[IDS].get(id.to_bytes())?.is_some() {
-                    return abort(Error::DuplicateEvent { id: *id });
-                }
-                let seq = seq_key(seq0 + i as u64);
-                v[IDS].insert(&id.to_bytes(), &seq)?;
-                v[EVENTS].insert(&seq, row.as_slice())?;
-                v[PENDING].insert(&seq, pending.as_slice())?;
+            Err(e) => results.into_iter().map(|r| r.and_then(|_| Err(for_caller(&e)))).collect(),
+        }
+    }
+
+    /// Checks one commit against the trees and the earlier members of its
+    /// group; returns its inbox keys.
+    fn check(
+        &self,
+        commit: &Commit,
+        versions: &HashMap<&ActorId, Version>,
+        ids: &HashSet<EventId>,
+        marks: &HashSet<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>> {
+        if let Some(s) = &commit.state {
+            let actual = match versions.get(&s.actor) {
+                Some(v) => *v,
+                None => self.load_state(&s.actor)?.map_or(Version::NONE, |st| st.version),
+            };
+            if actual != s.expected_version {
+                return Err(Error::Conflict { actor: s.actor.clone(), expected: s.expected_version, actual });
             }
-            if n > 0 {
-                v[META].insert(SEQ_KEY, &(seq0 + n).to_be_bytes())?;
+        }
+        let mut own = HashSet::new();
+        for e in &commit.events {
+            if !own.insert(e.id)
+                || ids.contains(&e.id)
+                || self.all[IDS].contains_key(e.id.to_bytes()).map_err(|e| map("read id", e))?
+            {
+                return Err(Error::DuplicateEvent { id: e.id });
             }
-            for (key, m) in &marks {
-                if v[INBOX].get(key)?.is_some() {
-                    return abort(Error::AlreadyProcessed {
-                        consumer: m.consumer.clone(),
-                        origin: m.origin.clone(),
-                        id: m.event_id,
-                    });
-                }
-                v[INBOX].insert(key.as_slice(), &time_bytes(now))?;
-                let mut tk = time_bytes(now).to_vec();
-                tk.extend_from_slice(key);
-                v[INBOX_TIME].insert(tk, &[])?;
+        }
+        let mut keys = Vec::with_capacity(commit.inbox.len());
+        for m in &commit.inbox {
+            let key = inbox_key(&m.consumer, &m.origin, m.event_id);
+            if keys.contains(&key)
+                || marks.contains(&key)
+                || self.all[INBOX].contains_key(&key).map_err(|e| map("read inbox", e))?
+            {
+                return Err(Error::AlreadyProcessed {
+                    consumer: m.consumer.clone(),
+                    origin: m.origin.clone(),
+                    id: m.event_id,
+                });
             }
-            Ok(version)
-        })?;
-        self.next_seq = seq0 + n;
-        Ok(CommitReceipt { version, committed_at: now })
+            keys.push(key);
+        }
+        Ok(keys)
     }
 
     fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {
@@ -768,23 +890,28 @@ impl Worker {
             picked.push((seq, entry));
         }
         let lease_until = now.saturating_add(request.lease);
-        let epoch = grant.epoch.0;
+        let mut rows = Vec::with_capacity(picked.len());
+        for (seq, entry) in picked {
+            let b = self.all[EVENTS]
+                .get(seq_key(seq))
+                .map_err(|e| map("read event", e))?
+                .ok_or_else(|| corrupt("pending index names a missing event"))?;
+            let mut row = decode_row(&b)?;
+            row.env.attempts = row.env.attempts.saturating_add(1);
+            row.claimed_by = Some(grant.epoch.0);
+            row.lease_until = Some(lease_until);
+            let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
+            rows.push((seq_key(seq), encode_row(&row), encode_pending(&entry), row.env));
+        }
+        // Read outside, write inside: every write runs on this thread.
         self.tx("claim", |v| {
-            let mut out = Vec::with_capacity(picked.len());
-            for (seq, entry) in &picked {
-                let Some(mut row) = get_row(&v[EVENTS], *seq)? else {
-                    return abort(corrupt("pending index names a missing event"));
-                };
-                row.env.attempts = row.env.attempts.saturating_add(1);
-                row.claimed_by = Some(epoch);
-                row.lease_until = Some(lease_until);
-                put_row(v, *seq, &row)?;
-                let entry = PendingEntry { lease_until: Some(lease_until), ..entry.clone() };
-                v[PENDING].insert(&seq_key(*seq), encode_pending(&entry))?;
-                out.push(row.env);
+            for (k, row, entry, _) in &rows {
+                v[EVENTS].insert(k, row.as_slice())?;
+                v[PENDING].insert(k, entry.as_slice())?;
             }
-            Ok(out)
-        })
+            Ok(())
+        })?;
+        Ok(rows.into_iter().map(|(_, _, _, env)| env).collect())
     }
 
     /// The rows `grant` may settle, by seq; `Fenced` if any id is held by
@@ -978,7 +1105,12 @@ impl Worker {
 impl StateStore for SledStore {
     async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
         commit.validate(&self.limits)?;
-        self.call_inner(true, true, move |w| w.commit(commit)).await
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Commit(commit, reply))?;
+        rx.await.map_err(|_| Error::Unavailable {
+            message: "the sled worker stopped mid-commit".into(),
+            source: None,
+        })?
     }
 
     async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {

@@ -8,7 +8,10 @@ use std::time::Duration;
 use futures::executor::block_on;
 use futures::future::join_all;
 use outbox_core::prelude::*;
-use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, Payload, Result, Timestamp, Version};
+use outbox_core::{
+    ActorId, ClaimRequest, Commit, ConsumerId, Envelope, ErrorKind, NewEvent, Payload, Result, Timestamp,
+    Version,
+};
 use outbox_store_sled::{FlushPolicy, LAYOUT_VERSION, SledStore};
 
 fn actor(s: &str) -> ActorId {
@@ -56,6 +59,68 @@ fn group_flush_coalesces_concurrent_commits() {
     assert_eq!(stats.commits, 64);
     assert!(stats.flushes < 64, "64 concurrent commits took {} flushes", stats.flushes);
     assert_eq!(block_on(store.stats()).unwrap().pending, 64);
+}
+
+#[test]
+fn failing_members_do_not_spoil_the_group() {
+    let (_d, path) = temp();
+    let store = SledStore::open(&path).unwrap();
+    let seen = Envelope::committed(event(&actor("p"), 0), Timestamp::EPOCH);
+    let fresh_seen = Envelope::committed(event(&actor("q"), 0), Timestamp::EPOCH);
+    let consumer = ConsumerId::new("c").unwrap();
+    let existing = event(&actor("x"), 0);
+    block_on(store.put_state_and_events(
+        Commit::events_only().event(existing.clone()).mark_processed(consumer.clone(), &seen),
+    ))
+    .unwrap();
+    let shared = event(&actor("y"), 0);
+
+    // Against the stored data: every 6th member fails a different way.
+    let mut commits = Vec::new();
+    let mut expect = Vec::new();
+    for i in 0..60u64 {
+        let a = actor(&format!("a{i}"));
+        let c = Commit::state(a.clone(), Version::NONE, b"ok".to_vec()).event(event(&a, i));
+        let (c, want) = match i % 6 {
+            1 => (
+                Commit::state(a.clone(), Version(3), b"ok".to_vec()).event(event(&a, i)),
+                Some(ErrorKind::Conflict),
+            ),
+            3 => (c.event(existing.clone()), Some(ErrorKind::DuplicateEvent)),
+            5 => (c.mark_processed(consumer.clone(), &seen), Some(ErrorKind::AlreadyProcessed)),
+            _ => (c, None),
+        };
+        commits.push(c);
+        expect.push(want);
+    }
+    // Against earlier members of the same group: the first wins.
+    let b = actor("b");
+    commits.push(Commit::state(b.clone(), Version::NONE, b"first".to_vec()).event(shared.clone()));
+    expect.push(None);
+    commits.push(Commit::state(b.clone(), Version::NONE, b"second".to_vec()));
+    expect.push(Some(ErrorKind::Conflict));
+    commits.push(Commit::events_only().event(shared.clone()));
+    expect.push(Some(ErrorKind::DuplicateEvent));
+    commits.push(Commit::events_only().mark_processed(consumer.clone(), &fresh_seen));
+    expect.push(None);
+    commits.push(Commit::events_only().mark_processed(consumer.clone(), &fresh_seen));
+    expect.push(Some(ErrorKind::AlreadyProcessed));
+
+    let results = block_on(join_all(commits.into_iter().map(|c| store.put_state_and_events(c))));
+    for (i, (r, want)) in results.iter().zip(&expect).enumerate() {
+        assert_eq!(r.as_ref().err().map(|e| e.kind()), *want, "commit {i}");
+        if i < 60 {
+            let state = block_on(store.load_state(&actor(&format!("a{i}")))).unwrap();
+            assert_eq!(state.is_some(), want.is_none(), "state of commit {i} written iff it succeeded");
+        }
+    }
+    assert_eq!(block_on(store.load_state(&b)).unwrap().unwrap().bytes, b"first");
+    assert_eq!(block_on(store.stats()).unwrap().pending, 1 + 30 + 1, "events of the good commits only");
+    let stats = store.flush_stats();
+    assert!(stats.flushes < stats.commits, "the failures shared flushes with successes: {stats:?}");
+    drop(store);
+    let dump = outbox_store_sled::debug::dump(&path).unwrap();
+    assert_eq!(dump.events.len(), 32, "indexes agree with the rows after reopen");
 }
 
 #[test]
