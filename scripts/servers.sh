@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Starts (or stops) the real servers the scale-out tests use, on 127.0.0.1:
+# PostgreSQL 15 (from /usr/lib/postgresql/15/bin, run as `postgres`) and
+# nats-server with JetStream (installed from apt when missing).
+#
+#   scripts/servers.sh start   # prints the env to export (also in $DIR/env)
+#   scripts/servers.sh stop    # stops both, by pid
+#
+# Env: OUTBOX_SERVERS_DIR (target/servers), OUTBOX_PG_PORT (55432),
+# OUTBOX_NATS_PORT (54222).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR=${OUTBOX_SERVERS_DIR:-$PWD/target/servers}
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_PORT=${OUTBOX_PG_PORT:-55432}
+NATS_PORT=${OUTBOX_NATS_PORT:-54222}
+
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+install() {
+    if [ ! -x "$PG_BIN/initdb" ]; then
+        sudo_or apt-get install -y postgresql-15
+    fi
+    if ! command -v nats-server >/dev/null; then
+        sudo_or apt-get install -y nats-server
+    fi
+}
+
+sudo_or() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+start_pg() {
+    local data=$DIR/pg
+    if [ -f "$data/postmaster.pid" ] && kill -0 "$(head -1 "$data/postmaster.pid")" 2>/dev/null; then
+        return
+    fi
+    rm -rf "$data"
+    mkdir -p "$data" "$DIR/pg-sock"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres "$data" "$DIR/pg-sock"; chmod 755 "$DIR"; fi
+    as_postgres "$PG_BIN/initdb" -D "$data" -U postgres -A trust --no-sync >"$DIR/pg-init.log" 2>&1
+    as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/pg.log" -w \
+        -o "-k $DIR/pg-sock -h 127.0.0.1 -p $PG_PORT -c max_connections=200 -c fsync=on" start >/dev/null
+}
+
+start_nats() {
+    if [ -f "$DIR/nats.pid" ] && kill -0 "$(cat "$DIR/nats.pid")" 2>/dev/null; then
+        return
+    fi
+    rm -rf "$DIR/nats-js"
+    mkdir -p "$DIR/nats-js"
+    nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DIR/nats-js" -P "$DIR/nats.pid" \
+        >"$DIR/nats.log" 2>&1 &
+    for _ in $(seq 1 100); do
+        if (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null; then return; fi
+        sleep 0.1
+    done
+    echo "nats-server did not start; see $DIR/nats.log" >&2
+    exit 1
+}
+
+case "${1:-}" in
+start)
+    mkdir -p "$DIR"
+    install
+    start_pg
+    start_nats
+    cat >"$DIR/env" <<ENV
+export OUTBOX_PG_URL="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+export OUTBOX_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+export OUTBOX_NATS_PID_FILE="$DIR/nats.pid"
+ENV
+    cat "$DIR/env"
+    ;;
+stop)
+    if [ -f "$DIR/pg/postmaster.pid" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast stop >/dev/null 2>&1 || true
+    fi
+    if [ -f "$DIR/nats.pid" ]; then
+        kill "$(cat "$DIR/nats.pid")" 2>/dev/null || true
+        rm -f "$DIR/nats.pid"
+    fi
+    ;;
+*)
+    echo "usage: $0 start|stop" >&2
+    exit 2
+    ;;
+esac
