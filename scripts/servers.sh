@@ -35,10 +35,10 @@ start_pg() {
         return
     fi
     rm -rf "$data"
-    mkdir -p "$data" "$DIR/pg-sock"
-    if [ "$(id -u)" = 0 ]; then chown -R postgres "$data" "$DIR/pg-sock"; chmod 755 "$DIR"; fi
+    mkdir -p "$data" "$DIR/pg-sock" "$DIR/pg-log"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres "$data" "$DIR/pg-sock" "$DIR/pg-log"; chmod 755 "$DIR"; fi
     as_postgres "$PG_BIN/initdb" -D "$data" -U postgres -A trust --no-sync >"$DIR/pg-init.log" 2>&1
-    as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/pg.log" -w \
+    as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/pg-log/pg.log" -w \
         -o "-k $DIR/pg-sock -h 127.0.0.1 -p $PG_PORT -c max_connections=200 -c fsync=on" start >/dev/null
 }
 
