@@ -10,6 +10,12 @@ step "provision: rust components and the wasm32 target"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown
 
+step "provision: PostgreSQL and NATS on loopback (scripts/servers.sh)"
+scripts/servers.sh start
+# shellcheck disable=SC1091
+source target/servers/env
+trap 'scripts/servers.sh stop' EXIT
+
 step "format"
 cargo fmt --all --check
 

@@ -41,8 +41,19 @@ pub mod __private {
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
+        $crate::__conformance_tests!(@names $factory; ::core::option::Option::<&str>::None);
+    };
+    ($factory:expr, requires = $var:expr) => {
+        $crate::__conformance_tests!(@names $factory; ::core::option::Option::Some($var));
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    (@names $factory:expr; $req:expr) => {
         $crate::__conformance_tests!(
-            $factory;
+            $factory; $req;
             commit_then_load,
             version_conflict_writes_nothing,
             commit_is_atomic_under_mid_commit_failure,
@@ -69,20 +80,37 @@ macro_rules! conformance_tests {
             fault_wrapper_passes_through_and_fails_on_cue,
         );
     };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_tests {
-    ($factory:expr; $($name:ident),+ $(,)?) => {
+    ($factory:expr; $req:expr; $($name:ident),+ $(,)?) => {
         $(
             #[test]
             fn $name() {
+                if !$crate::required($req, stringify!($name)) {
+                    return;
+                }
                 let factory = $factory;
                 $crate::block_on($crate::conformance::$name(&factory));
             }
         )+
     };
+}
+
+/// Whether a server-backed test can run: `var` (if any) is set. If not,
+/// says loudly on stdout that `test` was skipped and how to run it.
+#[doc(hidden)]
+pub fn required(var: Option<&str>, test: &str) -> bool {
+    match var {
+        Some(v) if std::env::var_os(v).is_none() => {
+            // Straight to the stderr handle, past libtest's output capture,
+            // so a plain `cargo test` shows it.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {v} is not set (start the servers: scripts/servers.sh start)"
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 /// Expands to a proptest `#[test]` named `model_matches_reference`: random
@@ -104,6 +132,24 @@ macro_rules! model_tests {
             fn model_matches_reference(ops in $crate::model::ops_strategy()) {
                 let factory = $factory;
                 $crate::block_on($crate::model::run(&factory, ops));
+            }
+        }
+    };
+    ($factory:expr, cases = $cases:expr, requires = $var:expr) => {
+        #[test]
+        fn model_matches_reference() {
+            if !$crate::required(::core::option::Option::Some($var), "model_matches_reference") {
+                return;
+            }
+            let config = $crate::model::config($cases);
+            let mut runner = $crate::__private::proptest::test_runner::TestRunner::new(config);
+            let result = runner.run(&$crate::model::ops_strategy(), |ops| {
+                let factory = $factory;
+                $crate::block_on($crate::model::run(&factory, ops));
+                Ok(())
+            });
+            if let Err(e) = result {
+                panic!("{e}");
             }
         }
     };

@@ -1,0 +1,101 @@
+//! The schema and its forward migrations, applied once under an advisory
+//! lock.
+//!
+//! The version lives in `outbox_schema`. A database whose version is newer
+//! than [`SCHEMA_VERSION`] is refused with `SchemaTooNew` and not altered.
+
+use outbox_core::{Error, Result};
+use tokio_postgres::Client;
+
+use crate::error::map;
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE outbox_state (
+        actor       text PRIMARY KEY,
+        version     bigint NOT NULL CHECK (version > 0),
+        snapshot    bytea NOT NULL,
+        updated_at  bigint NOT NULL
+    );
+    -- One row per ordering key: committers lock the rows of their keys
+    -- (so one key's sequence numbers follow commit order), claimers lock
+    -- them with SKIP LOCKED (so one key is claimed by one forwarder at a
+    -- time).
+    CREATE TABLE outbox_keys (key text PRIMARY KEY);
+    CREATE TABLE outbox_events (
+        seq             bigserial PRIMARY KEY,
+        id              uuid NOT NULL UNIQUE,
+        origin          text NOT NULL,
+        key             text NOT NULL,
+        event_type      text NOT NULL,
+        payload_kind    text NOT NULL CHECK (payload_kind IN ('json', 'bytes')),
+        payload         bytea NOT NULL,
+        headers         text NOT NULL DEFAULT '{}',
+        schema_version  integer NOT NULL DEFAULT 1,
+        created_at      bigint NOT NULL,
+        -- 0 pending, 1 dead, 2 delivered
+        status          smallint NOT NULL DEFAULT 0 CHECK (status IN (0, 1, 2)),
+        attempts        integer NOT NULL DEFAULT 0,
+        next_attempt_at bigint NOT NULL,
+        last_error      text,
+        claimed_epoch   bigint,
+        lease_until     bigint,
+        delivered_at    bigint
+    );
+    CREATE INDEX outbox_events_pending ON outbox_events (seq) WHERE status = 0;
+    CREATE INDEX outbox_events_by_key ON outbox_events (key, seq) WHERE status <> 2;
+    CREATE INDEX outbox_events_delivered ON outbox_events (delivered_at) WHERE status = 2;
+    CREATE TABLE outbox_inbox (
+        consumer      text NOT NULL,
+        origin        text NOT NULL,
+        event_id      uuid NOT NULL,
+        processed_at  bigint NOT NULL,
+        PRIMARY KEY (consumer, origin, event_id)
+    );
+    CREATE INDEX outbox_inbox_time ON outbox_inbox (processed_at);
+    CREATE SEQUENCE outbox_epochs;
+    CREATE TABLE outbox_leaders (
+        epoch       bigint PRIMARY KEY,
+        holder      text NOT NULL,
+        expires_at  bigint NOT NULL,
+        released    boolean NOT NULL DEFAULT false
+    );
+"];
+
+/// Brings the schema in `client`'s search path up to [`SCHEMA_VERSION`],
+/// once, under an advisory lock keyed by the schema name.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    let tx = client.transaction().await.map_err(|e| map("begin migration", e))?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('outbox:' || $1))", &[&schema])
+        .await
+        .map_err(|e| map("take the migration lock", e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS outbox_schema (id int PRIMARY KEY CHECK (id = 1), version int NOT NULL)",
+    )
+    .await
+    .map_err(|e| map("create the version table", e))?;
+    let found: i32 = tx
+        .query_opt("SELECT version FROM outbox_schema WHERE id = 1", &[])
+        .await
+        .map_err(|e| map("read the schema version", e))?
+        .map_or(0, |r| r.get(0));
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew { found: found as u32, supported: SCHEMA_VERSION as u32 });
+    }
+    if found < 0 {
+        return Err(Error::Corrupted { message: format!("schema version {found}"), source: None });
+    }
+    for m in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(m).await.map_err(|e| map("migrate", e))?;
+    }
+    tx.execute(
+        "INSERT INTO outbox_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = $1",
+        &[&SCHEMA_VERSION],
+    )
+    .await
+    .map_err(|e| map("record the schema version", e))?;
+    tx.commit().await.map_err(|e| map("commit migration", e))
+}

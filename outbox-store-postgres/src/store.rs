@@ -1,0 +1,730 @@
+//! The PostgreSQL store: options, the store traits, commit wake-ups.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use outbox_core::{
+    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
+    Envelope, Epoch, Error, EventId, Headers, InboxStore, InspectStore, LeaderGrant, LeaderStore,
+    LeadershipMode, Limits, OrderingKey, Payload, PayloadKind, Result, SharedClock, StateSnapshot,
+    StateStore, StoreStats, SystemClock, Timestamp, Version, async_trait,
+};
+use tokio_postgres::{AsyncMessage, Config, NoTls, Row, Transaction};
+use uuid::Uuid;
+
+use crate::error::{map, unique_violation};
+use crate::pool::{Pool, quote_ident};
+use crate::schema;
+
+/// The NOTIFY channel a commit with events signals on.
+pub const COMMIT_CHANNEL: &str = "outbox_commit";
+
+const STATUS_PENDING: i16 = 0;
+const STATUS_DEAD: i16 = 1;
+
+const ENVELOPE_COLS: &str = "id, origin, key, event_type, payload_kind, payload, headers, schema_version, created_at, attempts, next_attempt_at, last_error";
+
+/// How to open a [`PostgresStore`].
+#[derive(Clone)]
+pub struct PostgresOptions {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    clock: SharedClock,
+    limits: Limits,
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresOptions {
+    /// Defaults for the database at `url` (a libpq connection string or a
+    /// `postgresql://` URL): schema `public`, 8 pooled connections, system
+    /// clock.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresOptions {
+            url: url.into(),
+            schema: "public".into(),
+            pool_size: 8,
+            clock: SystemClock::shared(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Puts the outbox tables in `schema` (created if missing).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Most connections open at once (at least 1).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// Reads time from `clock` (every time the store writes comes from
+    /// it, not from the server's `now()`).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the limits commits are checked against.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Connects, creates the schema if needed and migrates it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a malformed URL, [`Error::Unavailable`]
+    /// when the server cannot be reached, [`Error::SchemaTooNew`] for a
+    /// schema written by a newer version (left untouched).
+    pub async fn open(self) -> Result<PostgresStore> {
+        let config = Config::from_str(&self.url)
+            .map_err(|e| Error::invalid_input(format!("not a PostgreSQL connection string: {e}")))?;
+        let pool = Pool::new(config.clone(), &self.schema, self.pool_size);
+        {
+            let mut first = pool.connect().await?;
+            if self.schema != "public" {
+                first
+                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.schema)))
+                    .await
+                    .map_err(|e| map("create schema", e))?;
+            }
+            schema::migrate(&mut first, &self.schema).await?;
+        }
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                schema: self.schema,
+                clock: self.clock,
+                limits: self.limits,
+            }),
+        })
+    }
+}
+
+/// The outbox store on PostgreSQL, for many processes sharing one
+/// database.
+///
+/// - A commit is one transaction: the state row with an optimistic version
+///   check, the events, the inbox marks, and a `NOTIFY` on
+///   [`COMMIT_CHANNEL`] that forwarders [listen](PostgresStore::listen)
+///   for.
+/// - Leadership is shared: every forwarder gets its own epoch, and fencing
+///   is per claimed event (an ack from an epoch that did not claim the
+///   event, or whose grant was released, is `Fenced`).
+/// - Claims lock ordering keys with `FOR UPDATE SKIP LOCKED`, so two
+///   forwarders never claim from one key at once, and lease their events;
+///   a key whose head is leased or waiting for a retry is not claimed.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    config: Config,
+    schema: String,
+    clock: SharedClock,
+    limits: Limits,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore").field("schema", &self.inner.schema).finish_non_exhaustive()
+    }
+}
+
+/// A running `LISTEN` on [`COMMIT_CHANNEL`]; dropping it stops listening.
+#[derive(Debug)]
+pub struct CommitListener {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CommitListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn uuid(id: EventId) -> Uuid {
+    Uuid::from_bytes(id.to_bytes())
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+fn limit_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn envelope(r: &Row) -> Result<Envelope> {
+    envelope_at(r, 0)
+}
+
+impl PostgresStore {
+    /// Opens the store at `url` with default options.
+    pub async fn open(url: &str) -> Result<Self> {
+        PostgresOptions::new(url).open().await
+    }
+
+    /// Options for the database at `url`.
+    pub fn options(url: impl Into<String>) -> PostgresOptions {
+        PostgresOptions::new(url)
+    }
+
+    /// Listens for commits (any process's) on a dedicated connection and
+    /// calls `on_commit` for each; for waking a forwarder
+    /// (`forwarder.waker().wake()`). Polling stays the safety net for a
+    /// lost connection: the listener does not reconnect.
+    pub async fn listen(&self, on_commit: impl Fn() + Send + Sync + 'static) -> Result<CommitListener> {
+        let (client, mut connection) =
+            self.inner.config.connect(NoTls).await.map_err(|e| map("connect the listener", e))?;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            // The LISTEN below needs the connection driven, which this loop
+            // does; `client` lives as long as the loop.
+            let sql = format!("LISTEN {COMMIT_CHANNEL}");
+            let listen = client.batch_execute(&sql);
+            tokio::pin!(listen);
+            let mut listening = false;
+            loop {
+                tokio::select! {
+                    r = &mut listen, if !listening => {
+                        listening = true;
+                        if r.is_ok() && let Some(t) = ready.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    m = messages.next() => match m {
+                        Some(Ok(AsyncMessage::Notification(_))) => on_commit(),
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            }
+        });
+        ready_rx
+            .await
+            .map_err(|_| Error::Unavailable { message: "postgres LISTEN failed".into(), source: None })?;
+        Ok(CommitListener { task })
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+}
+
+/// `Fenced` unless `grant`'s epoch is live (granted and not released).
+async fn check_grant(tx: &Transaction<'_>, grant: &LeaderGrant) -> Result<()> {
+    let epoch = grant.epoch.0 as i64;
+    let live = tx
+        .query_opt("SELECT 1 FROM outbox_leaders WHERE epoch = $1 AND NOT released", &[&epoch])
+        .await
+        .map_err(|e| map("check grant", e))?;
+    if live.is_none() {
+        return Err(Error::Fenced { epoch: grant.epoch, current: None });
+    }
+    Ok(())
+}
+
+/// Locks the pending rows of `ids` and checks that `grant` may settle each:
+/// `Fenced` if one is held by another claim. Returns the ids to settle.
+async fn settleable(tx: &Transaction<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<Uuid>> {
+    check_grant(tx, grant).await?;
+    let ids: Vec<Uuid> = ids.iter().map(|i| uuid(*i)).collect();
+    let rows = tx
+        .query(
+            "SELECT id, claimed_epoch FROM outbox_events WHERE id = ANY($1) AND status = 0 ORDER BY seq FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| map("lock events", e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let claimed: Option<i64> = r.get(1);
+        if claimed != Some(grant.epoch.0 as i64) {
+            return Err(Error::Fenced { epoch: grant.epoch, current: claimed.map(|e| Epoch(e as u64)) });
+        }
+        out.push(r.get(0));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
+        commit.validate(&self.inner.limits)?;
+        let now = self.now();
+        let at = millis(now);
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        // Lock the rows of this commit's keys, in a fixed order: commits
+        // sharing a key serialize here, so its sequence follows commit
+        // order, and a claimer skips a key with a commit in flight.
+        let mut keys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if !keys.is_empty() {
+            tx.execute(
+                "INSERT INTO outbox_keys (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+                 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key",
+                &[&keys],
+            )
+            .await
+            .map_err(|e| map("lock keys", e))?;
+        }
+        let mut version = None;
+        if let Some(s) = &commit.state {
+            let next = s.expected_version.next().0 as i64;
+            let n = if s.expected_version == Version::NONE {
+                tx.execute(
+                    "INSERT INTO outbox_state (actor, version, snapshot, updated_at) VALUES ($1, 1, $2, $3)
+                     ON CONFLICT (actor) DO NOTHING",
+                    &[&s.actor.as_str(), &s.snapshot, &at],
+                )
+                .await
+            } else {
+                tx.execute(
+                    "UPDATE outbox_state SET version = $4, snapshot = $2, updated_at = $3
+                     WHERE actor = $1 AND version = $5",
+                    &[&s.actor.as_str(), &s.snapshot, &at, &next, &(s.expected_version.0 as i64)],
+                )
+                .await
+            }
+            .map_err(|e| map("write state", e))?;
+            if n == 0 {
+                let actual = tx
+                    .query_opt("SELECT version FROM outbox_state WHERE actor = $1", &[&s.actor.as_str()])
+                    .await
+                    .map_err(|e| map("read state version", e))?
+                    .map_or(Version::NONE, |r| Version(r.get::<_, i64>(0) as u64));
+                return Err(Error::Conflict { actor: s.actor.clone(), expected: s.expected_version, actual });
+            }
+            version = Some(s.expected_version.next());
+        }
+        if !commit.events.is_empty() {
+            let ids: Vec<Uuid> = commit.events.iter().map(|e| uuid(e.id)).collect();
+            if let Some(r) = tx
+                .query_opt("SELECT id FROM outbox_events WHERE id = ANY($1) LIMIT 1", &[&ids])
+                .await
+                .map_err(|e| map("check ids", e))?
+            {
+                let id: Uuid = r.get(0);
+                return Err(Error::DuplicateEvent { id: EventId::from_bytes(*id.as_bytes()) });
+            }
+            let origins: Vec<&str> = commit.events.iter().map(|e| e.origin.as_str()).collect();
+            let ekeys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
+            let types: Vec<&str> = commit.events.iter().map(|e| e.event_type.as_str()).collect();
+            let kinds: Vec<&str> = commit.events.iter().map(|e| e.payload.kind().as_str()).collect();
+            let payloads: Vec<&[u8]> = commit.events.iter().map(|e| e.payload.as_bytes()).collect();
+            let headers = commit
+                .events
+                .iter()
+                .map(|e| serde_json::to_string(&e.headers))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let versions: Vec<i32> = commit.events.iter().map(|e| e.schema_version as i32).collect();
+            let due: Vec<i64> =
+                commit.events.iter().map(|e| e.not_before.map_or(at, |t| millis(t).max(at))).collect();
+            let r = tx
+                .execute(
+                    "INSERT INTO outbox_events (id, origin, key, event_type, payload_kind, payload, headers,
+                                                schema_version, created_at, next_attempt_at)
+                     SELECT id, origin, key, event_type, kind, payload, headers, sv, $9, due
+                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+                                 $7::text[], $8::int4[], $10::int8[])
+                          WITH ORDINALITY AS t(id, origin, key, event_type, kind, payload, headers, sv, due, n)
+                     ORDER BY n",
+                    &[&ids, &origins, &ekeys, &types, &kinds, &payloads, &headers, &versions, &at, &due],
+                )
+                .await;
+            if let Err(e) = r {
+                if unique_violation(&e).is_some() {
+                    return Err(Error::DuplicateEvent { id: commit.events[0].id });
+                }
+                return Err(map("insert events", e));
+            }
+            tx.execute("SELECT pg_notify($1, '')", &[&COMMIT_CHANNEL]).await.map_err(|e| map("notify", e))?;
+        }
+        for m in &commit.inbox {
+            let r = tx
+                .execute(
+                    "INSERT INTO outbox_inbox (consumer, origin, event_id, processed_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT DO NOTHING",
+                    &[&m.consumer.as_str(), &m.origin.as_str(), &uuid(m.event_id), &at],
+                )
+                .await
+                .map_err(|e| map("insert inbox mark", e))?;
+            if r == 0 {
+                return Err(Error::AlreadyProcessed {
+                    consumer: m.consumer.clone(),
+                    origin: m.origin.clone(),
+                    id: m.event_id,
+                });
+            }
+        }
+        tx.commit().await.map_err(|e| map("commit", e))?;
+        Ok(CommitReceipt { version, committed_at: now })
+    }
+
+    async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {
+        let mut conn = self.inner.pool.get().await?;
+        let row = conn
+            .client()
+            .query_opt(
+                "SELECT version, snapshot, updated_at FROM outbox_state WHERE actor = $1",
+                &[&actor.as_str()],
+            )
+            .await
+            .map_err(|e| map("load state", e))?;
+        Ok(row.map(|r| StateSnapshot {
+            version: Version(r.get::<_, i64>(0) as u64),
+            bytes: r.get(1),
+            updated_at: Timestamp::from_millis(r.get(2)),
+        }))
+    }
+}
+
+#[async_trait]
+impl LeaderStore for PostgresStore {
+    async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_input("leadership ttl must be positive"));
+        }
+        let expires_at = self.now().saturating_add(ttl);
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        tx.execute(
+            "UPDATE outbox_leaders SET released = true WHERE holder = $1 AND NOT released",
+            &[&holder],
+        )
+        .await
+        .map_err(|e| map("fence earlier grants", e))?;
+        let epoch: i64 = tx
+            .query_one(
+                "INSERT INTO outbox_leaders (epoch, holder, expires_at) VALUES (nextval('outbox_epochs'), $1, $2)
+                 RETURNING epoch",
+                &[&holder, &millis(expires_at)],
+            )
+            .await
+            .map_err(|e| map("grant", e))?
+            .get(0);
+        tx.commit().await.map_err(|e| map("commit grant", e))?;
+        Ok(Some(LeaderGrant { holder: holder.to_owned(), epoch: Epoch(epoch as u64), expires_at }))
+    }
+
+    async fn renew_leadership(&self, grant: &LeaderGrant, ttl: Duration) -> Result<LeaderGrant> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_input("leadership ttl must be positive"));
+        }
+        let expires_at = self.now().saturating_add(ttl);
+        let mut conn = self.inner.pool.get().await?;
+        let n = conn
+            .client()
+            .execute(
+                "UPDATE outbox_leaders SET expires_at = $2 WHERE epoch = $1 AND NOT released",
+                &[&(grant.epoch.0 as i64), &millis(expires_at)],
+            )
+            .await
+            .map_err(|e| map("renew", e))?;
+        if n == 0 {
+            return Err(Error::Fenced { epoch: grant.epoch, current: None });
+        }
+        Ok(LeaderGrant { expires_at, ..grant.clone() })
+    }
+
+    async fn release_leadership(&self, grant: &LeaderGrant) -> Result<()> {
+        let mut conn = self.inner.pool.get().await?;
+        conn.client()
+            .execute("UPDATE outbox_leaders SET released = true WHERE epoch = $1", &[&(grant.epoch.0 as i64)])
+            .await
+            .map_err(|e| map("release", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for PostgresStore {
+    async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
+        if request.lease.is_zero() {
+            return Err(Error::invalid_input("claim lease must be positive"));
+        }
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = millis(self.now());
+        let until = millis(self.now().saturating_add(request.lease));
+        let limit = limit_i64(request.limit);
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        check_grant(&tx, grant).await?;
+        // 1. The keys of the first due events, locked; keys another
+        //    forwarder (or a commit in flight) holds are skipped.
+        let window = limit.saturating_mul(4).saturating_add(256);
+        let keys: Vec<String> = tx
+            .query(
+                "SELECT k.key FROM outbox_keys k
+                 WHERE k.key IN (SELECT key FROM outbox_events
+                                 WHERE status = 0 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+                                 ORDER BY seq LIMIT $2)
+                 ORDER BY k.key
+                 FOR UPDATE SKIP LOCKED",
+                &[&now, &window],
+            )
+            .await
+            .map_err(|e| map("lock keys", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // 2. A fresh snapshot (READ COMMITTED): within the locked keys, the
+        //    prefix of each key's not-done events that is claimable now.
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH open AS (
+                         SELECT seq, key,
+                                (status = 0 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)) AS ok
+                         FROM outbox_events
+                         WHERE key = ANY($2) AND (status = 0 OR ($3 AND status = 1))),
+                     runs AS (
+                         SELECT seq, sum(CASE WHEN ok THEN 0 ELSE 1 END) OVER (PARTITION BY key ORDER BY seq) AS bad
+                         FROM open),
+                     pick AS (SELECT seq FROM runs WHERE bad = 0 ORDER BY seq LIMIT $4)
+                     UPDATE outbox_events e
+                     SET attempts = e.attempts + 1, claimed_epoch = $5, lease_until = $6
+                     FROM pick WHERE e.seq = pick.seq
+                     RETURNING e.seq, {}",
+                    ENVELOPE_COLS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+                ),
+                &[&now, &keys, &request.park_dead_keys, &limit, &(grant.epoch.0 as i64), &until],
+            )
+            .await
+            .map_err(|e| map("claim", e))?;
+        tx.commit().await.map_err(|e| map("commit claim", e))?;
+        let mut out: Vec<(i64, Envelope)> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.get(0);
+            out.push((seq, envelope_at(r, 1)?));
+        }
+        out.sort_by_key(|(seq, _)| *seq);
+        Ok(out.into_iter().map(|(_, e)| e).collect())
+    }
+
+    async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let now = millis(self.now());
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        let ids = settleable(&tx, grant, ids).await?;
+        tx.execute(
+            "UPDATE outbox_events SET status = 2, delivered_at = $2, lease_until = NULL WHERE id = ANY($1)",
+            &[&ids, &now],
+        )
+        .await
+        .map_err(|e| map("ack", e))?;
+        tx.commit().await.map_err(|e| map("commit ack", e))
+    }
+
+    async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        let ids = settleable(&tx, grant, ids).await?;
+        tx.execute(
+            "UPDATE outbox_events SET attempts = greatest(attempts - 1, 0), lease_until = NULL
+             WHERE id = ANY($1) AND lease_until IS NOT NULL",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| map("release", e))?;
+        tx.commit().await.map_err(|e| map("commit release", e))
+    }
+
+    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        let ids = settleable(&tx, grant, &[id]).await?;
+        tx.execute(
+            "UPDATE outbox_events SET next_attempt_at = $2, last_error = $3, lease_until = NULL WHERE id = ANY($1)",
+            &[&ids, &millis(at), &error],
+        )
+        .await
+        .map_err(|e| map("retry later", e))?;
+        tx.commit().await.map_err(|e| map("commit retry", e))
+    }
+
+    async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        let ids = settleable(&tx, grant, &[id]).await?;
+        tx.execute(
+            "UPDATE outbox_events SET status = 1, last_error = $2, lease_until = NULL WHERE id = ANY($1)",
+            &[&ids, &error],
+        )
+        .await
+        .map_err(|e| map("dead letter", e))?;
+        tx.commit().await.map_err(|e| map("commit dead letter", e))
+    }
+}
+
+/// Decodes [`ENVELOPE_COLS`] starting at column `at`.
+fn envelope_at(r: &Row, at: usize) -> Result<Envelope> {
+    let bad = |what: &str| Error::Corrupted { message: format!("postgres outbox row: {what}"), source: None };
+    let get_s = |i: usize| r.try_get::<_, String>(at + i).map_err(|e| map("read column", e));
+    let id: Uuid = r.try_get(at).map_err(|e| map("read id", e))?;
+    let headers: Headers =
+        serde_json::from_str(&get_s(6)?).map_err(|e| Error::corrupted("stored headers", e))?;
+    Ok(Envelope {
+        id: EventId::from_bytes(*id.as_bytes()),
+        origin: ActorId::new(get_s(1)?).map_err(|_| bad("origin"))?,
+        key: OrderingKey::new(get_s(2)?).map_err(|_| bad("key"))?,
+        event_type: get_s(3)?,
+        payload: Payload::from_stored(
+            PayloadKind::parse(&get_s(4)?)?,
+            r.try_get(at + 5).map_err(|e| map("read payload", e))?,
+        )?,
+        headers,
+        schema_version: r.try_get::<_, i32>(at + 7).map_err(|e| map("read schema version", e))? as u32,
+        created_at: Timestamp::from_millis(r.try_get(at + 8).map_err(|e| map("read created_at", e))?),
+        attempts: r.try_get::<_, i32>(at + 9).map_err(|e| map("read attempts", e))? as u32,
+        next_attempt_at: Timestamp::from_millis(
+            r.try_get(at + 10).map_err(|e| map("read next_attempt_at", e))?,
+        ),
+        last_error: r.try_get(at + 11).map_err(|e| map("read last_error", e))?,
+    })
+}
+
+#[async_trait]
+impl InspectStore for PostgresStore {
+    async fn stats(&self) -> Result<StoreStats> {
+        let now = millis(self.now());
+        let mut conn = self.inner.pool.get().await?;
+        let r = conn
+            .client()
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 0),
+                        count(*) FILTER (WHERE status = 0 AND lease_until > $1),
+                        count(*) FILTER (WHERE status = 1),
+                        count(*) FILTER (WHERE status = 2),
+                        min(created_at) FILTER (WHERE status = 0)
+                 FROM outbox_events",
+                &[&now],
+            )
+            .await
+            .map_err(|e| map("stats", e))?;
+        Ok(StoreStats {
+            pending: r.get::<_, i64>(0) as u64,
+            in_flight: r.get::<_, i64>(1) as u64,
+            dead: r.get::<_, i64>(2) as u64,
+            delivered: r.get::<_, i64>(3) as u64,
+            oldest_pending_at: r.get::<_, Option<i64>>(4).map(Timestamp::from_millis),
+        })
+    }
+
+    async fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {
+        self.list(STATUS_PENDING, limit).await
+    }
+
+    async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
+        self.list(STATUS_DEAD, limit).await
+    }
+
+    async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let now = millis(self.now());
+        let ids: Vec<Uuid> = ids.iter().map(|i| uuid(*i)).collect();
+        let mut conn = self.inner.pool.get().await?;
+        conn.client()
+            .execute(
+                "UPDATE outbox_events SET status = 0, attempts = 0, next_attempt_at = $2, claimed_epoch = NULL,
+                 lease_until = NULL WHERE id = ANY($1) AND status = 1",
+                &[&ids, &now],
+            )
+            .await
+            .map_err(|e| map("requeue", e))
+    }
+
+    async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut conn = self.inner.pool.get().await?;
+        conn.client()
+            .execute(
+                "DELETE FROM outbox_events WHERE seq IN (
+                     SELECT seq FROM outbox_events WHERE status = 2 AND delivered_at < $1
+                     ORDER BY delivered_at LIMIT $2)",
+                &[&millis(before), &limit_i64(limit)],
+            )
+            .await
+            .map_err(|e| map("prune delivered", e))
+    }
+}
+
+impl PostgresStore {
+    async fn list(&self, status: i16, limit: usize) -> Result<Vec<Envelope>> {
+        let mut conn = self.inner.pool.get().await?;
+        let rows = conn
+            .client()
+            .query(
+                &format!("SELECT {ENVELOPE_COLS} FROM outbox_events WHERE status = $1 ORDER BY seq LIMIT $2"),
+                &[&status, &limit_i64(limit)],
+            )
+            .await
+            .map_err(|e| map("list", e))?;
+        rows.iter().map(envelope).collect()
+    }
+}
+
+#[async_trait]
+impl InboxStore for PostgresStore {
+    async fn is_processed(&self, consumer: &ConsumerId, origin: &ActorId, id: EventId) -> Result<bool> {
+        let mut conn = self.inner.pool.get().await?;
+        Ok(conn
+            .client()
+            .query_opt(
+                "SELECT 1 FROM outbox_inbox WHERE consumer = $1 AND origin = $2 AND event_id = $3",
+                &[&consumer.as_str(), &origin.as_str(), &uuid(id)],
+            )
+            .await
+            .map_err(|e| map("read inbox", e))?
+            .is_some())
+    }
+
+    async fn prune_inbox(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut conn = self.inner.pool.get().await?;
+        conn.client()
+            .execute(
+                "DELETE FROM outbox_inbox WHERE ctid IN (
+                     SELECT ctid FROM outbox_inbox WHERE processed_at < $1 ORDER BY processed_at LIMIT $2)",
+                &[&millis(before), &limit_i64(limit)],
+            )
+            .await
+            .map_err(|e| map("prune inbox", e))
+    }
+}
+
+impl DurableStore for PostgresStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new("postgres", true)
+            .multi_process(true)
+            .leadership(LeadershipMode::Shared)
+            .limits(self.inner.limits)
+    }
+}

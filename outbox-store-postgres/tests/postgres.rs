@@ -1,0 +1,134 @@
+//! PostgreSQL-specific behaviour on a real server: forwarders racing on one
+//! backlog keep per-key order and deliver each event once; a newer schema
+//! and a bad URL are typed errors; LISTEN wakes on another handle's commit.
+//!
+//! Needs `OUTBOX_PG_URL` (`scripts/servers.sh start`); without it each
+//! test says SKIPPED and passes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use outbox_core::prelude::*;
+use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, OrderingKey};
+use outbox_store_postgres::PostgresStore;
+
+fn url() -> Option<String> {
+    outbox_testkit::required(Some("OUTBOX_PG_URL"), "postgres tests")
+        .then(|| std::env::var("OUTBOX_PG_URL").unwrap())
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn schema(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{tag}_{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_007)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_forwarders_keep_per_key_order_and_deliver_each_event_once() {
+    let Some(url) = url() else { return };
+    let schema = schema("race");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    // 2,000 events over 20 keys, committed in batches.
+    let mut committed: HashMap<String, Vec<outbox_core::EventId>> = HashMap::new();
+    for b in 0..40 {
+        let events: Vec<NewEvent> = (0..50)
+            .map(|i| {
+                let n = b * 50 + i;
+                let key = OrderingKey::new(format!("k{}", n % 20)).unwrap();
+                NewEvent::json(ActorId::new("src").unwrap(), "E", &n).unwrap().with_key(key)
+            })
+            .collect();
+        for e in &events {
+            committed.entry(e.key.as_str().to_owned()).or_default().push(e.id);
+        }
+        store.put_state_and_events(Commit::events_only().events(events)).await.unwrap();
+    }
+    let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for f in 0..4 {
+        let s = PostgresStore::options(&url).schema(&schema).pool_size(2).open().await.unwrap();
+        let delivered = delivered.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = s.acquire_leadership(&format!("f{f}"), Duration::from_secs(60)).await.unwrap().unwrap();
+            let mut idle = 0;
+            while idle < 20 {
+                let batch = s.claim(&g, ClaimRequest::new(37, Duration::from_secs(60))).await.unwrap();
+                if batch.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                idle = 0;
+                {
+                    // Record before acking: a key's next event can only be
+                    // claimed after this ack commits.
+                    let mut d = delivered.lock().unwrap();
+                    d.extend(batch.iter().map(|e| (e.key.as_str().to_owned(), e.id)));
+                }
+                s.ack(&g, &batch.iter().map(|e| e.id).collect::<Vec<_>>()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let delivered = std::mem::take(&mut *delivered.lock().unwrap());
+    let unique: HashSet<_> = delivered.iter().map(|(_, id)| *id).collect();
+    assert_eq!(delivered.len(), 2000, "each event claimed exactly once");
+    assert_eq!(unique.len(), 2000);
+    let mut per_key: HashMap<String, Vec<outbox_core::EventId>> = HashMap::new();
+    for (k, id) in delivered.iter() {
+        per_key.entry(k.clone()).or_default().push(*id);
+    }
+    assert_eq!(per_key, committed, "every key delivered in commit order");
+    assert_eq!(store.stats().await.unwrap().delivered, 2000);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_not_altered() {
+    let Some(url) = url() else { return };
+    let schema = schema("newer");
+    drop(PostgresStore::options(&url).schema(&schema).open().await.unwrap());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("UPDATE \"{schema}\".outbox_schema SET version = 99")).await.unwrap();
+    let err = PostgresStore::options(&url).schema(&schema).open().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaTooNew);
+    let v: i32 = client
+        .query_one(&format!("SELECT version FROM \"{schema}\".outbox_schema"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 99, "left untouched");
+}
+
+#[tokio::test]
+async fn bad_urls_are_typed_errors() {
+    let Some(url) = url() else { return };
+    assert_eq!(
+        PostgresStore::open("not a url at all ===").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    let closed = "host=127.0.0.1 port=1 user=postgres connect_timeout=2";
+    let err = PostgresStore::open(closed).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(err.is_retryable());
+    let _ = url;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_wakes_on_a_commit_from_another_handle() {
+    let Some(url) = url() else { return };
+    let schema = schema("listen");
+    let a = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let b = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let n = notify.clone();
+    let _listener = a.listen(move || n.notify_one()).await.unwrap();
+    let e = NewEvent::json(ActorId::new("x").unwrap(), "E", &1).unwrap();
+    b.put_state_and_events(Commit::events_only().event(e)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), notify.notified()).await.expect("woken by the commit");
+}
