@@ -254,6 +254,21 @@ impl Error {
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal { message: message.into(), source: None }
     }
+
+    /// A copy of a storage failure for each caller it affected (errors are
+    /// not `Clone`): the same kind for `QuotaExceeded`, `Unavailable`,
+    /// `Corrupted` and `PermissionDenied`, `Internal` otherwise; the same
+    /// message; no source. For stores that fail a whole group commit.
+    pub fn shared_failure(&self) -> Error {
+        let message = self.to_string();
+        match self {
+            Error::QuotaExceeded { .. } => Error::QuotaExceeded { message, source: None },
+            Error::Unavailable { .. } => Error::Unavailable { message, source: None },
+            Error::Corrupted { .. } => Error::Corrupted { message, source: None },
+            Error::PermissionDenied { .. } => Error::PermissionDenied { message, source: None },
+            _ => Error::Internal { message, source: None },
+        }
+    }
 }
 
 impl From<serde_json::Error> for Error {

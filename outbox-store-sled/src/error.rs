@@ -50,16 +50,3 @@ pub(crate) fn map_tx(what: &str, e: TransactionError<Error>) -> Error {
         TransactionError::Storage(e) => map(what, e),
     }
 }
-
-/// A copy of `e` for another caller (errors are not `Clone`): same kind,
-/// same message, no source.
-pub(crate) fn for_caller(e: &Error) -> Error {
-    let message = e.to_string();
-    match e {
-        Error::QuotaExceeded { .. } => Error::QuotaExceeded { message, source: None },
-        Error::Unavailable { .. } => Error::Unavailable { message, source: None },
-        Error::Corrupted { .. } => Error::Corrupted { message, source: None },
-        Error::PermissionDenied { .. } => Error::PermissionDenied { message, source: None },
-        _ => Error::Internal { message, source: None },
-    }
-}

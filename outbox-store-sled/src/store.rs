@@ -22,7 +22,7 @@ use crate::codec::{
     PendingEntry, Reader, Row, Status, Writer, corrupt, decode_pending, decode_row, encode_pending,
     encode_row, inbox_key, seq_key, seq_of, seq_of_time_seq, time_bytes, time_seq_key,
 };
-use crate::error::{for_caller, map, map_tx};
+use crate::error::{map, map_tx};
 
 /// The on-disk layout version this build writes and understands.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -299,15 +299,7 @@ impl SledStore {
             FlushPolicy::EveryWrite => config.flush_every_ms(None),
             FlushPolicy::Interval(d) => config.flush_every_ms(Some(d.as_millis().max(1) as u64)),
         };
-        let deadline = std::time::Instant::now() + o.lock_timeout;
-        let db = loop {
-            match open_db(&config, &o.path) {
-                Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                r => break r?,
-            }
-        };
+        let db = open_waiting(&config, &o.path, o.lock_timeout)?;
         let worker = Worker::new(db, &o)?;
         let counts = worker.counts.clone();
         let (tx, rx) = channel();
@@ -346,7 +338,7 @@ impl SledStore {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |w: &mut Worker| {
             let r = match &w.failed {
-                Some(e) => Err(for_caller(e)),
+                Some(e) => Err(e.shared_failure()),
                 None => f(w),
             };
             Finish {
@@ -365,6 +357,21 @@ impl SledStore {
             message: "the sled worker stopped mid-call".into(),
             source: None,
         })?
+    }
+}
+
+/// Opens sled, retrying for up to `wait` while another handle holds the
+/// directory lock (sled's background threads let go of a closed database
+/// a moment after the handle is dropped).
+fn open_waiting(config: &sled::Config, path: &Path, wait: Duration) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match open_db(config, path) {
+            Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r,
+        }
     }
 }
 
@@ -430,7 +437,7 @@ fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
                 Err(e) => {
                     let e = map("flush", e);
                     tracing::error!(target: "outbox", error = %e, "outbox: sled flush failed; the store refuses further work until reopened");
-                    w.failed = Some(for_caller(&e));
+                    w.failed = Some(e.shared_failure());
                     Some(e)
                 }
             }
@@ -442,7 +449,7 @@ fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
             w.counts.commits.fetch_add(commits, Ordering::Relaxed);
         }
         for f in finished.drain(..) {
-            let err = if f.needs_flush { flush_error.as_ref().map(for_caller) } else { None };
+            let err = if f.needs_flush { flush_error.as_ref().map(Error::shared_failure) } else { None };
             (f.deliver)(err);
         }
     }
@@ -462,7 +469,7 @@ fn run_group(
     }
     let (commits, replies): (Vec<Commit>, Vec<_>) = group.drain(..).unzip();
     let results = match &w.failed {
-        Some(e) => commits.iter().map(|_| Err(for_caller(e))).collect(),
+        Some(e) => commits.iter().map(|_| Err(e.shared_failure())).collect(),
         None => w.commit_group(&commits),
     };
     for (r, reply) in results.into_iter().zip(replies) {
@@ -711,7 +718,7 @@ impl Worker {
                     })
                     .collect();
             }
-            Err(e) => return commits.iter().map(|_| Err(for_caller(&e))).collect(),
+            Err(e) => return commits.iter().map(|_| Err(e.shared_failure())).collect(),
         }
         let now = self.now();
         let mut next_seq = self.next_seq;
@@ -770,7 +777,7 @@ impl Worker {
                 self.next_seq = next_seq;
                 results
             }
-            Err(e) => results.into_iter().map(|r| r.and_then(|_| Err(for_caller(&e)))).collect(),
+            Err(e) => results.into_iter().map(|r| r.and_then(|_| Err(e.shared_failure()))).collect(),
         }
     }
 
@@ -1241,8 +1248,9 @@ pub struct Contents {
 }
 
 pub(crate) fn dump(path: &Path) -> Result<Contents> {
-    let db = open_db(&sled::Config::new().path(path), path)?;
-    let w = Worker::new(db, &SledOptions::new(path))?;
+    let o = SledOptions::new(path);
+    let db = open_waiting(&sled::Config::new().path(path), path, o.lock_timeout)?;
+    let w = Worker::new(db, &o)?;
     let mut c = Contents::default();
     for item in w.all[STATE].iter() {
         let (k, _) = item.map_err(|e| map("scan state", e))?;

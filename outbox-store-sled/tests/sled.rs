@@ -28,6 +28,21 @@ fn temp() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Opens the directory with sled itself, waiting for the lock a just
+/// dropped store's background threads may still hold for a moment.
+fn raw_open(path: &std::path::Path) -> sled::Db {
+    for _ in 0..500 {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("raw open: {e}"),
+        }
+    }
+    panic!("the sled lock was never released")
+}
+
 fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
     r.expect_err("expected an error").kind()
 }
@@ -128,13 +143,13 @@ fn a_newer_layout_is_refused_and_not_altered() {
     let (_d, path) = temp();
     commit_n(&SledStore::open(&path).unwrap(), &actor("a"), 1);
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw_open(&path);
         db.open_tree("outbox.meta").unwrap().insert("layout", &(LAYOUT_VERSION + 1).to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
     let err = SledStore::open(&path).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SchemaTooNew);
-    let db = sled::open(&path).unwrap();
+    let db = raw_open(&path);
     let v = db.open_tree("outbox.meta").unwrap().get("layout").unwrap().unwrap();
     assert_eq!(v.as_ref(), &(LAYOUT_VERSION + 1).to_be_bytes(), "the layout mark was not rewritten");
     assert_eq!(db.open_tree("outbox.events").unwrap().len(), 1, "the events are untouched");
@@ -144,13 +159,13 @@ fn a_newer_layout_is_refused_and_not_altered() {
 fn a_foreign_sled_database_is_refused_and_left_alone() {
     let (_d, path) = temp();
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw_open(&path);
         db.insert("app", "data").unwrap();
         db.open_tree("users").unwrap().insert("u1", "x").unwrap();
         db.flush().unwrap();
     }
     assert_eq!(kind(SledStore::open(&path)), ErrorKind::Corrupted);
-    let db = sled::open(&path).unwrap();
+    let db = raw_open(&path);
     let names: Vec<_> =
         db.tree_names().into_iter().map(|n| String::from_utf8_lossy(&n).into_owned()).collect();
     assert!(names.iter().all(|n| !n.starts_with("outbox.")), "no outbox tree was created: {names:?}");
@@ -196,7 +211,7 @@ fn a_damaged_row_is_corrupted_not_a_panic() {
     let (_d, path) = temp();
     commit_n(&SledStore::open(&path).unwrap(), &actor("a"), 3);
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw_open(&path);
         let events = db.open_tree("outbox.events").unwrap();
         let (k, v) = events.first().unwrap().unwrap();
         events.insert(k, &v[..v.len() / 2]).unwrap();

@@ -49,16 +49,3 @@ pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
             && (f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY))
 }
-
-/// A copy of `e` for every member of a failed group commit (errors are not
-/// `Clone`): same kind, same message, no source.
-pub(crate) fn for_member(e: &Error) -> Error {
-    let message = e.to_string();
-    match e {
-        Error::QuotaExceeded { .. } => Error::QuotaExceeded { message, source: None },
-        Error::Unavailable { .. } => Error::Unavailable { message, source: None },
-        Error::Corrupted { .. } => Error::Corrupted { message, source: None },
-        Error::PermissionDenied { .. } => Error::PermissionDenied { message, source: None },
-        _ => Error::Internal { message, source: None },
-    }
-}

@@ -15,7 +15,7 @@ use outbox_core::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::error::{for_member, is_unique_violation, map};
+use crate::error::{is_unique_violation, map};
 use crate::schema;
 
 /// SQLite's `synchronous` setting for the outbox file.
@@ -666,7 +666,7 @@ impl Worker {
             }
             Err(e) => {
                 for m in batch {
-                    let _ = m.reply.send(Err(for_member(&e)));
+                    let _ = m.reply.send(Err(e.shared_failure()));
                 }
             }
         }
