@@ -18,41 +18,14 @@ use std::sync::Arc;
 use outbox_core::DurableStore;
 use outbox_store_sled::SledStore;
 use outbox_store_sqlite::SqliteStore;
-use outbox_testkit::bench::{Rate, commit_rate, drain, fill, median};
+use outbox_testkit::bench::{BenchDir, Rate, commit_rate, drain, fill, median};
+use outbox_testkit::crash::env_u64;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Dir {
-    _tmp: Option<tempfile::TempDir>,
-    root: PathBuf,
-    n: std::cell::Cell<u32>,
-}
-
-impl Dir {
-    fn new() -> Self {
-        match std::env::var("BENCH_DIR") {
-            Ok(d) => Dir { _tmp: None, root: PathBuf::from(d), n: Default::default() },
-            Err(_) => {
-                let t = tempfile::tempdir().expect("temp dir");
-                let root = t.path().to_owned();
-                Dir { _tmp: Some(t), root, n: Default::default() }
-            }
-        }
-    }
-
-    fn next(&self, ext: &str) -> PathBuf {
-        self.n.set(self.n.get() + 1);
-        self.root.join(format!("bench-{}-{}.{ext}", std::process::id(), self.n.get()))
-    }
-
-    /// A fresh SQLite file with the outbox schema.
-    fn sqlite(&self) -> PathBuf {
-        let p = self.next("db");
-        drop(SqliteStore::open(&p).expect("create schema"));
-        p
-    }
+/// A fresh SQLite file with the outbox schema.
+fn sqlite(dir: &BenchDir) -> PathBuf {
+    let p = dir.next("db");
+    drop(SqliteStore::open(&p).expect("create schema"));
+    p
 }
 
 fn remove(p: &Path) {
@@ -67,10 +40,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs = env("BENCH_RUNS", 5);
-    let commits = env("BENCH_COMMITS", 2000);
-    let backlog = env("BENCH_BACKLOG", 200_000);
-    let dir = Dir::new();
+    let runs = env_u64("BENCH_RUNS", 5);
+    let commits = env_u64("BENCH_COMMITS", 2000);
+    let backlog = env_u64("BENCH_BACKLOG", 200_000);
+    let dir = BenchDir::new();
     println!(
         "# embedded stores: sled beside SQLite ({runs} runs, medians; every commit durable on return)\n"
     );
@@ -102,12 +75,12 @@ fn main() {
         let (mut raw, mut ours, mut per_tx) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             if committers == 1 {
-                let p = dir.sqlite();
+                let p = sqlite(&dir);
                 let (ops, elapsed) = outbox_store_sqlite::baseline::raw_commits(&p, per);
                 raw.push(Rate { ops, elapsed }.per_sec());
                 remove(&p);
             }
-            let p = dir.sqlite();
+            let p = sqlite(&dir);
             let store = Arc::new(SqliteStore::open(&p).expect("open sqlite"));
             let dynstore: Arc<dyn DurableStore> = store.clone();
             ours.push(commit_rate(&dynstore, "c", committers, per).per_sec());
@@ -149,7 +122,7 @@ fn main() {
         drop(s);
         remove(&p);
 
-        let p = dir.sqlite();
+        let p = sqlite(&dir);
         let s: Arc<dyn DurableStore> = Arc::new(SqliteStore::open(&p).expect("open"));
         fill(&s, backlog, 10_000, 1000);
         let d = drain(&s, 1000);
@@ -158,7 +131,7 @@ fn main() {
         drop(s);
         remove(&p);
 
-        let p = dir.sqlite();
+        let p = sqlite(&dir);
         let s: Arc<dyn DurableStore> = Arc::new(SqliteStore::open(&p).expect("open"));
         fill(&s, backlog, 10_000, 1000);
         drop(s);

@@ -18,37 +18,14 @@ use std::time::Instant;
 
 use outbox_core::DurableStore;
 use outbox_store_sqlite::{SqliteStore, baseline};
-use outbox_testkit::bench::{Rate, commit_rate, drain, fill, median};
+use outbox_testkit::bench::{BenchDir, Rate, commit_rate, drain, fill, median};
+use outbox_testkit::crash::env_u64;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Dir {
-    _tmp: Option<tempfile::TempDir>,
-    root: PathBuf,
-    n: std::cell::Cell<u32>,
-}
-
-impl Dir {
-    fn new() -> Self {
-        match std::env::var("BENCH_DIR") {
-            Ok(d) => Dir { _tmp: None, root: PathBuf::from(d), n: Default::default() },
-            Err(_) => {
-                let t = tempfile::tempdir().expect("temp dir");
-                let root = t.path().to_owned();
-                Dir { _tmp: Some(t), root, n: Default::default() }
-            }
-        }
-    }
-
-    /// A fresh database file with the outbox schema.
-    fn fresh(&self) -> PathBuf {
-        self.n.set(self.n.get() + 1);
-        let p = self.root.join(format!("bench-{}-{}.db", std::process::id(), self.n.get()));
-        drop(SqliteStore::open(&p).expect("create schema"));
-        p
-    }
+/// A fresh database file with the outbox schema.
+fn fresh(dir: &BenchDir) -> PathBuf {
+    let p = dir.next("db");
+    drop(SqliteStore::open(&p).expect("create schema"));
+    p
 }
 
 fn ours(path: &Path) -> Arc<dyn DurableStore> {
@@ -59,21 +36,21 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs = env("BENCH_RUNS", 5);
-    let commits = env("BENCH_COMMITS", 2000);
-    let backlog = env("BENCH_BACKLOG", 1_000_000);
-    let drain_runs = env("BENCH_DRAIN_RUNS", 1);
-    let dir = Dir::new();
+    let runs = env_u64("BENCH_RUNS", 5);
+    let commits = env_u64("BENCH_COMMITS", 2000);
+    let backlog = env_u64("BENCH_BACKLOG", 1_000_000);
+    let drain_runs = env_u64("BENCH_DRAIN_RUNS", 1);
+    let dir = BenchDir::new();
     println!("# outbox-store-sqlite benchmarks ({runs} runs, medians; synchronous=FULL)\n");
 
     // 1. One committer, ours vs raw, interleaved run by run.
     let (mut ours_us, mut raw_us, mut raw_rate) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (ops, elapsed) = baseline::raw_commits(&dir.fresh(), commits);
+        let (ops, elapsed) = baseline::raw_commits(&fresh(&dir), commits);
         let r = Rate { ops, elapsed };
         raw_us.push(r.micros_per_op());
         raw_rate.push(r.per_sec());
-        let store = ours(&dir.fresh());
+        let store = ours(&fresh(&dir));
         ours_us.push(commit_rate(&store, "one", 1, commits).micros_per_op());
     }
     let (o, r) = (median(ours_us), median(raw_us));
@@ -81,7 +58,7 @@ fn main() {
     // The cost of the hop to the worker thread and back, alone: a stats
     // query on an empty store, repeated.
     let hop = {
-        let store = ours(&dir.fresh());
+        let store = ours(&fresh(&dir));
         let mut xs = Vec::new();
         for _ in 0..runs {
             let start = Instant::now();
@@ -107,7 +84,7 @@ fn main() {
         let mut rates = Vec::new();
         let mut per_tx = Vec::new();
         for _ in 0..runs {
-            let path = dir.fresh();
+            let path = fresh(&dir);
             let store = Arc::new(SqliteStore::open(&path).expect("open"));
             let dynstore: Arc<dyn DurableStore> = store.clone();
             rates.push(commit_rate(&dynstore, "conc", committers, per).per_sec());
@@ -122,14 +99,14 @@ fn main() {
     println!("\n## 3. claim + ack draining a {backlog}-event backlog (batches of 1000, 1000 keys)\n");
     let (mut ours_d, mut raw_d, mut fill_r) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..drain_runs {
-        let p1 = dir.fresh();
+        let p1 = fresh(&dir);
         let s1 = ours(&p1);
         fill_r.push(fill(&s1, backlog, 10_000, 1000).per_sec());
         let d = drain(&s1, 1000);
         assert_eq!(d.ops, backlog, "ours drained everything");
         ours_d.push(d.per_sec());
         drop(s1);
-        let p2 = dir.fresh();
+        let p2 = fresh(&dir);
         let s2 = ours(&p2);
         fill(&s2, backlog, 10_000, 1000);
         drop(s2);

@@ -2,6 +2,8 @@
 //! side of each comparison. Every backend's bench pairs these with a raw
 //! baseline measured in the same run.
 
+use std::cell::Cell;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,4 +110,39 @@ pub fn drain(store: &Arc<dyn DurableStore>, batch: usize) -> Rate {
     let elapsed = start.elapsed();
     block_on(store.release_leadership(&grant)).expect("release");
     Rate { ops, elapsed }
+}
+
+/// Where a bench puts its databases: `BENCH_DIR` if set (to measure a
+/// particular disk), else a temporary directory removed at the end.
+#[derive(Debug)]
+pub struct BenchDir {
+    _tmp: Option<tempfile::TempDir>,
+    root: PathBuf,
+    n: Cell<u32>,
+}
+
+impl BenchDir {
+    /// `BENCH_DIR`, or a new temporary directory.
+    pub fn new() -> Self {
+        match std::env::var("BENCH_DIR") {
+            Ok(d) => BenchDir { _tmp: None, root: PathBuf::from(d), n: Cell::new(0) },
+            Err(_) => {
+                let t = tempfile::tempdir().expect("temp dir");
+                let root = t.path().to_owned();
+                BenchDir { _tmp: Some(t), root, n: Cell::new(0) }
+            }
+        }
+    }
+
+    /// A path no earlier call returned, ending in `.ext`.
+    pub fn next(&self, ext: &str) -> PathBuf {
+        self.n.set(self.n.get() + 1);
+        self.root.join(format!("bench-{}-{}.{ext}", std::process::id(), self.n.get()))
+    }
+}
+
+impl Default for BenchDir {
+    fn default() -> Self {
+        Self::new()
+    }
 }
