@@ -5,6 +5,7 @@
 #
 #   scripts/servers.sh start   # prints the env to export (also in $DIR/env)
 #   scripts/servers.sh stop    # stops both, by pid
+#   scripts/servers.sh nats-stop / nats-start   # a broker outage (streams kept)
 #
 # Env: OUTBOX_SERVERS_DIR (target/servers), OUTBOX_PG_PORT (55432),
 # OUTBOX_NATS_PORT (54222).
@@ -42,20 +43,36 @@ start_pg() {
         -o "-k $DIR/pg-sock -h 127.0.0.1 -p $PG_PORT -c max_connections=200 -c fsync=on" start >/dev/null
 }
 
+# start_nats [keep]: starts nats-server; without `keep` its JetStream
+# directory starts empty, with it the streams stored before are kept.
 start_nats() {
     if [ -f "$DIR/nats.pid" ] && kill -0 "$(cat "$DIR/nats.pid")" 2>/dev/null; then
         return
     fi
-    rm -rf "$DIR/nats-js"
+    if [ "${1:-}" != keep ]; then rm -rf "$DIR/nats-js"; fi
     mkdir -p "$DIR/nats-js"
-    nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DIR/nats-js" -P "$DIR/nats.pid" \
-        >"$DIR/nats.log" 2>&1 &
+    # setsid: the server outlives the shell (and test process) that started it.
+    setsid nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DIR/nats-js" -P "$DIR/nats.pid" \
+        >>"$DIR/nats.log" 2>&1 </dev/null &
     for _ in $(seq 1 100); do
         if (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null; then return; fi
         sleep 0.1
     done
     echo "nats-server did not start; see $DIR/nats.log" >&2
     exit 1
+}
+
+stop_nats() {
+    if [ -f "$DIR/nats.pid" ]; then
+        local pid
+        pid=$(cat "$DIR/nats.pid")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        rm -f "$DIR/nats.pid"
+    fi
 }
 
 case "${1:-}" in
@@ -68,6 +85,7 @@ start)
 export OUTBOX_PG_URL="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
 export OUTBOX_NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export OUTBOX_NATS_PID_FILE="$DIR/nats.pid"
+export OUTBOX_SERVERS_SCRIPT="$PWD/scripts/servers.sh"
 ENV
     cat "$DIR/env"
     ;;
@@ -75,13 +93,18 @@ stop)
     if [ -f "$DIR/pg/postmaster.pid" ]; then
         as_postgres "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast stop >/dev/null 2>&1 || true
     fi
-    if [ -f "$DIR/nats.pid" ]; then
-        kill "$(cat "$DIR/nats.pid")" 2>/dev/null || true
-        rm -f "$DIR/nats.pid"
-    fi
+    stop_nats
+    ;;
+nats-stop)
+    # For the broker-outage test: stop NATS, keeping its streams on disk.
+    stop_nats
+    ;;
+nats-start)
+    # ... and start it again with the streams it had.
+    start_nats keep
     ;;
 *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start|stop|nats-stop|nats-start" >&2
     exit 2
     ;;
 esac

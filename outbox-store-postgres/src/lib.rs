@@ -2,6 +2,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod error;
+mod notify;
 mod pool;
 mod schema;
 mod store;

@@ -16,6 +16,7 @@ use tokio_postgres::{AsyncMessage, Config, NoTls, Row, Transaction};
 use uuid::Uuid;
 
 use crate::error::{map, unique_violation};
+use crate::notify::Notifier;
 use crate::pool::{Pool, quote_ident};
 use crate::schema;
 
@@ -25,6 +26,61 @@ pub const COMMIT_CHANNEL: &str = "outbox_commit";
 const STATUS_PENDING: i16 = 0;
 const STATUS_DEAD: i16 = 1;
 
+const SQL_LOCK_KEYS: &str = "INSERT INTO outbox_keys (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+     ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key";
+const SQL_INSERT_STATE: &str =
+    "INSERT INTO outbox_state (actor, version, snapshot, updated_at) VALUES ($1, 1, $2, $3)
+     ON CONFLICT (actor) DO NOTHING";
+const SQL_UPDATE_STATE: &str = "UPDATE outbox_state SET version = $4, snapshot = $2, updated_at = $3
+     WHERE actor = $1 AND version = $5";
+const SQL_CHECK_IDS: &str = "SELECT id FROM outbox_events WHERE id = ANY($1) LIMIT 1";
+const SQL_INSERT_EVENTS: &str =
+    "INSERT INTO outbox_events (id, origin, key, event_type, payload_kind, payload, headers,
+                                 schema_version, created_at, next_attempt_at)
+     SELECT id, origin, key, event_type, kind, payload, headers, sv, $9, due
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+                 $7::text[], $8::int4[], $10::int8[])
+          WITH ORDINALITY AS t(id, origin, key, event_type, kind, payload, headers, sv, due, n)
+     ORDER BY n";
+const SQL_INSERT_MARK: &str =
+    "INSERT INTO outbox_inbox (consumer, origin, event_id, processed_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT DO NOTHING";
+
+const SQL_GRANT_LIVE: &str = "SELECT 1 FROM outbox_leaders WHERE epoch = $1 AND NOT released";
+const SQL_LOCK_EVENTS: &str =
+    "SELECT id, claimed_epoch FROM outbox_events WHERE id = ANY($1) AND status = 0 ORDER BY seq FOR UPDATE";
+const SQL_ACK: &str = "UPDATE outbox_events SET status = 2, delivered_at = $2, lease_until = NULL WHERE id = ANY($1) AND status = 0";
+/// The first `$2` claimable key heads (a key's first not-done event, due
+/// and not leased), in commit order, their key rows locked; keys held by
+/// another claim or a commit in flight are skipped and the scan goes on.
+const SQL_CLAIM_KEYS: &str = "SELECT e.key, e.seq FROM outbox_events e JOIN outbox_keys k ON k.key = e.key
+     WHERE e.status = 0 AND e.next_attempt_at <= $1 AND (e.lease_until IS NULL OR e.lease_until <= $1)
+       AND NOT EXISTS (SELECT 1 FROM outbox_events p
+                       WHERE p.key = e.key AND p.seq < e.seq AND p.status <> 2 AND (p.status = 0 OR $3))
+     ORDER BY e.seq LIMIT $2
+     FOR UPDATE OF k SKIP LOCKED";
+static SQL_CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH open AS (
+             SELECT o.seq, o.key, o.ok
+             FROM unnest($2::text[]) AS k(key)
+             CROSS JOIN LATERAL (
+                 SELECT seq, key,
+                        (status = 0 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)) AS ok
+                 FROM outbox_events
+                 WHERE key = k.key AND status <> 2 AND (status = 0 OR ($3 AND status = 1)) AND seq <= $7
+                 ORDER BY seq LIMIT $4) o),
+         runs AS (
+             SELECT seq, sum(CASE WHEN ok THEN 0 ELSE 1 END) OVER (PARTITION BY key ORDER BY seq) AS bad
+             FROM open),
+         pick AS (SELECT seq FROM runs WHERE bad = 0 ORDER BY seq LIMIT $4)
+         UPDATE outbox_events e
+         SET attempts = e.attempts + 1, claimed_epoch = $5, lease_until = $6
+         FROM pick WHERE e.seq = pick.seq
+         RETURNING e.seq, {}",
+        ENVELOPE_COLS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+    )
+});
 const ENVELOPE_COLS: &str = "id, origin, key, event_type, payload_kind, payload, headers, schema_version, created_at, attempts, next_attempt_at, last_error";
 
 /// How to open a [`PostgresStore`].
@@ -110,6 +166,7 @@ impl PostgresOptions {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
+                notifier: Notifier::start(config.clone(), self.schema.clone()),
                 config,
                 schema: self.schema,
                 clock: self.clock,
@@ -123,15 +180,16 @@ impl PostgresOptions {
 /// database.
 ///
 /// - A commit is one transaction: the state row with an optimistic version
-///   check, the events, the inbox marks, and a `NOTIFY` on
+///   check, the events and the inbox marks; after it, a `NOTIFY` on
 ///   [`COMMIT_CHANNEL`] that forwarders [listen](PostgresStore::listen)
 ///   for.
 /// - Leadership is shared: every forwarder gets its own epoch, and fencing
 ///   is per claimed event (an ack from an epoch that did not claim the
 ///   event, or whose grant was released, is `Fenced`).
-/// - Claims lock ordering keys with `FOR UPDATE SKIP LOCKED`, so two
-///   forwarders never claim from one key at once, and lease their events;
-///   a key whose head is leased or waiting for a retry is not claimed.
+/// - Claims lock the ordering keys of the first claimable key heads with
+///   `FOR UPDATE SKIP LOCKED`, so two forwarders never claim from one key
+///   at once and spread over the keys, and lease their events; a key whose
+///   head is leased or waiting for a retry is not claimed.
 #[derive(Clone)]
 pub struct PostgresStore {
     inner: Arc<Inner>,
@@ -143,6 +201,7 @@ struct Inner {
     schema: String,
     clock: SharedClock,
     limits: Limits,
+    notifier: Notifier,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -190,47 +249,98 @@ impl PostgresStore {
         PostgresOptions::new(url)
     }
 
-    /// Listens for commits (any process's) on a dedicated connection and
-    /// calls `on_commit` for each; for waking a forwarder
-    /// (`forwarder.waker().wake()`). Polling stays the safety net for a
-    /// lost connection: the listener does not reconnect.
+    /// Listens for commits (any process's, to this store's schema) on a
+    /// dedicated connection and calls `on_commit` for each; for waking a
+    /// forwarder (`forwarder.waker().wake()`).
+    ///
+    /// The first connection's failure is returned. A connection lost later
+    /// is reopened in the background (backing off up to 5 s), and
+    /// `on_commit` is called once after every reconnect, since commits may
+    /// have been missed meanwhile; the forwarder's polling covers the gap.
     pub async fn listen(&self, on_commit: impl Fn() + Send + Sync + 'static) -> Result<CommitListener> {
-        let (client, mut connection) =
-            self.inner.config.connect(NoTls).await.map_err(|e| map("connect the listener", e))?;
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let on_commit: Arc<dyn Fn() + Send + Sync> = Arc::new(on_commit);
+        let config = self.inner.config.clone();
+        let schema = self.inner.schema.clone();
+        let first = listen_once(&config).await?;
         let task = tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            // The LISTEN below needs the connection driven, which this loop
-            // does; `client` lives as long as the loop.
-            let sql = format!("LISTEN {COMMIT_CHANNEL}");
-            let listen = client.batch_execute(&sql);
-            tokio::pin!(listen);
-            let mut listening = false;
+            let mut conn = Some(first);
+            let mut delay = Duration::from_millis(50);
             loop {
-                tokio::select! {
-                    r = &mut listen, if !listening => {
-                        listening = true;
-                        if r.is_ok() && let Some(t) = ready.take() {
-                            let _ = t.send(());
-                        }
+                if let Some((client, messages)) = conn.take() {
+                    delay = Duration::from_millis(50);
+                    relay(client, messages, &schema, &*on_commit).await;
+                    tracing::warn!(target: "outbox", "postgres LISTEN connection lost; reconnecting");
+                }
+                tokio::time::sleep(delay).await;
+                match listen_once(&config).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        on_commit();
                     }
-                    m = messages.next() => match m {
-                        Some(Ok(AsyncMessage::Notification(_))) => on_commit(),
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => break,
+                    Err(e) => {
+                        tracing::warn!(target: "outbox", error = %e, "postgres LISTEN reconnect failed");
+                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }
         });
-        ready_rx
-            .await
-            .map_err(|_| Error::Unavailable { message: "postgres LISTEN failed".into(), source: None })?;
         Ok(CommitListener { task })
     }
 
     fn now(&self) -> Timestamp {
         self.inner.clock.now()
+    }
+}
+
+type Notifications = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<AsyncMessage, tokio_postgres::Error>> + Send>,
+>;
+
+/// Opens a connection and runs `LISTEN` on it; the connection's messages
+/// are returned as a stream (which drives the connection).
+async fn listen_once(config: &Config) -> Result<(tokio_postgres::Client, Notifications)> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| map("connect the listener", e))?;
+    let mut messages: Notifications =
+        Box::pin(futures::stream::poll_fn(move |cx| connection.poll_message(cx)));
+    let sql = format!("LISTEN {COMMIT_CHANNEL}");
+    {
+        let listen = client.batch_execute(&sql);
+        tokio::pin!(listen);
+        // The LISTEN needs the connection driven while it runs.
+        loop {
+            tokio::select! {
+                r = &mut listen => {
+                    r.map_err(|e| map("listen", e))?;
+                    break;
+                }
+                m = messages.next() => match m {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(map("listen", e)),
+                    None => {
+                        let message = "postgres LISTEN connection closed".into();
+                        return Err(Error::Unavailable { message, source: None });
+                    }
+                }
+            }
+        }
+    }
+    Ok((client, messages))
+}
+
+/// Calls `on_commit` for each notification about `schema` until the
+/// connection ends.
+async fn relay(
+    _client: tokio_postgres::Client,
+    mut messages: Notifications,
+    schema: &str,
+    on_commit: &(dyn Fn() + Send + Sync),
+) {
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(n)) if n.payload() == schema => on_commit(),
+            Ok(_) => {}
+            Err(_) => break,
+        }
     }
 }
 
@@ -276,44 +386,95 @@ impl StateStore for PostgresStore {
         commit.validate(&self.inner.limits)?;
         let now = self.now();
         let at = millis(now);
-        let mut conn = self.inner.pool.get().await?;
-        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
-        // Lock the rows of this commit's keys, in a fixed order: commits
-        // sharing a key serialize here, so its sequence follows commit
-        // order, and a claimer skips a key with a commit in flight.
+        // Everything is encoded before the transaction opens.
         let mut keys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
-        if !keys.is_empty() {
-            tx.execute(
-                "INSERT INTO outbox_keys (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
-                 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key",
-                &[&keys],
-            )
-            .await
-            .map_err(|e| map("lock keys", e))?;
+        let ids: Vec<Uuid> = commit.events.iter().map(|e| uuid(e.id)).collect();
+        let origins: Vec<&str> = commit.events.iter().map(|e| e.origin.as_str()).collect();
+        let ekeys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
+        let types: Vec<&str> = commit.events.iter().map(|e| e.event_type.as_str()).collect();
+        let kinds: Vec<&str> = commit.events.iter().map(|e| e.payload.kind().as_str()).collect();
+        let payloads: Vec<&[u8]> = commit.events.iter().map(|e| e.payload.as_bytes()).collect();
+        let headers = commit
+            .events
+            .iter()
+            .map(|e| serde_json::to_string(&e.headers))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let versions: Vec<i32> = commit.events.iter().map(|e| e.schema_version as i32).collect();
+        let due: Vec<i64> =
+            commit.events.iter().map(|e| e.not_before.map_or(at, |t| millis(t).max(at))).collect();
+        let state = commit.state.as_ref().map(|s| {
+            let expected = s.expected_version.0 as i64;
+            (s, expected, expected + 1)
+        });
+
+        let mut conn = self.inner.pool.get().await?;
+        let [lock_keys, insert_state, update_state, check_ids, insert_events, insert_mark] = conn
+            .prepare([
+                SQL_LOCK_KEYS,
+                SQL_INSERT_STATE,
+                SQL_UPDATE_STATE,
+                SQL_CHECK_IDS,
+                SQL_INSERT_EVENTS,
+                SQL_INSERT_MARK,
+            ])
+            .await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        // One round trip for the writes: the statements are pipelined and
+        // run in this order. The key rows are locked first and in a fixed
+        // order: commits sharing a key serialize there, so its sequence
+        // follows commit order, and a claimer skips a key with a commit in
+        // flight.
+        let has_events = !commit.events.is_empty();
+        let (locked, wrote, dup, inserted) = tokio::join!(
+            biased;
+            async {
+                if has_events { tx.execute(&lock_keys, &[&keys]).await.map(Some) } else { Ok(None) }
+            },
+            async {
+                match &state {
+                    Some((s, 0, _)) => tx.execute(&insert_state, &[&s.actor.as_str(), &s.snapshot, &at]).await.map(Some),
+                    Some((s, expected, next)) => {
+                        tx.execute(&update_state, &[&s.actor.as_str(), &s.snapshot, &at, next, expected]).await.map(Some)
+                    }
+                    None => Ok(None),
+                }
+            },
+            async { if has_events { tx.query_opt(&check_ids, &[&ids]).await } else { Ok(None) } },
+            async {
+                if has_events {
+                    tx.execute(
+                        &insert_events,
+                        &[&ids, &origins, &ekeys, &types, &kinds, &payloads, &headers, &versions, &at, &due],
+                    )
+                    .await
+                    .map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        );
+        // The first failure in statement order is the cause; later ones
+        // only say the transaction was aborted.
+        locked.map_err(|e| map("lock keys", e))?;
+        let wrote = wrote.map_err(|e| map("write state", e))?;
+        if let Some(r) = dup.map_err(|e| map("check ids", e))? {
+            let id: Uuid = r.get(0);
+            return Err(Error::DuplicateEvent { id: EventId::from_bytes(*id.as_bytes()) });
+        }
+        if let Err(e) = inserted {
+            if unique_violation(&e).is_some() {
+                return Err(Error::DuplicateEvent { id: commit.events[0].id });
+            }
+            return Err(map("insert events", e));
         }
         let mut version = None;
-        if let Some(s) = &commit.state {
-            let next = s.expected_version.next().0 as i64;
-            let n = if s.expected_version == Version::NONE {
-                tx.execute(
-                    "INSERT INTO outbox_state (actor, version, snapshot, updated_at) VALUES ($1, 1, $2, $3)
-                     ON CONFLICT (actor) DO NOTHING",
-                    &[&s.actor.as_str(), &s.snapshot, &at],
-                )
-                .await
-            } else {
-                tx.execute(
-                    "UPDATE outbox_state SET version = $4, snapshot = $2, updated_at = $3
-                     WHERE actor = $1 AND version = $5",
-                    &[&s.actor.as_str(), &s.snapshot, &at, &next, &(s.expected_version.0 as i64)],
-                )
-                .await
-            }
-            .map_err(|e| map("write state", e))?;
+        if let (Some((s, _, _)), Some(n)) = (&state, wrote) {
             if n == 0 {
-                let actual = tx
+                drop(tx);
+                let actual = conn
+                    .client()
                     .query_opt("SELECT version FROM outbox_state WHERE actor = $1", &[&s.actor.as_str()])
                     .await
                     .map_err(|e| map("read state version", e))?
@@ -322,56 +483,9 @@ impl StateStore for PostgresStore {
             }
             version = Some(s.expected_version.next());
         }
-        if !commit.events.is_empty() {
-            let ids: Vec<Uuid> = commit.events.iter().map(|e| uuid(e.id)).collect();
-            if let Some(r) = tx
-                .query_opt("SELECT id FROM outbox_events WHERE id = ANY($1) LIMIT 1", &[&ids])
-                .await
-                .map_err(|e| map("check ids", e))?
-            {
-                let id: Uuid = r.get(0);
-                return Err(Error::DuplicateEvent { id: EventId::from_bytes(*id.as_bytes()) });
-            }
-            let origins: Vec<&str> = commit.events.iter().map(|e| e.origin.as_str()).collect();
-            let ekeys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
-            let types: Vec<&str> = commit.events.iter().map(|e| e.event_type.as_str()).collect();
-            let kinds: Vec<&str> = commit.events.iter().map(|e| e.payload.kind().as_str()).collect();
-            let payloads: Vec<&[u8]> = commit.events.iter().map(|e| e.payload.as_bytes()).collect();
-            let headers = commit
-                .events
-                .iter()
-                .map(|e| serde_json::to_string(&e.headers))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let versions: Vec<i32> = commit.events.iter().map(|e| e.schema_version as i32).collect();
-            let due: Vec<i64> =
-                commit.events.iter().map(|e| e.not_before.map_or(at, |t| millis(t).max(at))).collect();
-            let r = tx
-                .execute(
-                    "INSERT INTO outbox_events (id, origin, key, event_type, payload_kind, payload, headers,
-                                                schema_version, created_at, next_attempt_at)
-                     SELECT id, origin, key, event_type, kind, payload, headers, sv, $9, due
-                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-                                 $7::text[], $8::int4[], $10::int8[])
-                          WITH ORDINALITY AS t(id, origin, key, event_type, kind, payload, headers, sv, due, n)
-                     ORDER BY n",
-                    &[&ids, &origins, &ekeys, &types, &kinds, &payloads, &headers, &versions, &at, &due],
-                )
-                .await;
-            if let Err(e) = r {
-                if unique_violation(&e).is_some() {
-                    return Err(Error::DuplicateEvent { id: commit.events[0].id });
-                }
-                return Err(map("insert events", e));
-            }
-            tx.execute("SELECT pg_notify($1, '')", &[&COMMIT_CHANNEL]).await.map_err(|e| map("notify", e))?;
-        }
         for m in &commit.inbox {
             let r = tx
-                .execute(
-                    "INSERT INTO outbox_inbox (consumer, origin, event_id, processed_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT DO NOTHING",
-                    &[&m.consumer.as_str(), &m.origin.as_str(), &uuid(m.event_id), &at],
-                )
+                .execute(&insert_mark, &[&m.consumer.as_str(), &m.origin.as_str(), &uuid(m.event_id), &at])
                 .await
                 .map_err(|e| map("insert inbox mark", e))?;
             if r == 0 {
@@ -383,6 +497,9 @@ impl StateStore for PostgresStore {
             }
         }
         tx.commit().await.map_err(|e| map("commit", e))?;
+        if has_events {
+            self.inner.notifier.notify();
+        }
         Ok(CommitReceipt { version, committed_at: now })
     }
 
@@ -474,52 +591,39 @@ impl DeliveryStore for PostgresStore {
         let now = millis(self.now());
         let until = millis(self.now().saturating_add(request.lease));
         let limit = limit_i64(request.limit);
+        let epoch = grant.epoch.0 as i64;
         let mut conn = self.inner.pool.get().await?;
+        let [grant_live, claim_keys, claim] =
+            conn.prepare([SQL_GRANT_LIVE, SQL_CLAIM_KEYS, SQL_CLAIM.as_str()]).await?;
         let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
-        check_grant(&tx, grant).await?;
-        // 1. The keys of the first due events, locked; keys another
-        //    forwarder (or a commit in flight) holds are skipped.
-        let window = limit.saturating_mul(4).saturating_add(256);
-        let keys: Vec<String> = tx
-            .query(
-                "SELECT k.key FROM outbox_keys k
-                 WHERE k.key IN (SELECT key FROM outbox_events
-                                 WHERE status = 0 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
-                                 ORDER BY seq LIMIT $2)
-                 ORDER BY k.key
-                 FOR UPDATE SKIP LOCKED",
-                &[&now, &window],
-            )
-            .await
-            .map_err(|e| map("lock keys", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        // 1. (pipelined with the grant check) The keys of the first `limit`
+        //    claimable key heads, in commit order, locked; keys another
+        //    forwarder (or a commit in flight) holds, or whose head is
+        //    leased or not yet due, are passed over.
+        let (live, rows) = tokio::join!(
+            biased;
+            async { tx.query_opt(&grant_live, &[&epoch]).await },
+            async { tx.query(&claim_keys, &[&now, &limit, &request.park_dead_keys]).await },
+        );
+        if live.map_err(|e| map("check grant", e))?.is_none() {
+            return Err(Error::Fenced { epoch: grant.epoch, current: None });
+        }
+        let rows = rows.map_err(|e| map("lock keys", e))?;
+        let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        // With `limit` heads in hand (each claimable), nothing past the
+        // last of them can be among the `limit` first claimable events.
+        let bound: i64 = if rows.len() as i64 >= limit {
+            rows.iter().map(|r| r.get::<_, i64>(1)).max().unwrap_or(i64::MAX)
+        } else {
+            i64::MAX
+        };
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         // 2. A fresh snapshot (READ COMMITTED): within the locked keys, the
         //    prefix of each key's not-done events that is claimable now.
         let rows = tx
-            .query(
-                &format!(
-                    "WITH open AS (
-                         SELECT seq, key,
-                                (status = 0 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)) AS ok
-                         FROM outbox_events
-                         WHERE key = ANY($2) AND (status = 0 OR ($3 AND status = 1))),
-                     runs AS (
-                         SELECT seq, sum(CASE WHEN ok THEN 0 ELSE 1 END) OVER (PARTITION BY key ORDER BY seq) AS bad
-                         FROM open),
-                     pick AS (SELECT seq FROM runs WHERE bad = 0 ORDER BY seq LIMIT $4)
-                     UPDATE outbox_events e
-                     SET attempts = e.attempts + 1, claimed_epoch = $5, lease_until = $6
-                     FROM pick WHERE e.seq = pick.seq
-                     RETURNING e.seq, {}",
-                    ENVELOPE_COLS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
-                ),
-                &[&now, &keys, &request.park_dead_keys, &limit, &(grant.epoch.0 as i64), &until],
-            )
+            .query(&claim, &[&now, &keys, &request.park_dead_keys, &limit, &epoch, &until, &bound])
             .await
             .map_err(|e| map("claim", e))?;
         tx.commit().await.map_err(|e| map("commit claim", e))?;
@@ -534,15 +638,29 @@ impl DeliveryStore for PostgresStore {
 
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         let now = millis(self.now());
+        let epoch = grant.epoch.0 as i64;
+        let ids: Vec<Uuid> = ids.iter().map(|i| uuid(*i)).collect();
         let mut conn = self.inner.pool.get().await?;
+        let [grant_live, lock_events, ack] = conn.prepare([SQL_GRANT_LIVE, SQL_LOCK_EVENTS, SQL_ACK]).await?;
         let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
-        let ids = settleable(&tx, grant, ids).await?;
-        tx.execute(
-            "UPDATE outbox_events SET status = 2, delivered_at = $2, lease_until = NULL WHERE id = ANY($1)",
-            &[&ids, &now],
-        )
-        .await
-        .map_err(|e| map("ack", e))?;
+        // Pipelined: the checks and the update; the update is rolled back
+        // unless both checks pass.
+        let (live, rows, acked) = tokio::join!(
+            biased;
+            async { tx.query_opt(&grant_live, &[&epoch]).await },
+            async { tx.query(&lock_events, &[&ids]).await },
+            async { tx.execute(&ack, &[&ids, &now]).await },
+        );
+        if live.map_err(|e| map("check grant", e))?.is_none() {
+            return Err(Error::Fenced { epoch: grant.epoch, current: None });
+        }
+        for r in rows.map_err(|e| map("lock events", e))? {
+            let claimed: Option<i64> = r.get(1);
+            if claimed != Some(epoch) {
+                return Err(Error::Fenced { epoch: grant.epoch, current: claimed.map(|e| Epoch(e as u64)) });
+            }
+        }
+        acked.map_err(|e| map("ack", e))?;
         tx.commit().await.map_err(|e| map("commit ack", e))
     }
 

@@ -120,15 +120,56 @@ async fn bad_urls_are_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_wakes_on_a_commit_from_another_handle() {
+async fn listen_wakes_on_a_commit_from_another_handle_and_survives_a_lost_connection() {
     let Some(url) = url() else { return };
     let schema = schema("listen");
     let a = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
     let b = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let elsewhere = PostgresStore::options(&url).schema(format!("{schema}_other")).open().await.unwrap();
     let notify = Arc::new(tokio::sync::Notify::new());
-    let n = notify.clone();
-    let _listener = a.listen(move || n.notify_one()).await.unwrap();
-    let e = NewEvent::json(ActorId::new("x").unwrap(), "E", &1).unwrap();
-    b.put_state_and_events(Commit::events_only().event(e)).await.unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let (n, c) = (notify.clone(), calls.clone());
+    let _listener = a
+        .listen(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            n.notify_one();
+        })
+        .await
+        .unwrap();
+    let commit = |s: &PostgresStore| {
+        let s = s.clone();
+        async move {
+            let e = NewEvent::json(ActorId::new("x").unwrap(), "E", &1).unwrap();
+            s.put_state_and_events(Commit::events_only().event(e)).await.unwrap();
+        }
+    };
+    // Another schema's commit, then ours: notifications arrive in commit
+    // order, so once ours is seen the other one would have been too.
+    commit(&elsewhere).await;
+    commit(&b).await;
     tokio::time::timeout(Duration::from_secs(10), notify.notified()).await.expect("woken by the commit");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a commit to another schema must not wake this listener");
+
+    // The server drops the listening connection; the listener reconnects,
+    // calls back once (commits may have been missed), and wakes again.
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN outbox_commit'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!killed.is_empty(), "the listener's backend was found");
+    tokio::time::timeout(Duration::from_secs(20), notify.notified())
+        .await
+        .expect("called back after reconnecting");
+    let after_reconnect = calls.load(Ordering::SeqCst);
+    assert!(after_reconnect >= 2);
+    commit(&b).await;
+    tokio::time::timeout(Duration::from_secs(10), notify.notified())
+        .await
+        .expect("woken after the reconnect");
+    assert!(calls.load(Ordering::SeqCst) > after_reconnect);
 }
