@@ -183,8 +183,8 @@ impl Forwarder {
 
     /// Runs until `cancel`: a cycle at start, then one after every wake-up,
     /// tick, due retry or probe time. An idle forwarder's tick backs off
-    /// from `flush_interval` to `max_idle_interval`; a full batch is
-    /// followed at once by the next.
+    /// from `flush_interval` to `max_idle_interval`; a cycle that claimed
+    /// anything is followed at once by the next.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut idle = self.cfg.flush_interval;
         loop {
@@ -192,10 +192,12 @@ impl Forwarder {
                 break;
             }
             let wait = match self.run_once().await {
-                Ok(r) if r.claimed > 0 && r.claimed >= r.limit => Duration::ZERO,
+                // Found work: look again at once (other keys may be free,
+                // or more was committed); wait only when a claim finds
+                // nothing.
                 Ok(r) if r.claimed > 0 => {
                     idle = self.cfg.flush_interval;
-                    idle
+                    Duration::ZERO
                 }
                 Ok(_) => {
                     let w = idle;
@@ -337,6 +339,10 @@ impl Forwarder {
                 let _ = sched.push(e.key.clone(), e);
             }
         }
+        // Acks are written once per batch, not per round: an event stays
+        // leased to us until then, and a crash before the write only means
+        // a redelivery (which the idempotency key absorbs).
+        let mut acks: Vec<EventId> = Vec::new();
         loop {
             let round = match first_round.take() {
                 Some(round) => round,
@@ -359,7 +365,6 @@ impl Forwarder {
                 outcomes.push(Outcome::Retriable("the sink returned no outcome for this event".into()));
             }
             let now = self.cfg.clock.now();
-            let mut acks = Vec::new();
             let mut release: Vec<Envelope> = Vec::new();
             for (e, outcome) in round.iter().zip(outcomes) {
                 match outcome {
@@ -384,11 +389,6 @@ impl Forwarder {
             if slow {
                 self.breaker.on_failure(now);
             }
-            if !acks.is_empty() {
-                self.store.ack(grant, &acks).await?;
-                report.delivered += acks.len();
-                metrics::counter!(m::DELIVERED).increment(acks.len() as u64);
-            }
             let open = self.breaker.is_open();
             if open {
                 release.extend(sched.drain_queued());
@@ -401,6 +401,11 @@ impl Forwarder {
             if open {
                 break;
             }
+        }
+        if !acks.is_empty() {
+            self.store.ack(grant, &acks).await?;
+            report.delivered += acks.len();
+            metrics::counter!(m::DELIVERED).increment(acks.len() as u64);
         }
         Ok(())
     }

@@ -149,7 +149,16 @@ async fn save_offline_kill_restart_online() {
         consumer.deliver(&e).await.expect("handled");
         assert_eq!(effects.load(Ordering::SeqCst), 1, "{}: effect exactly once", consumer.id());
     }
-    let s = outbox.store().stats().await.expect("stats");
+    // The bus has it before the forwarder's ack is written: wait (bounded)
+    // for the ack.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = outbox.store().stats().await.expect("stats");
+        if s.delivered > 0 || tokio::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!((s.pending, s.delivered), (0, 1), "one FORM_SAVED, delivered");
     outbox.shutdown().await;
 }
