@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::unwrap_used)]
 
+pub mod codec;
 pub mod commit;
 pub mod config;
 pub mod error;

@@ -4,10 +4,13 @@
 mod breaker;
 mod config;
 pub mod metrics;
+mod mono;
 mod sink;
 mod worker;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
 pub use config::{DeadLetterPolicy, ForwarderConfig};
 pub use sink::{Bus, BusSink, ChannelSink, Outcome, Sink, Subscription, Topic};
-pub use worker::{CycleReport, Forwarder, ForwarderHandle, Wake};
+#[cfg(not(target_arch = "wasm32"))]
+pub use worker::ForwarderHandle;
+pub use worker::{CycleReport, Forwarder, Wake};

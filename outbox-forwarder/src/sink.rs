@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use outbox_core::{Envelope, EventId, async_trait};
+use outbox_core::{Envelope, EventId, MaybeSendSync, async_trait};
 use tokio::sync::mpsc;
 
 /// What happened to one event handed to a sink. The forwarder decides
@@ -40,8 +40,9 @@ impl Outcome {
 /// known, so a sink may deliver a batch concurrently. Delivery is at least
 /// once: a sink sees an event again after a crash between delivery and ack,
 /// and should pass [`Envelope::idempotency_key`] on (NATS: `Nats-Msg-Id`).
-#[async_trait]
-pub trait Sink: Send + Sync + fmt::Debug {
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Sink: MaybeSendSync + fmt::Debug {
     /// Delivers `batch`; one outcome per event, in order.
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome>;
 }
@@ -135,7 +136,8 @@ pub struct BusSink {
     bus: Bus,
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl Sink for BusSink {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         let targets: Vec<(Topic, mpsc::Sender<Envelope>)> =
@@ -205,7 +207,8 @@ impl ChannelSink {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl Sink for ChannelSink {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         lock(&self.calls).push(batch.len());
@@ -224,7 +227,8 @@ impl Sink for ChannelSink {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl<S: Sink + ?Sized> Sink for Arc<S> {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         (**self).publish(batch).await

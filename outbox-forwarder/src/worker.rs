@@ -11,12 +11,14 @@ use outbox_core::{
     SplitMix64, Timestamp,
 };
 use tokio::sync::Notify;
+#[cfg(not(target_arch = "wasm32"))]
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::config::{DeadLetterPolicy, ForwarderConfig};
 use crate::metrics as m;
+use crate::mono;
 use crate::sink::{Outcome, Sink};
 
 #[derive(Debug, Default)]
@@ -118,7 +120,9 @@ impl fmt::Debug for Forwarder {
     }
 }
 
-/// A running forwarder task.
+/// A running forwarder task (native; in a browser, run
+/// [`Forwarder::run`] with `wasm_bindgen_futures::spawn_local`).
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug)]
 pub struct ForwarderHandle {
     wake: Wake,
@@ -126,6 +130,7 @@ pub struct ForwarderHandle {
     join: JoinHandle<()>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl ForwarderHandle {
     /// The forwarder's wake-up handle.
     pub fn waker(&self) -> &Wake {
@@ -174,6 +179,7 @@ impl Forwarder {
     }
 
     /// Runs on the current Tokio runtime until [`ForwarderHandle::shutdown`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn spawn(self) -> ForwarderHandle {
         let cancel = CancellationToken::new();
         let wake = self.wake.clone();
@@ -222,7 +228,7 @@ impl Forwarder {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.wake.inner.notify.notified() => idle = self.cfg.flush_interval,
-                _ = tokio::time::sleep(wait) => {}
+                _ = mono::sleep(wait) => {}
             }
         }
         self.step_down().await;
@@ -241,7 +247,7 @@ impl Forwarder {
     /// when the circuit is half-open, none when open), deliver it, settle
     /// every event, then the leader's housekeeping (gauges, pruning).
     pub async fn run_once(&mut self) -> Result<CycleReport> {
-        let started = tokio::time::Instant::now();
+        let started = mono::Instant::now();
         let now = self.cfg.clock.now();
         let mut report = CycleReport::default();
         if self.wake.inner.online.swap(false, Ordering::SeqCst) {
@@ -357,7 +363,7 @@ impl Forwarder {
             if round.is_empty() {
                 break;
             }
-            let t0 = tokio::time::Instant::now();
+            let t0 = mono::Instant::now();
             let mut outcomes = self.sink.publish(&round).await;
             let slow = t0.elapsed() > self.cfg.breaker.slow_call;
             outcomes.truncate(round.len());
@@ -479,7 +485,7 @@ impl Forwarder {
         let every = self.cfg.stats_every.max(self.stats_cost * 50);
         if self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
             self.last_stats = Some(now);
-            let t0 = tokio::time::Instant::now();
+            let t0 = mono::Instant::now();
             let s = self.store.stats().await?;
             self.stats_cost = t0.elapsed();
             metrics::gauge!(m::PENDING).set(s.pending as f64);
