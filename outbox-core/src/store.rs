@@ -312,6 +312,10 @@ pub struct Capabilities {
     pub leadership: LeadershipMode,
     /// The limits commits are checked against.
     pub limits: Limits,
+    /// Whether the platform promised not to evict the data under storage
+    /// pressure (a browser's `navigator.storage.persisted()`); `None`
+    /// where that does not apply (files, servers) or is unknown.
+    pub persistent: Option<bool>,
 }
 
 impl Capabilities {
@@ -324,6 +328,7 @@ impl Capabilities {
             multi_process: false,
             leadership: LeadershipMode::Exclusive,
             limits: Limits::default(),
+            persistent: None,
         }
     }
 
@@ -348,6 +353,12 @@ impl Capabilities {
     /// Sets [`Capabilities::limits`].
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets [`Capabilities::persistent`].
+    pub fn persistent(mut self, persistent: Option<bool>) -> Self {
+        self.persistent = persistent;
         self
     }
 }

@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod crash;
 mod factory;
 mod faulty;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod model;
 
 pub use factory::StoreFactory;
@@ -24,7 +25,10 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(not(target_arch = "wasm32"))]
     pub use proptest;
+    #[cfg(target_arch = "wasm32")]
+    pub use wasm_bindgen_test;
 }
 
 /// Expands to one `#[test]` per conformance property, each running
@@ -81,6 +85,15 @@ macro_rules! __conformance_tests {
         );
     };
     ($factory:expr; $req:expr; $($name:ident),+ $(,)?) => {
+        $crate::__conformance_test_fns!($factory; $req; $($name),+);
+    };
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test_fns {
+    ($factory:expr; $req:expr; $($name:ident),+) => {
         $(
             #[test]
             fn $name() {
@@ -89,6 +102,24 @@ macro_rules! __conformance_tests {
                 }
                 let factory = $factory;
                 $crate::block_on($crate::conformance::$name(&factory));
+            }
+        )+
+    };
+}
+
+/// On `wasm32`: one `#[wasm_bindgen_test]` per property, run in the
+/// browser by `wasm-bindgen-test-runner` (the crate under test configures
+/// `wasm_bindgen_test_configure!(run_in_browser)`).
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test_fns {
+    ($factory:expr; $req:expr; $($name:ident),+) => {
+        $(
+            #[$crate::__private::wasm_bindgen_test::wasm_bindgen_test(crate = $crate::__private::wasm_bindgen_test)]
+            async fn $name() {
+                let factory = $factory;
+                $crate::conformance::$name(&factory).await;
             }
         )+
     };
@@ -113,6 +144,7 @@ pub fn required(var: Option<&str>, test: &str) -> bool {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Expands to a proptest `#[test]` named `model_matches_reference`: random
 /// sequences of commit / claim / ack / retry / dead-letter / requeue /
 /// prune / time / leadership operations against the store and a simple

@@ -1,0 +1,155 @@
+//! One forwarder across every tab and worker of an origin.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use outbox_core::DurableStore;
+use outbox_forwarder::{Forwarder, ForwarderConfig, Sink, Wake};
+use tokio_util::sync::CancellationToken;
+
+use crate::platform::{Channel, GlobalListener, acquire_lock, lock_manager};
+use crate::store::IdbStore;
+
+/// What a [`TabForwarder`] is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TabRole {
+    /// Waiting for the origin-wide lock: another tab or worker forwards.
+    Follower,
+    /// Holding the lock and running the forwarder.
+    Leader,
+    /// No lock manager here (`navigator.locks` missing): running a
+    /// forwarder that contends through the store's leadership lease, so
+    /// still one forwards at a time, with takeover after the lease ttl.
+    LeaseContender,
+    /// Stopped.
+    Stopped,
+}
+
+impl TabRole {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> TabRole {
+        match c {
+            0 => TabRole::Follower,
+            1 => TabRole::Leader,
+            2 => TabRole::LeaseContender,
+            _ => TabRole::Stopped,
+        }
+    }
+}
+
+/// The name of the Web Lock and of the store's leadership holder shared
+/// by every tab of the outbox database `db`.
+pub fn lock_name(db: &str) -> String {
+    format!("outbox-forwarder:{db}")
+}
+
+/// The `BroadcastChannel` an [`IdbStore`] posts to after each commit with
+/// events, and a [`TabForwarder`] listens on.
+pub fn channel_name(db: &str) -> String {
+    format!("outbox-commits:{db}")
+}
+
+/// Runs the outbox forwarder in exactly one tab (or worker) of the origin
+/// at a time; every tab still commits durably to the shared database.
+///
+/// - **Election:** an exclusive Web Lock (`navigator.locks`) named
+///   [`lock_name`]. Tabs that do not hold it wait in the browser's queue
+///   and take over the moment the holder stops, closes or crashes.
+/// - **Fencing:** the lock holder acquires the store's leadership under a
+///   holder name every tab shares, so the new leader's grant supersedes
+///   the old one at once: a stale leader (a frozen tab that wakes up
+///   after losing the lock) gets [`Fenced`](outbox_core::Error::Fenced)
+///   on its next claim or ack and changes nothing.
+/// - **Without Web Locks** (old browsers, insecure contexts) each tab runs
+///   a forwarder with its own holder name and the store's lease elects
+///   one ([`TabRole::LeaseContender`]); takeover then waits for the lease
+///   ttl.
+/// - **Wake-ups:** a commit in any tab posts on the `BroadcastChannel`
+///   [`channel_name`]; the leader wakes on it, on the `online` event
+///   (closing its circuit breaker to a probe) and when its page becomes
+///   visible, instead of waiting for its next tick.
+#[derive(Debug)]
+pub struct TabForwarder {
+    cancel: CancellationToken,
+    wake: Wake,
+    role: Rc<Cell<u8>>,
+    done: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
+}
+
+impl TabForwarder {
+    /// Starts contending for the forwarder role of `store`'s database and
+    /// forwarding to `sink` once it holds it.
+    pub fn start(store: Arc<IdbStore>, sink: Arc<dyn Sink>, mut cfg: ForwarderConfig) -> TabForwarder {
+        let cancel = CancellationToken::new();
+        let role = Rc::new(Cell::new(TabRole::Follower.code()));
+        let db = store.name().to_owned();
+        let locks = lock_manager();
+        if locks.is_some() {
+            cfg.holder = lock_name(&db);
+        }
+        let dyn_store: Arc<dyn DurableStore> = store;
+        let fwd = Forwarder::new(dyn_store, sink, cfg);
+        let wake = fwd.waker();
+        let (done_tx, done_rx) = futures::channel::oneshot::channel();
+        let (task_cancel, task_role, task_wake) = (cancel.clone(), role.clone(), wake.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let lock = match &locks {
+                Some(l) => {
+                    let name = lock_name(&db);
+                    let acquire = Box::pin(acquire_lock(l, &name, false));
+                    let stop = Box::pin(task_cancel.cancelled());
+                    match futures::future::select(acquire, stop).await {
+                        futures::future::Either::Left((Ok(Some(lock)), _)) => Some(lock),
+                        _ => {
+                            task_role.set(TabRole::Stopped.code());
+                            let _ = done_tx.send(());
+                            return;
+                        }
+                    }
+                }
+                None => None,
+            };
+            task_role.set(if lock.is_some() { TabRole::Leader } else { TabRole::LeaseContender }.code());
+            let w = task_wake.clone();
+            let _commits = Channel::listen(&channel_name(&db), move |_| w.wake());
+            let w = task_wake.clone();
+            let _online = GlobalListener::on("online", move |_| w.notify_online());
+            let w = task_wake;
+            let _visible = GlobalListener::on("visibilitychange", move |_| w.wake());
+            fwd.run(task_cancel).await;
+            drop(lock);
+            task_role.set(TabRole::Stopped.code());
+            let _ = done_tx.send(());
+        });
+        TabForwarder { cancel, wake, role, done: done_rx.shared() }
+    }
+
+    /// What this tab is doing now.
+    pub fn role(&self) -> TabRole {
+        TabRole::from_code(self.role.get())
+    }
+
+    /// Whether this tab forwards now (holds the lock, or contends by lease
+    /// where there are no locks).
+    pub fn is_forwarding(&self) -> bool {
+        matches!(self.role(), TabRole::Leader | TabRole::LeaseContender)
+    }
+
+    /// The forwarder's wake-up handle (commits in this tab reach it
+    /// through the channel already; call it for other signals).
+    pub fn waker(&self) -> &Wake {
+        &self.wake
+    }
+
+    /// Stops: the batch in flight finishes, leadership is released, the
+    /// lock goes to the next tab in line. Resolves when done.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.done.clone().await;
+    }
+}
