@@ -62,7 +62,11 @@ impl Drop for HeldLock {
 /// Waits for the exclusive lock `name` from `locks` (see
 /// [`lock_manager`]); `if_available` returns `None` at once instead of
 /// waiting when another context holds it.
-pub(crate) async fn acquire_lock(locks: &JsValue, name: &str, if_available: bool) -> Result<Option<HeldLock>> {
+pub(crate) async fn acquire_lock(
+    locks: &JsValue,
+    name: &str,
+    if_available: bool,
+) -> Result<Option<HeldLock>> {
     let (granted_tx, granted_rx) = futures::channel::oneshot::channel::<bool>();
     let mut release: Option<Function> = None;
     let held = Promise::new(&mut |resolve, _reject| release = Some(resolve));
@@ -86,7 +90,8 @@ pub(crate) async fn acquire_lock(locks: &JsValue, name: &str, if_available: bool
         .ok_or(Error::Unsupported { operation: "navigator.locks.request" })?;
     let opts = Object::new();
     Reflect::set(&opts, &"mode".into(), &"exclusive".into()).map_err(|e| map_js("lock options", e))?;
-    Reflect::set(&opts, &"ifAvailable".into(), &if_available.into()).map_err(|e| map_js("lock options", e))?;
+    Reflect::set(&opts, &"ifAvailable".into(), &if_available.into())
+        .map_err(|e| map_js("lock options", e))?;
     request
         .call3(locks, &name.into(), &opts, granted.as_ref().unchecked_ref())
         .map_err(|e| map_js("navigator.locks.request", e))?;

@@ -7,16 +7,19 @@ use std::time::Duration;
 use indexed_db_futures::database::Database;
 use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
-use indexed_db_futures::transaction::{Transaction, TransactionDurability, TransactionMode, TransactionOptions};
+use indexed_db_futures::transaction::{
+    Transaction, TransactionDurability, TransactionMode, TransactionOptions,
+};
 use js_sys::{Array, Uint8Array};
 use outbox_core::codec::{
-    PendingEntry, Reader, Row, Status, Writer, corrupt, decode_pending, decode_row, encode_pending, encode_row,
+    PendingEntry, Reader, Row, Status, Writer, corrupt, decode_pending, decode_row, encode_pending,
+    encode_row,
 };
 use outbox_core::{
     ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode, Limits,
-    OrderingKey, Result, SharedClock, StateSnapshot, StateStore, StoreStats, SystemClock, Timestamp, Version,
-    async_trait,
+    Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode,
+    Limits, OrderingKey, Result, SharedClock, StateSnapshot, StateStore, StoreStats, SystemClock, Timestamp,
+    Version, async_trait,
 };
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -142,7 +145,10 @@ impl IdbOptions {
         let db = match opened {
             Ok(db) => db,
             Err(indexed_db_futures::error::OpenDbError::Base(e)) if is(&e, "VersionError") => {
-                return Err(Error::SchemaTooNew { found: stored_version(&self.name).await, supported: SCHEMA_VERSION });
+                return Err(Error::SchemaTooNew {
+                    found: stored_version(&self.name).await,
+                    supported: SCHEMA_VERSION,
+                });
             }
             Err(e) => return Err(map_open(e)),
         };
@@ -310,7 +316,8 @@ fn delete(st: &ObjectStore<'_>, key: JsValue, what: &str) -> Result<()> {
 }
 
 async fn get_all(st: &ObjectStore<'_>, what: &str) -> Result<Vec<JsValue>> {
-    let it = st.get_all::<JsValue>().primitive().map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    let it =
+        st.get_all::<JsValue>().primitive().map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
     it.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))
 }
 
@@ -574,13 +581,9 @@ impl StateStore for IdbStore {
         for (m, key) in &marks {
             let add = inbox.add(at.clone()).with_key(key.clone()).primitive().map_err(|e| map(what, e))?;
             adds.push((None, Some(*m), add));
-            let by_time: JsValue = Array::of4(
-                &at,
-                &m.consumer.as_str().into(),
-                &m.origin.as_str().into(),
-                &id_js(m.event_id),
-            )
-            .into();
+            let by_time: JsValue =
+                Array::of4(&at, &m.consumer.as_str().into(), &m.origin.as_str().into(), &id_js(m.event_id))
+                    .into();
             put(&inbox_at, by_time, num(0.0), what)?;
         }
         if !events.is_empty() {
@@ -714,7 +717,9 @@ impl DeliveryStore for IdbStore {
             if blocked.contains(&entry.key) {
                 continue;
             }
-            if dead_from.get(&entry.key).is_some_and(|&d| d < seq) || entry.leased_at(now) || entry.next_attempt_at > now
+            if dead_from.get(&entry.key).is_some_and(|&d| d < seq)
+                || entry.leased_at(now)
+                || entry.next_attempt_at > now
             {
                 blocked.insert(entry.key);
                 continue;
@@ -724,7 +729,8 @@ impl DeliveryStore for IdbStore {
         let lease_until = now.saturating_add(request.lease);
         let mut out = Vec::with_capacity(picked.len());
         for (seq, entry) in picked {
-            let mut row = read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
+            let mut row =
+                read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
             row.env.attempts = row.env.attempts.saturating_add(1);
             row.claimed_by = Some(grant.epoch.0);
             row.lease_until = Some(lease_until);

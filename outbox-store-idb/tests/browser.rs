@@ -130,18 +130,25 @@ async fn a_damaged_row_is_a_typed_error() {
     store.put_state_and_events(Commit::events_only().event(event(&a, 1))).await.expect("commit");
     {
         let db = Database::open(name.as_str()).await.expect("raw open");
-        let tx = db.transaction(["events", "pending"]).with_mode(TransactionMode::Readwrite).build().expect("tx");
+        let tx =
+            db.transaction(["events", "pending"]).with_mode(TransactionMode::Readwrite).build().expect("tx");
         let junk: JsValue = js_sys::Uint8Array::from(&[1u8, 2, 3][..]).into();
         for st in ["events", "pending"] {
             let s = tx.object_store(st).expect("store");
-            s.put(junk.clone()).with_key(JsValue::from_f64(1.0)).primitive().expect("put").await.expect("put");
+            s.put(junk.clone())
+                .with_key(JsValue::from_f64(1.0))
+                .primitive()
+                .expect("put")
+                .await
+                .expect("put");
         }
         tx.commit().await.expect("commit junk");
         db.close();
     }
     assert_eq!(kind(store.list_pending(10).await), ErrorKind::Corrupted);
     assert_eq!(kind(store.stats().await), ErrorKind::Corrupted);
-    let g = store.acquire_leadership("h", std::time::Duration::from_secs(5)).await.expect("lead").expect("free");
+    let g =
+        store.acquire_leadership("h", std::time::Duration::from_secs(5)).await.expect("lead").expect("free");
     assert_eq!(
         kind(store.claim(&g, ClaimRequest::new(10, std::time::Duration::from_secs(5))).await),
         ErrorKind::Corrupted
@@ -227,8 +234,10 @@ async fn commit_n(store: &IdbStore, a: &ActorId, from: u64, n: u64) -> Vec<Event
 #[wasm_bindgen_test]
 async fn one_tab_forwards_and_the_other_takes_over_when_it_stops() {
     let name = unique("tabs");
-    let (store_a, store_b) =
-        (Arc::new(IdbStore::open(&name).await.expect("a")), Arc::new(IdbStore::open(&name).await.expect("b")));
+    let (store_a, store_b) = (
+        Arc::new(IdbStore::open(&name).await.expect("a")),
+        Arc::new(IdbStore::open(&name).await.expect("b")),
+    );
     let (sink_a, sink_b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
     let a = TabForwarder::start(store_a.clone(), sink_a.clone(), cfg());
     wait_until("tab a leads", 5_000, || a.role() == TabRole::Leader).await;
@@ -304,12 +313,16 @@ async fn a_lock_held_in_a_worker_keeps_this_tab_following() {
 async fn lock_requests_waiting(name: &str) -> usize {
     let locks = js_sys::Reflect::get(&web_sys::window().expect("window").navigator(), &"locks".into())
         .expect("navigator.locks");
-    let query: js_sys::Function = js_sys::Reflect::get(&locks, &"query".into()).expect("query").unchecked_into();
+    let query: js_sys::Function =
+        js_sys::Reflect::get(&locks, &"query".into()).expect("query").unchecked_into();
     let p: js_sys::Promise = query.call0(&locks).expect("call").unchecked_into();
     let snapshot = wasm_bindgen_futures::JsFuture::from(p).await.expect("query result");
-    let pending: js_sys::Array = js_sys::Reflect::get(&snapshot, &"pending".into()).expect("pending").unchecked_into();
+    let pending: js_sys::Array =
+        js_sys::Reflect::get(&snapshot, &"pending".into()).expect("pending").unchecked_into();
     pending
         .iter()
-        .filter(|r| js_sys::Reflect::get(r, &"name".into()).ok().and_then(|n| n.as_string()).as_deref() == Some(name))
+        .filter(|r| {
+            js_sys::Reflect::get(r, &"name".into()).ok().and_then(|n| n.as_string()).as_deref() == Some(name)
+        })
         .count()
 }

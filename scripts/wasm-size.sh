@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Gzipped wasm size of a minimal outbox app against an empty wasm-bindgen
+# app and a bare indexed_db_futures write (the floor). Each: release with
+# opt-level "z", lto, one codegen unit (profile `wasm-size`), wasm-bindgen
+# with the name section removed, npm binaryen's wasm-opt -Oz, gzip -9.
+# Usage: scripts/wasm-size.sh   (needs wasm-bindgen-cli; see test-all.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=target/size
+TOOLS=target/size-tools
+mkdir -p "$OUT" "$TOOLS"
+if [ ! -x "$TOOLS/node_modules/.bin/wasm-opt" ]; then
+    # Debian's binaryen (wasm-opt 108) emits wasm that fails to load.
+    npm install --silent --prefix "$TOOLS" binaryen@132 >/dev/null
+fi
+WASM_OPT=$TOOLS/node_modules/.bin/wasm-opt
+
+cargo build --locked --profile wasm-size --target wasm32-unknown-unknown \
+    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-app
+
+gz() { gzip -9 -c "$1" | wc -c; }
+printf '%-12s %10s %10s %10s %12s\n' app "wasm B" "wasm gz B" "js gz B" "total gz B"
+declare -A total
+for app in empty idb_floor app; do
+    dir=$OUT/$app
+    rm -rf "$dir"
+    wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir "$dir" \
+        "target/wasm32-unknown-unknown/wasm-size/outbox_size_${app}.wasm"
+    w=$dir/outbox_size_${app}_bg.wasm
+    "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+        --enable-mutable-globals --enable-reference-types --enable-multivalue "$w" -o "$w.opt"
+    mv "$w.opt" "$w"
+    wgz=$(gz "$w")
+    jgz=$(gz "$dir/outbox_size_${app}.js")
+    total[$app]=$((wgz + jgz))
+    printf '%-12s %10s %10s %10s %12s\n' "$app" "$(wc -c <"$w")" "$wgz" "$jgz" "${total[$app]}"
+done
+echo
+echo "outbox app above the indexed_db_futures floor: $((total[app] - total[idb_floor])) bytes gzipped"
+echo "indexed_db_futures floor above the empty app:   $((total[idb_floor] - total[empty])) bytes gzipped"
