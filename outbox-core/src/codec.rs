@@ -62,7 +62,6 @@ impl PendingEntry {
     }
 
     /// Whether an unexpired lease holds the event at `now`.
-
     pub fn leased_at(&self, now: Timestamp) -> bool {
         self.lease_until.is_some_and(|t| t > now)
     }
@@ -197,7 +196,6 @@ const STATUS_DEAD: u8 = 1;
 const STATUS_DELIVERED: u8 = 2;
 
 /// The bytes of `row`.
-
 pub fn encode_row(row: &Row) -> Vec<u8> {
     let e = &row.env;
     let mut w = Writer(Vec::with_capacity(96 + e.payload.len()));
@@ -246,7 +244,6 @@ pub fn encode_row(row: &Row) -> Vec<u8> {
 }
 
 /// The row encoded in `b`.
-
 pub fn decode_row(b: &[u8]) -> Result<Row> {
     let mut r = Reader::new(b);
     let status = match r.u8()? {
@@ -307,7 +304,6 @@ pub fn decode_row(b: &[u8]) -> Result<Row> {
 }
 
 /// The bytes of a pending-index entry.
-
 pub fn encode_pending(p: &PendingEntry) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(32 + p.key.as_str().len()));
     w.time(p.next_attempt_at);
@@ -318,7 +314,6 @@ pub fn encode_pending(p: &PendingEntry) -> Vec<u8> {
 }
 
 /// The pending-index entry encoded in `b`.
-
 pub fn decode_pending(b: &[u8]) -> Result<PendingEntry> {
     let mut r = Reader::new(b);
     let next_attempt_at = r.time()?;

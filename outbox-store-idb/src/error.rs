@@ -1,6 +1,6 @@
 //! IndexedDB and DOM errors as outbox [`Error`]s.
 
-use indexed_db_futures::error::{DomException, Error as IdbError, OpenDbError};
+use indexed_db_futures::error::{Error as IdbError, OpenDbError};
 use outbox_core::Error;
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -69,6 +69,3 @@ pub(crate) fn map_js(what: &str, v: JsValue) -> Error {
         None => Error::Internal { message: format!("{what}: {v:?}"), source: None },
     }
 }
-
-#[allow(dead_code)]
-fn _assert_dom(_: &DomException) {}

@@ -1,4 +1,8 @@
-#![doc = include_str!("../README.md")]
+#![cfg_attr(target_arch = "wasm32", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(target_arch = "wasm32"),
+    doc = "The outbox's IndexedDB store and tab leadership, for `wasm32-unknown-unknown`; empty on this target (see the README)."
+)]
 #![warn(clippy::unwrap_used)]
 
 #[cfg(target_arch = "wasm32")]

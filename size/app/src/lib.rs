@@ -3,8 +3,9 @@
 //! from the leader tab to a sink that hands events to a JavaScript
 //! callback. Measured by `scripts/wasm-size.sh`.
 
+/// The app (wasm32 only).
 #[cfg(target_arch = "wasm32")]
-mod app {
+pub mod app {
     use std::sync::Arc;
 
     use outbox_core::prelude::*;
