@@ -28,6 +28,14 @@ cargo test --workspace --all-features --locked 2>&1 | tee "$log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
 rm -f "$log"
 
+step "browser suite: the IndexedDB store in headless Chromium and Firefox (WebKit attempted)"
+blog=$(mktemp)
+scripts/test-browser.sh 2>&1 | tee "$blog"
+read -r bpassed bfailed < <(awk '/^browser tests:/ { print $3, $5 }' "$blog")
+rm -f "$blog"
+passed=$((passed + bpassed))
+failed=$((failed + bfailed))
+
 step "demo (the README's first command, as a smoke test)"
 cargo run --locked -q -p outbox-cli -- demo
 
