@@ -333,3 +333,78 @@ async fn lock_requests_waiting(name: &str) -> usize {
         })
         .count()
 }
+
+/// Fails every event while `down`, records what it delivered otherwise.
+#[derive(Debug, Default)]
+struct Flaky {
+    down: std::sync::atomic::AtomicBool,
+    delivered: Recorder,
+}
+
+#[async_trait(?Send)]
+impl Sink for Flaky {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return batch.iter().map(|_| Outcome::Retriable("offline".into())).collect();
+        }
+        self.delivered.publish(batch).await
+    }
+}
+
+/// The `online` event reaches the leader: its open circuit breaker goes
+/// to a probe at once, so the event that failed and what was committed
+/// during the outage are delivered now, not after the breaker's 60 s (a
+/// commit's own wake-up cannot pass an open breaker). Without the event
+/// this test fails.
+#[wasm_bindgen_test]
+async fn the_online_event_closes_the_breaker_and_delivers() {
+    let store = Arc::new(IdbStore::open(&unique("online")).await.expect("open"));
+    let sink = Arc::new(Flaky::default());
+    sink.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cfg = ForwarderConfig {
+        breaker: outbox_forwarder::BreakerConfig {
+            failure_threshold: 1,
+            open_for: std::time::Duration::from_secs(60),
+            max_open_for: std::time::Duration::from_secs(60),
+            ..Default::default()
+        },
+        retry: outbox_core::RetryPolicy {
+            backoff: outbox_core::Backoff {
+                base: std::time::Duration::from_secs(60),
+                cap: std::time::Duration::from_secs(60),
+            },
+            max_attempts: 100,
+        },
+        ..cfg()
+    };
+    let tab = TabForwarder::start(store.clone(), sink.clone(), cfg);
+    wait_until("tab leads", 5_000, || tab.role() == TabRole::Leader).await;
+    // The sink is down: the first event fails and opens the circuit.
+    let e0 = event(&actor("k0"), 0);
+    let first = e0.id;
+    store.put_state_and_events(Commit::events_only().event(e0)).await.expect("commit");
+    let mut waited = 0;
+    while store.list_pending(10).await.expect("list").first().is_none_or(|e| e.last_error.is_none()) {
+        assert!(waited < 5_000, "the outage was not seen");
+        gloo_timers::future::TimeoutFuture::new(10).await;
+        waited += 10;
+    }
+    // The sink is back, unknown to the forwarder; two more commits wake it
+    // but the open circuit lets nothing through.
+    sink.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let later: Vec<NewEvent> = (1..3).map(|i| event(&actor(&format!("k{i}")), i)).collect();
+    let ids: Vec<EventId> = later.iter().map(|e| e.id).collect();
+    store.put_state_and_events(Commit::events_only().events(later)).await.expect("commit");
+    assert!(sink.delivered.ids().is_empty());
+
+    let ev = web_sys::Event::new("online").expect("event");
+    web_sys::window().expect("window").dispatch_event(&ev).expect("dispatch");
+    wait_until("what was committed during the outage goes out after `online`", 5_000, || {
+        sink.delivered.ids().len() == 3
+    })
+    .await;
+    let got = sink.delivered.ids();
+    assert_eq!(got[0], first, "the probe goes first: the event that failed");
+    assert_eq!(got[1..].to_vec(), ids);
+    tab.stop().await;
+}
