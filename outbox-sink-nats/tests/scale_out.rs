@@ -2,7 +2,8 @@
 //! share one PostgreSQL outbox and publish into one JetStream stream.
 //!
 //! - `four_forwarder_processes_one_killed_mid_batch`: 4 processes drain a
-//!   backlog; one is SIGKILLed after publishing half of a claimed batch.
+//!   backlog; one (started first) is SIGKILLed after publishing half of a
+//!   claimed batch, once the other three are running.
 //!   The others take its keys over when its lease runs out; the stream
 //!   holds every event exactly once (the broker drops the re-published
 //!   half by `Nats-Msg-Id`), each key in commit order.
@@ -327,14 +328,17 @@ fn four_forwarder_processes_one_killed_mid_batch() -> bool {
         let mut run = Run::new(&pg, &nats, "scale").await;
         let total = 20_000;
         run.commit(total).await;
+        // The victim starts alone, so its batches are certain to come (with
+        // all four racing, the others can drain the backlog before the
+        // victim's third call); the others start while it hangs mid-batch
+        // holding its claim, then it is killed.
         let victim = run.spawn("victim", "victim");
+        run.wait_line(victim, "READY");
+        let line = run.wait_line(victim, "MID-BATCH");
         for f in 1..4 {
-            run.spawn(&format!("f{f}"), "plain");
-        }
-        for i in 0..4 {
+            let i = run.spawn(&format!("f{f}"), "plain");
             run.wait_line(i, "READY");
         }
-        let line = run.wait_line(victim, "MID-BATCH");
         // SIGKILL: no cleanup, its claimed batch stays leased.
         run.children[victim].kill().unwrap();
         run.children[victim].wait().unwrap();
