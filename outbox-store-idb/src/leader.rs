@@ -27,21 +27,6 @@ pub enum TabRole {
     Stopped,
 }
 
-impl TabRole {
-    fn code(self) -> u8 {
-        self as u8
-    }
-
-    fn from_code(c: u8) -> TabRole {
-        match c {
-            0 => TabRole::Follower,
-            1 => TabRole::Leader,
-            2 => TabRole::LeaseContender,
-            _ => TabRole::Stopped,
-        }
-    }
-}
-
 /// The name of the Web Lock and of the store's leadership holder shared
 /// by every tab of the outbox database `db`.
 pub fn lock_name(db: &str) -> String {
@@ -77,7 +62,7 @@ pub fn channel_name(db: &str) -> String {
 pub struct TabForwarder {
     cancel: CancellationToken,
     wake: Wake,
-    role: Rc<Cell<u8>>,
+    role: Rc<Cell<TabRole>>,
     done: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
 }
 
@@ -86,7 +71,7 @@ impl TabForwarder {
     /// forwarding to `sink` once it holds it.
     pub fn start(store: Arc<IdbStore>, sink: Arc<dyn Sink>, mut cfg: ForwarderConfig) -> TabForwarder {
         let cancel = CancellationToken::new();
-        let role = Rc::new(Cell::new(TabRole::Follower.code()));
+        let role = Rc::new(Cell::new(TabRole::Follower));
         let db = store.name().to_owned();
         let locks = lock_manager();
         if locks.is_some() {
@@ -106,7 +91,7 @@ impl TabForwarder {
                     match futures::future::select(acquire, stop).await {
                         futures::future::Either::Left((Ok(Some(lock)), _)) => Some(lock),
                         _ => {
-                            task_role.set(TabRole::Stopped.code());
+                            task_role.set(TabRole::Stopped);
                             let _ = done_tx.send(());
                             return;
                         }
@@ -114,7 +99,7 @@ impl TabForwarder {
                 }
                 None => None,
             };
-            task_role.set(if lock.is_some() { TabRole::Leader } else { TabRole::LeaseContender }.code());
+            task_role.set(if lock.is_some() { TabRole::Leader } else { TabRole::LeaseContender });
             let w = task_wake.clone();
             let _commits = Channel::listen(&channel_name(&db), move |_| w.wake());
             let w = task_wake.clone();
@@ -123,7 +108,7 @@ impl TabForwarder {
             let _visible = GlobalListener::on("visibilitychange", move |_| w.wake());
             fwd.run(task_cancel).await;
             drop(lock);
-            task_role.set(TabRole::Stopped.code());
+            task_role.set(TabRole::Stopped);
             let _ = done_tx.send(());
         });
         TabForwarder { cancel, wake, role, done: done_rx.shared() }
@@ -131,7 +116,7 @@ impl TabForwarder {
 
     /// What this tab is doing now.
     pub fn role(&self) -> TabRole {
-        TabRole::from_code(self.role.get())
+        self.role.get()
     }
 
     /// Whether this tab forwards now (holds the lock, or contends by lease
