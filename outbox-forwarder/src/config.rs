@@ -53,6 +53,18 @@ pub struct ForwarderConfig {
     pub clock: SharedClock,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// While a batch is being delivered, claim the next one (run loop
+    /// only; [`Forwarder::run_once`](crate::Forwarder::run_once) never
+    /// prefetches). The store keeps per-key order: a key with an event in
+    /// flight is not claimed again until that event is settled.
+    ///
+    /// `None` (the default) decides by the store: on where leadership is
+    /// exclusive (one forwarder claims; prefetching hides the claim's
+    /// round trips behind the sink's), off where it is shared (concurrent
+    /// forwarders already overlap their claims, and the extra batches in
+    /// flight make every claim scan past more leased events: measured on
+    /// PostgreSQL, +22-40% with one forwarder, -15-35% with four).
+    pub prefetch: Option<bool>,
     /// Called with the event and an [`Error::DeadLettered`](outbox_core::Error::DeadLettered)
     /// when an event is dead-lettered.
     pub on_error: Option<ErrorCallback>,
@@ -62,7 +74,8 @@ impl Default for ForwarderConfig {
     /// Batches of 256, 64 in flight, 30 s lease, 15 s leadership, 100 ms
     /// flush interval backing off to 5 s when idle, default retry policy,
     /// parking dead letters, default breaker, 7-day retention pruned 500 at
-    /// a time every minute, stats every second, system clock.
+    /// a time every minute, stats every second, system clock, prefetching
+    /// decided by the store.
     fn default() -> Self {
         ForwarderConfig {
             holder: format!("forwarder-{}", uuid::Uuid::now_v7()),
@@ -81,6 +94,7 @@ impl Default for ForwarderConfig {
             stats_every: Duration::from_secs(1),
             clock: SystemClock::shared(),
             seed: 0x5EED,
+            prefetch: None,
             on_error: None,
         }
     }
@@ -100,6 +114,7 @@ impl fmt::Debug for ForwarderConfig {
             .field("dead_letters", &self.dead_letters)
             .field("breaker", &self.breaker)
             .field("retention", &self.retention)
+            .field("prefetch", &self.prefetch)
             .finish_non_exhaustive()
     }
 }

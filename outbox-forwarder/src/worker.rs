@@ -49,6 +49,13 @@ impl Wake {
     }
 }
 
+/// A batch claimed while the previous one was delivered, with the grant
+/// that claimed it.
+struct Prefetched {
+    grant: LeaderGrant,
+    batch: Vec<Envelope>,
+}
+
 /// What one [`Forwarder::run_once`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CycleReport {
@@ -193,15 +200,20 @@ impl Forwarder {
     /// anything is followed at once by the next.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut idle = self.cfg.flush_interval;
+        let mut prefetched: Option<Prefetched> = None;
+        let prefetch = self.cfg.prefetch.unwrap_or_else(|| {
+            self.store.capabilities().leadership == outbox_core::LeadershipMode::Exclusive
+        });
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            let wait = match self.run_once().await {
+            let wait = match self.cycle(prefetched.take(), prefetch).await {
                 // Found work: look again at once (other keys may be free,
                 // or more was committed); wait only when a claim finds
                 // nothing.
-                Ok(r) if r.claimed > 0 => {
+                Ok((r, next)) if r.claimed > 0 || next.is_some() => {
+                    prefetched = next;
                     idle = self.cfg.flush_interval;
                     Duration::ZERO
                 }
@@ -231,7 +243,19 @@ impl Forwarder {
                 _ = mono::sleep(wait) => {}
             }
         }
+        if let Some(p) = prefetched.take() {
+            self.give_back(p).await;
+        }
         self.step_down().await;
+    }
+
+    /// Hands a prefetched batch back unattempted (best effort: if it
+    /// fails, the leases lapse).
+    async fn give_back(&self, p: Prefetched) {
+        let ids: Vec<EventId> = p.batch.iter().map(|e| e.id).collect();
+        if let Err(e) = self.store.release(&p.grant, &ids).await {
+            tracing::debug!(target: "outbox", error = %e, "releasing a prefetched batch failed; its leases will lapse");
+        }
     }
 
     /// Releases leadership, if held.
@@ -247,6 +271,19 @@ impl Forwarder {
     /// when the circuit is half-open, none when open), deliver it, settle
     /// every event, then the leader's housekeeping (gauges, pruning).
     pub async fn run_once(&mut self) -> Result<CycleReport> {
+        Ok(self.cycle(None, false).await?.0)
+    }
+
+    /// [`Forwarder::run_once`], starting from a batch claimed during the
+    /// previous cycle, and (with `prefetch`) claiming the next batch while
+    /// this one is delivered. A prefetched batch that cannot be used (the
+    /// grant changed, the circuit is not closed, delivery failed) is
+    /// handed back.
+    async fn cycle(
+        &mut self,
+        prefetched: Option<Prefetched>,
+        prefetch: bool,
+    ) -> Result<(CycleReport, Option<Prefetched>)> {
         let started = mono::Instant::now();
         let now = self.cfg.clock.now();
         let mut report = CycleReport::default();
@@ -256,42 +293,92 @@ impl Forwarder {
         if self.next_due.is_some_and(|t| t <= now) {
             self.next_due = None;
         }
-        if !self.ensure_leader(now).await? {
+        let leader = match self.ensure_leader(now).await {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(p) = prefetched {
+                    self.give_back(p).await;
+                }
+                return Err(e);
+            }
+        };
+        // A prefetched batch is used only under the grant that claimed it
+        // and while the circuit is closed.
+        let permit = if leader { Some(self.breaker.permit(now)) } else { None };
+        let usable = match (prefetched, &self.grant, &permit) {
+            (Some(p), Some(g), Some(Permit::All)) if g.epoch == p.grant.epoch => Some(p.batch),
+            (Some(p), _, _) => {
+                self.give_back(p).await;
+                None
+            }
+            (None, _, _) => None,
+        };
+        let Some(permit) = permit else {
             report.circuit = self.breaker.state();
-            return Ok(report);
-        }
+            return Ok((report, None));
+        };
         report.leader = true;
-        let limit = match self.breaker.permit(now) {
+        let limit = match permit {
             Permit::All => self.cfg.batch_size,
             Permit::Probe => 1,
             Permit::Wait(until) => {
                 self.next_due = Some(self.next_due.map_or(until, |t| t.min(until)));
                 report.circuit = self.breaker.state();
                 self.housekeeping(now).await?;
-                return Ok(report);
+                return Ok((report, None));
             }
         };
         report.limit = limit;
         let request = ClaimRequest::new(limit, self.cfg.lease)
             .park_dead_keys(self.cfg.dead_letters == DeadLetterPolicy::Park);
-        let Some(grant) = self.grant.clone() else { return Ok(report) };
-        let batch = match self.store.claim(&grant, request).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::Fenced => return Ok(self.fenced(report)),
-            Err(e) => return Err(e),
+        let Some(grant) = self.grant.clone() else { return Ok((report, None)) };
+        let batch = match usable {
+            Some(b) => b,
+            None => match self.store.claim(&grant, request).await {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::Fenced => return Ok((self.fenced(report), None)),
+                Err(e) => return Err(e),
+            },
         };
         report.claimed = batch.len();
+        let mut next = None;
         if !batch.is_empty() {
-            match self.deliver(&grant, batch, &mut report).await {
+            let delivered = if prefetch && permit == Permit::All {
+                // The next claim runs beside this delivery; it skips the
+                // keys this batch holds (their heads are leased).
+                let store = self.store.clone();
+                let g = grant.clone();
+                let claim_next = async move { store.claim(&g, request).await };
+                let (delivered, claimed) = tokio::join!(self.deliver(&grant, batch, &mut report), claim_next);
+                match claimed {
+                    Ok(b) if !b.is_empty() => next = Some(Prefetched { grant: grant.clone(), batch: b }),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(target: "outbox", error = %e, "prefetching claim failed"),
+                }
+                delivered
+            } else {
+                self.deliver(&grant, batch, &mut report).await
+            };
+            if (delivered.is_err() || self.breaker.is_open())
+                && let Some(p) = next.take()
+            {
+                self.give_back(p).await;
+            }
+            match delivered {
                 Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Fenced => return Ok(self.fenced(report)),
+                Err(e) if e.kind() == ErrorKind::Fenced => return Ok((self.fenced(report), None)),
                 Err(e) => return Err(e),
             }
             metrics::histogram!(m::FLUSH_MS).record(started.elapsed().as_secs_f64() * 1e3);
         }
         report.circuit = self.breaker.state();
-        self.housekeeping(now).await?;
-        Ok(report)
+        if let Err(e) = self.housekeeping(now).await {
+            if let Some(p) = next.take() {
+                self.give_back(p).await;
+            }
+            return Err(e);
+        }
+        Ok((report, next))
     }
 
     fn fenced(&mut self, mut report: CycleReport) -> CycleReport {

@@ -579,3 +579,94 @@ async fn works_over_a_real_sqlite_file() {
     }
     assert_eq!(by_key(&got), by_key_new(&committed));
 }
+
+/// A sink that reports each batch and holds it until the test lets it go.
+struct GateSink {
+    gate: tokio::sync::Semaphore,
+    entered: tokio::sync::mpsc::UnboundedSender<usize>,
+    seen: Mutex<Vec<Envelope>>,
+}
+
+#[outbox_core::async_trait]
+impl Sink for GateSink {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
+        let _ = self.entered.send(batch.len());
+        self.gate.acquire().await.expect("gate open").forget();
+        self.seen.lock().unwrap().extend(batch.iter().cloned());
+        batch.iter().map(|_| Outcome::Ok).collect()
+    }
+}
+
+impl std::fmt::Debug for GateSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateSink")
+    }
+}
+
+/// With `prefetch`, the next batch is claimed while one is at the sink;
+/// per-key order still holds and a batch claimed ahead is handed back at
+/// shutdown. Returns the events in flight while the first batch was held.
+async fn run_gated(prefetch: bool) -> u64 {
+    let rig = Rig::new();
+    // 100 keys, two events each: the first batch (50) holds keys k0..k49,
+    // whose second events wait for it; a prefetch can take k50..k99.
+    let committed = rig.commit(100, 2).await;
+    let (entered, mut entries) = tokio::sync::mpsc::unbounded_channel();
+    let sink =
+        Arc::new(GateSink { gate: tokio::sync::Semaphore::new(0), entered, seen: Mutex::new(Vec::new()) });
+    let cfg =
+        ForwarderConfig { batch_size: 50, max_concurrency: 50, prefetch: Some(prefetch), ..rig.config() };
+    let handle = Forwarder::new(rig.store.clone(), sink.clone(), cfg).spawn();
+    let mut entered_total = entries.recv().await.expect("a first batch");
+    assert_eq!(entered_total, 50);
+    let mut in_flight = 0;
+    for _ in 0..1000 {
+        in_flight = rig.store.stats().await.unwrap().in_flight;
+        if in_flight > 50 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Let everything through, one batch at a time.
+    sink.gate.add_permits(1);
+    while entered_total < committed.len() {
+        entered_total += entries.recv().await.expect("another batch");
+        sink.gate.add_permits(1);
+    }
+    handle.shutdown().await;
+    let seen = sink.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), committed.len(), "each event once");
+    assert_eq!(by_key(&seen), by_key_new(&committed), "per-key commit order");
+    assert_eq!(rig.store.stats().await.unwrap().in_flight, 0, "nothing left leased");
+    in_flight
+}
+
+#[tokio::test]
+async fn prefetch_claims_the_next_batch_while_one_is_at_the_sink() {
+    assert_eq!(run_gated(true).await, 100, "the held batch and a prefetched one");
+    assert_eq!(run_gated(false).await, 50, "only the held batch");
+}
+
+#[tokio::test]
+async fn a_prefetched_batch_is_handed_back_at_shutdown() {
+    let rig = Rig::new();
+    rig.commit(100, 1).await;
+    let (entered, mut entries) = tokio::sync::mpsc::unbounded_channel();
+    let sink =
+        Arc::new(GateSink { gate: tokio::sync::Semaphore::new(0), entered, seen: Mutex::new(Vec::new()) });
+    let cfg = ForwarderConfig { batch_size: 50, max_concurrency: 50, prefetch: Some(true), ..rig.config() };
+    let handle = Forwarder::new(rig.store.clone(), sink.clone(), cfg).spawn();
+    assert_eq!(entries.recv().await, Some(50));
+    while rig.store.stats().await.unwrap().in_flight < 100 {
+        tokio::task::yield_now().await;
+    }
+    // Stop while the second batch is prefetched: the first is delivered
+    // and acked, the second goes back unattempted.
+    let stop = tokio::spawn(handle.shutdown());
+    sink.gate.add_permits(1);
+    stop.await.unwrap();
+    let stats = rig.store.stats().await.unwrap();
+    assert_eq!((stats.delivered, stats.pending, stats.in_flight), (50, 50, 0));
+    let left = rig.store.list_pending(100).await.unwrap();
+    assert!(left.iter().all(|e| e.attempts == 0), "handed back, not attempted");
+}

@@ -164,6 +164,7 @@ async fn ours_drain(pg: &str, nats: &str, forwarders: usize, n: usize, keys: usi
             flush_interval: Duration::from_millis(5),
             max_idle_interval: Duration::from_millis(50),
             retention: None,
+            prefetch: std::env::var("PREFETCH").ok().map(|v| v != "0"),
             ..Default::default()
         };
         fwds.push(Forwarder::new(Arc::new(s), Arc::new(sink), cfg));
