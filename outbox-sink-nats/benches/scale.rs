@@ -99,19 +99,11 @@ async fn raw_commits(url: &str, schema: &str, tag: &str, committers: usize, per:
                 )
                 .await
                 .unwrap();
-            let lock_key = c
-                .prepare("INSERT INTO outbox_keys (key) VALUES ($1) ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key")
-                .await
-                .unwrap();
-            let with_keys = std::env::var("RAW_KEYS").is_ok();
             let snapshot = vec![b's'; 64];
             let body = payload();
             for v in 0..per as i64 {
                 let now = 1_700_000_000_000i64 + v;
                 let tx = c.transaction().await.unwrap();
-                if with_keys {
-                    tx.execute(&lock_key, &[&actor]).await.unwrap();
-                }
                 let n = if v == 0 {
                     tx.execute(&insert_state, &[&actor, &snapshot, &now]).await.unwrap()
                 } else {

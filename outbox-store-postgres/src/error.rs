@@ -47,12 +47,3 @@ pub(crate) fn map(what: &str, e: tokio_postgres::Error) -> Error {
         Error::Internal { message, source: Some(Box::new(e)) }
     }
 }
-
-/// The name of the unique constraint `e` violated, if that is what it is.
-pub(crate) fn unique_violation(e: &tokio_postgres::Error) -> Option<&str> {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        e.as_db_error().and_then(|d| d.constraint())
-    } else {
-        None
-    }
-}

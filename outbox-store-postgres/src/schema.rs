@@ -10,10 +10,11 @@ use tokio_postgres::Client;
 use crate::error::map;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE outbox_state (
         actor       text PRIMARY KEY,
         version     bigint NOT NULL CHECK (version > 0),
@@ -63,7 +64,14 @@ const MIGRATIONS: &[&str] = &["
         expires_at  bigint NOT NULL,
         released    boolean NOT NULL DEFAULT false
     );
-"];
+",
+    "
+    -- Ordering keys are locked with transaction-level advisory locks
+    -- instead of key rows. A process still running schema 1 code fails on
+    -- the missing table rather than taking a lock the others ignore.
+    DROP TABLE outbox_keys;
+",
+];
 
 /// Brings the schema in `client`'s search path up to [`SCHEMA_VERSION`],
 /// once, under an advisory lock keyed by the schema name.

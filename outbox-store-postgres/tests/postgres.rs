@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use outbox_core::prelude::*;
-use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, OrderingKey};
+use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, OrderingKey, Version};
 use outbox_store_postgres::PostgresStore;
 
 fn url() -> Option<String> {
@@ -172,4 +172,49 @@ async fn listen_wakes_on_a_commit_from_another_handle_and_survives_a_lost_connec
         .await
         .expect("woken after the reconnect");
     assert!(calls.load(Ordering::SeqCst) > after_reconnect);
+}
+
+/// Schema 1 had a key-row table; schema 2 locks keys with advisory locks.
+/// A schema-1 database (the tables of 2 plus `outbox_keys`, version 1)
+/// upgrades on open, and what it held is kept.
+#[tokio::test]
+async fn a_schema_1_database_upgrades_and_keeps_its_events() {
+    let Some(url) = url() else { return };
+    let schema = schema("upgrade");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let origin = ActorId::new("a").unwrap();
+    let event = NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(b"x".to_vec()));
+    let id = event.id;
+    store
+        .put_state_and_events(Commit::state(origin, Version::NONE, b"s".to_vec()).event(event))
+        .await
+        .unwrap();
+    drop(store);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{schema}\".outbox_keys (key text PRIMARY KEY);
+             INSERT INTO \"{schema}\".outbox_keys VALUES ('a');
+             UPDATE \"{schema}\".outbox_schema SET version = 1"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT version FROM \"{schema}\".outbox_schema"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, outbox_store_postgres::SCHEMA_VERSION);
+    let keys_table: Option<String> = client
+        .query_one(&format!("SELECT to_regclass('\"{schema}\".outbox_keys')::text"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys_table, None, "the key table is dropped");
+    let grant = store.acquire_leadership("f", Duration::from_secs(10)).await.unwrap().unwrap();
+    let claimed = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(10))).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(store.load_state(&ActorId::new("a").unwrap()).await.unwrap().unwrap().version, Version(1));
 }
