@@ -225,10 +225,14 @@ impl PostgresOptions {
 /// - Leadership is shared: every forwarder gets its own epoch, and fencing
 ///   is per claimed event (an ack from an epoch that did not claim the
 ///   event, or whose grant was released, is `Fenced`).
-/// - Claims lock the ordering keys of the first claimable key heads with
-///   `FOR UPDATE SKIP LOCKED`, so two forwarders never claim from one key
-///   at once and spread over the keys, and lease their events; a key whose
-///   head is leased or waiting for a retry is not claimed.
+/// - Commits take a transaction-level advisory lock per ordering key (in
+///   a fixed order), so a key's sequence follows its commit order. Claims
+///   try-lock the keys of the first claimable key heads
+///   (`pg_try_advisory_xact_lock`, skipping keys held elsewhere), so two
+///   forwarders never claim from one key at once and spread over the keys,
+///   and lease their events; a key whose head is leased or waiting for a
+///   retry is not claimed. Claims commit with `synchronous_commit = off`:
+///   a claim lost in a crash only makes its events claimable again.
 #[derive(Clone)]
 pub struct PostgresStore {
     inner: Arc<Inner>,
