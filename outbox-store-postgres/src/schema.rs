@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::error::map;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +71,17 @@ const MIGRATIONS: &[&str] = &[
     -- the missing table rather than taking a lock the others ignore.
     DROP TABLE outbox_keys;
 ",
+    r#"
+    -- Ordering keys compare byte-wise: the by-key index is searched for
+    -- every claim candidate, and under a libc collation (the database
+    -- default, often en_US.UTF-8 or C.UTF-8) each comparison is a strcoll
+    -- call. Keys only need equality and a stable order. Rewrites the table.
+    ALTER TABLE outbox_events ALTER COLUMN key TYPE text COLLATE "C";
+    -- Room on each page for a row's next version: a claim's lease update
+    -- changes no indexed column, so it can stay on the page (a HOT update)
+    -- and add no index entries. Applies to pages written from now on.
+    ALTER TABLE outbox_events SET (fillfactor = 50);
+"#,
 ];
 
 /// Brings the schema in `client`'s search path up to [`SCHEMA_VERSION`],

@@ -218,3 +218,52 @@ async fn a_schema_1_database_upgrades_and_keeps_its_events() {
     assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
     assert_eq!(store.load_state(&ActorId::new("a").unwrap()).await.unwrap().unwrap().version, Version(1));
 }
+
+/// A schema 2 database (keys under the database's collation, fillfactor
+/// 100) is migrated to byte-wise keys and half-full pages, and its pending
+/// events stay claimable in order.
+#[tokio::test]
+async fn a_schema_2_database_upgrades_to_bytewise_keys() {
+    let Some(url) = url() else { return };
+    let schema = schema("upgrade2");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let origin = ActorId::new("a").unwrap();
+    let events: Vec<NewEvent> = ["b", "a", "b"]
+        .iter()
+        .map(|k| {
+            NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(b"x".to_vec()))
+                .with_key(OrderingKey::new(*k).unwrap())
+        })
+        .collect();
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    store.put_state_and_events(Commit::events_only().events(events)).await.unwrap();
+    drop(store);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".outbox_events ALTER COLUMN key TYPE text COLLATE \"default\";
+             ALTER TABLE \"{schema}\".outbox_events RESET (fillfactor);
+             UPDATE \"{schema}\".outbox_schema SET version = 2"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(table_shape(&client, &schema).await, ("default".to_owned(), None), "a schema 2 table");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    assert_eq!(table_shape(&client, &schema).await, ("C".to_owned(), Some("fillfactor=50".to_owned())));
+    let grant = store.acquire_leadership("f", Duration::from_secs(10)).await.unwrap().unwrap();
+    let claimed = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(10))).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), ids, "all three, in commit order");
+}
+
+/// The events table's key collation and storage options.
+async fn table_shape(client: &tokio_postgres::Client, schema: &str) -> (String, Option<String>) {
+    let sql = format!(
+        "SELECT (SELECT collname::text FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                 WHERE a.attrelid = '\"{schema}\".outbox_events'::regclass AND a.attname = 'key'),
+                (SELECT array_to_string(reloptions, ',') FROM pg_class
+                 WHERE oid = '\"{schema}\".outbox_events'::regclass)"
+    );
+    let r = client.query_one(&sql, &[]).await.unwrap();
+    (r.get(0), r.get(1))
+}
