@@ -11,7 +11,7 @@
 //! find the events.
 
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::store::COMMIT_CHANNEL;
 
@@ -26,15 +26,15 @@ impl Notifier {
     pub(crate) fn start(config: Config, schema: String) -> Self {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         tokio::spawn(async move {
-            let mut client: Option<Client> = None;
+            let mut conn: Option<(Client, Statement)> = None;
             while rx.recv().await.is_some() {
-                if client.as_ref().is_none_or(Client::is_closed) {
-                    client = connect(&config).await;
+                if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    conn = connect(&config).await;
                 }
-                let Some(c) = &client else { continue };
-                if let Err(e) = c.execute("SELECT pg_notify($1, $2)", &[&COMMIT_CHANNEL, &schema]).await {
+                let Some((c, notify)) = &conn else { continue };
+                if let Err(e) = c.execute(notify, &[&COMMIT_CHANNEL, &schema]).await {
                     tracing::debug!(target: "outbox", error = %e, "outbox: commit notification failed");
-                    client = None;
+                    conn = None;
                 }
             }
         });
@@ -47,7 +47,9 @@ impl Notifier {
     }
 }
 
-async fn connect(config: &Config) -> Option<Client> {
+/// A connection for signalling, with its `pg_notify` statement prepared
+/// (one round trip per signal instead of two).
+async fn connect(config: &Config) -> Option<(Client, Statement)> {
     let (client, connection) = match config.connect(NoTls).await {
         Ok(c) => c,
         Err(e) => {
@@ -59,5 +61,6 @@ async fn connect(config: &Config) -> Option<Client> {
         let _ = connection.await;
     });
     client.batch_execute("SET synchronous_commit TO off").await.ok()?;
-    Some(client)
+    let notify = client.prepare("SELECT pg_notify($1, $2)").await.ok()?;
+    Some((client, notify))
 }

@@ -26,20 +26,23 @@ pub const COMMIT_CHANNEL: &str = "outbox_commit";
 const STATUS_PENDING: i16 = 0;
 const STATUS_DEAD: i16 = 1;
 
-/// Locks the commit's ordering keys: a transaction-level advisory lock per
-/// key (namespaced by schema), taken in one fixed order so two commits
-/// never deadlock. Commits sharing a key serialize here, so its sequence
-/// numbers follow commit order, and a claimer skips a key with a commit in
-/// flight. (Schema 1 upserted a row per key instead: a new row version per
-/// commit, about 20% of the commit's cost.)
-const SQL_LOCK_KEYS: &str = "SELECT count(pg_advisory_xact_lock(hashtext(current_schema()), h))
-     FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s";
 const SQL_INSERT_STATE: &str =
     "INSERT INTO outbox_state (actor, version, snapshot, updated_at) VALUES ($1, 1, $2, $3)
      ON CONFLICT (actor) DO NOTHING";
 const SQL_UPDATE_STATE: &str = "UPDATE outbox_state SET version = $4, snapshot = $2, updated_at = $3
      WHERE actor = $1 AND version = $5";
 const SQL_FIND_IDS: &str = "SELECT id FROM outbox_events WHERE id = ANY($1) LIMIT 1";
+/// Inserts the commit's events, their ordering keys locked first.
+///
+/// The keys are locked with a transaction-level advisory lock each
+/// (namespaced by schema), taken in one fixed order so two commits never
+/// deadlock, by the `WHERE` clause's subquery: it runs once, before the
+/// first row (and its sequence number) is made. Commits sharing a key
+/// serialize here, so its sequence numbers follow commit order, and a
+/// claimer skips a key with a commit in flight. (Schema 1 upserted a row
+/// per key instead: a new row version per commit, about 20% of the
+/// commit's cost.) An id already stored is skipped (`ON CONFLICT DO
+/// NOTHING`), which the row count reveals.
 const SQL_INSERT_EVENTS: &str =
     "INSERT INTO outbox_events (id, origin, key, event_type, payload_kind, payload, headers,
                                  schema_version, created_at, next_attempt_at)
@@ -47,6 +50,8 @@ const SQL_INSERT_EVENTS: &str =
      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
                  $7::text[], $8::int4[], $10::int8[])
           WITH ORDINALITY AS t(id, origin, key, event_type, kind, payload, headers, sv, due, n)
+     WHERE (SELECT count(pg_advisory_xact_lock(hashtext(current_schema()), h))
+            FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($3::text[]) AS k ORDER BY 1) AS s) >= 0
      ORDER BY n
      ON CONFLICT (id) DO NOTHING";
 const SQL_INSERT_MARK: &str =
@@ -438,9 +443,6 @@ impl StateStore for PostgresStore {
         let now = self.now();
         let at = millis(now);
         // Everything is encoded before the transaction opens.
-        let mut keys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
         let ids: Vec<Uuid> = commit.events.iter().map(|e| uuid(e.id)).collect();
         let origins: Vec<&str> = commit.events.iter().map(|e| e.origin.as_str()).collect();
         let ekeys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
@@ -461,20 +463,16 @@ impl StateStore for PostgresStore {
         });
 
         let mut conn = self.inner.pool.get().await?;
-        let [lock_keys, insert_state, update_state, insert_events, insert_mark] = conn
-            .prepare([SQL_LOCK_KEYS, SQL_INSERT_STATE, SQL_UPDATE_STATE, SQL_INSERT_EVENTS, SQL_INSERT_MARK])
-            .await?;
+        let [insert_state, update_state, insert_events, insert_mark] =
+            conn.prepare([SQL_INSERT_STATE, SQL_UPDATE_STATE, SQL_INSERT_EVENTS, SQL_INSERT_MARK]).await?;
         let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
         // One round trip for the writes: the statements are pipelined and
-        // run in this order. The keys are locked first (see
-        // `SQL_LOCK_KEYS`). An event id already stored is skipped by the
-        // insert (`ON CONFLICT DO NOTHING`), which the row count reveals.
+        // run in this order, the state row first, then the events with
+        // their keys locked (see `SQL_INSERT_EVENTS`). Every commit takes
+        // its locks in that order (state row, then sorted keys).
         let has_events = !commit.events.is_empty();
-        let (locked, wrote, inserted) = tokio::join!(
+        let (wrote, inserted) = tokio::join!(
             biased;
-            async {
-                if has_events { tx.query_one(&lock_keys, &[&keys]).await.map(Some) } else { Ok(None) }
-            },
             async {
                 match &state {
                     Some((s, 0, _)) => tx.execute(&insert_state, &[&s.actor.as_str(), &s.snapshot, &at]).await.map(Some),
@@ -498,7 +496,6 @@ impl StateStore for PostgresStore {
         );
         // The first failure in statement order is the cause; later ones
         // only say the transaction was aborted.
-        locked.map_err(|e| map("lock keys", e))?;
         let wrote = wrote.map_err(|e| map("write state", e))?;
         let inserted = inserted.map_err(|e| map("insert events", e))?;
         if inserted < ids.len() as u64 {
