@@ -41,8 +41,10 @@ const SQL_FIND_IDS: &str = "SELECT id FROM outbox_events WHERE id = ANY($1) LIMI
 /// serialize here, so its sequence numbers follow commit order, and a
 /// claimer skips a key with a commit in flight. (Schema 1 upserted a row
 /// per key instead: a new row version per commit, about 20% of the
-/// commit's cost.) An id already stored is skipped (`ON CONFLICT DO
-/// NOTHING`), which the row count reveals.
+/// commit's cost.) An id already stored (or given twice) fails the insert
+/// on the id's unique index (see [`is_duplicate_id`]); a plain insert, as
+/// `ON CONFLICT DO NOTHING` costs a speculative insertion and an extra WAL
+/// record per event.
 const SQL_INSERT_EVENTS: &str =
     "INSERT INTO outbox_events (id, origin, key, event_type, payload_kind, payload, headers,
                                  schema_version, created_at, next_attempt_at)
@@ -52,8 +54,7 @@ const SQL_INSERT_EVENTS: &str =
           WITH ORDINALITY AS t(id, origin, key, event_type, kind, payload, headers, sv, due, n)
      WHERE (SELECT count(pg_advisory_xact_lock(hashtext(current_schema()), h))
             FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($3::text[]) AS k ORDER BY 1) AS s) >= 0
-     ORDER BY n
-     ON CONFLICT (id) DO NOTHING";
+     ORDER BY n";
 const SQL_INSERT_MARK: &str =
     "INSERT INTO outbox_inbox (consumer, origin, event_id, processed_at) VALUES ($1, $2, $3, $4)
      ON CONFLICT DO NOTHING";
@@ -406,6 +407,14 @@ async fn relay(
     }
 }
 
+/// Whether `e` is an insert refused by the event id's unique index.
+fn is_duplicate_id(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("outbox_events_id_key")
+    })
+}
+
 /// `Fenced` unless `grant`'s epoch is live (granted and not released).
 async fn check_grant(tx: &Transaction<'_>, grant: &LeaderGrant) -> Result<()> {
     let epoch = grant.epoch.0 as i64;
@@ -497,11 +506,13 @@ impl StateStore for PostgresStore {
         // The first failure in statement order is the cause; later ones
         // only say the transaction was aborted.
         let wrote = wrote.map_err(|e| map("write state", e))?;
-        let inserted = inserted.map_err(|e| map("insert events", e))?;
-        if inserted < ids.len() as u64 {
+        if let Err(e) = &inserted
+            && is_duplicate_id(e)
+        {
             drop(tx);
             return Err(self.duplicate(&mut conn, &commit, &ids).await);
         }
+        inserted.map_err(|e| map("insert events", e))?;
         let mut version = None;
         if let (Some((s, _, _)), Some(n)) = (&state, wrote) {
             if n == 0 {
