@@ -186,7 +186,8 @@ async fn ours_drain(pg: &str, nats: &str, forwarders: usize, n: usize, keys: usi
 }
 
 /// A naive relay: each worker takes 256 unsent rows with SKIP LOCKED,
-/// publishes them pipelined with `Nats-Msg-Id`, marks them sent.
+/// publishes them pipelined with `Nats-Msg-Id`, marks them sent (by id,
+/// the table's primary key).
 async fn raw_drain(pg: &str, nats: &str, workers: usize, n: usize, keys: usize) -> f64 {
     let schema = unique("bench_raw_drain");
     let store = PostgresStore::options(pg).schema(&schema).open().await.unwrap();
@@ -226,11 +227,11 @@ async fn raw_drain(pg: &str, nats: &str, workers: usize, n: usize, keys: usize) 
                     break;
                 }
                 let mut acks = Vec::with_capacity(rows.len());
-                let mut seqs = Vec::with_capacity(rows.len());
+                let mut ids = Vec::with_capacity(rows.len());
                 for r in &rows {
                     let id: uuid::Uuid = r.get(1);
                     let body: Vec<u8> = r.get(2);
-                    seqs.push(r.get::<_, i64>(0));
+                    ids.push(id);
                     let msg = PublishMessage::build().payload(body.into()).message_id(id.to_string());
                     acks.push(js.send_publish(subject.clone(), msg).await.unwrap());
                 }
@@ -238,8 +239,8 @@ async fn raw_drain(pg: &str, nats: &str, workers: usize, n: usize, keys: usize) 
                     a.unwrap();
                 }
                 tx.execute(
-                    "UPDATE outbox_events SET status = 2, delivered_at = 0 WHERE seq = ANY($1)",
-                    &[&seqs],
+                    "UPDATE outbox_events SET status = 2, delivered_at = 0 WHERE id = ANY($1)",
+                    &[&ids],
                 )
                 .await
                 .unwrap();

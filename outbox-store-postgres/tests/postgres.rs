@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use outbox_core::prelude::*;
-use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, OrderingKey, Version};
+use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, OrderingKey, Timestamp, Version};
 use outbox_store_postgres::PostgresStore;
 
 fn url() -> Option<String> {
@@ -194,9 +194,11 @@ async fn a_schema_1_database_upgrades_and_keeps_its_events() {
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "CREATE TABLE \"{schema}\".outbox_keys (key text PRIMARY KEY);
+            "{}
+             CREATE TABLE \"{schema}\".outbox_keys (key text PRIMARY KEY);
              INSERT INTO \"{schema}\".outbox_keys VALUES ('a');
-             UPDATE \"{schema}\".outbox_schema SET version = 1"
+             UPDATE \"{schema}\".outbox_schema SET version = 1",
+            schema_3_indexes(&schema)
         ))
         .await
         .unwrap();
@@ -242,9 +244,11 @@ async fn a_schema_2_database_upgrades_to_bytewise_keys() {
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "ALTER TABLE \"{schema}\".outbox_events ALTER COLUMN key TYPE text COLLATE \"default\";
+            "{}
+             ALTER TABLE \"{schema}\".outbox_events ALTER COLUMN key TYPE text COLLATE \"default\";
              ALTER TABLE \"{schema}\".outbox_events RESET (fillfactor);
-             UPDATE \"{schema}\".outbox_schema SET version = 2"
+             UPDATE \"{schema}\".outbox_schema SET version = 2",
+            schema_3_indexes(&schema)
         ))
         .await
         .unwrap();
@@ -254,6 +258,73 @@ async fn a_schema_2_database_upgrades_to_bytewise_keys() {
     let grant = store.acquire_leadership("f", Duration::from_secs(10)).await.unwrap().unwrap();
     let claimed = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(10))).await.unwrap();
     assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), ids, "all three, in commit order");
+}
+
+/// A schema 3 database (a sequence-number primary key, a delivered-time
+/// index) is migrated to an id primary key and no delivered-time index;
+/// its events stay claimable in order, an id committed again is still a
+/// duplicate, and delivered events are still pruned.
+#[tokio::test]
+async fn a_schema_3_database_upgrades_to_id_primary_key() {
+    let Some(url) = url() else { return };
+    let schema = schema("upgrade3");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let origin = ActorId::new("a").unwrap();
+    let events: Vec<NewEvent> = ["b", "a", "b"]
+        .iter()
+        .map(|k| {
+            NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(b"x".to_vec()))
+                .with_key(OrderingKey::new(*k).unwrap())
+        })
+        .collect();
+    let again = events[0].clone();
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    store.put_state_and_events(Commit::events_only().events(events)).await.unwrap();
+    drop(store);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "{} UPDATE \"{schema}\".outbox_schema SET version = 3",
+            schema_3_indexes(&schema)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(index_shape(&client, &schema).await, ("seq".to_owned(), true), "a schema 3 table");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    assert_eq!(index_shape(&client, &schema).await, ("id".to_owned(), false));
+    let err = store.put_state_and_events(Commit::events_only().event(again)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DuplicateEvent);
+    let grant = store.acquire_leadership("f", Duration::from_secs(10)).await.unwrap().unwrap();
+    let claimed = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(10))).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), ids, "all three, in commit order");
+    store.ack(&grant, &[ids[0], ids[1]]).await.unwrap();
+    let pruned = store.prune_delivered(Timestamp::from_millis(i64::MAX / 2), 10).await.unwrap();
+    assert_eq!(pruned, 2, "both delivered events");
+}
+
+/// SQL that gives a schema 4 events table the schema 3 keys and indexes.
+fn schema_3_indexes(schema: &str) -> String {
+    format!(
+        "ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_id_key;
+         ALTER TABLE \"{schema}\".outbox_events ADD CONSTRAINT outbox_events_pkey PRIMARY KEY (seq);
+         ALTER TABLE \"{schema}\".outbox_events ADD CONSTRAINT outbox_events_id_key UNIQUE (id);
+         CREATE INDEX outbox_events_delivered ON \"{schema}\".outbox_events (delivered_at) WHERE status = 2;"
+    )
+}
+
+/// The events table's primary key column and whether it has a
+/// delivered-time index.
+async fn index_shape(client: &tokio_postgres::Client, schema: &str) -> (String, bool) {
+    let sql = format!(
+        "SELECT (SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                 WHERE i.indrelid = '\"{schema}\".outbox_events'::regclass AND i.indisprimary),
+                EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = '{schema}'
+                        AND indexname = 'outbox_events_delivered')"
+    );
+    let r = client.query_one(&sql, &[]).await.unwrap();
+    (r.get(0), r.get(1))
 }
 
 /// The events table's key collation and storage options.
