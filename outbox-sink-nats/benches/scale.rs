@@ -32,6 +32,14 @@ fn unique(tag: &str) -> String {
     format!("{tag}_{}_{}", std::process::id(), nanos % 1_000_000_007)
 }
 
+/// Drops a round's schema, so rounds do not pile up tables (and
+/// autovacuum work) in the database the next rounds measure.
+async fn drop_schema(url: &str, schema: &str) {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+}
+
 async fn raw_client(url: &str, schema: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -182,6 +190,7 @@ async fn ours_drain(pg: &str, nats: &str, forwarders: usize, n: usize, keys: usi
     let mut stream = admin.jetstream().get_stream(&schema).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, n as u64, "every event in the stream");
     admin.jetstream().delete_stream(&schema).await.unwrap();
+    drop_schema(pg, &schema).await;
     rate
 }
 
@@ -253,6 +262,7 @@ async fn raw_drain(pg: &str, nats: &str, workers: usize, n: usize, keys: usize) 
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     js.delete_stream(&schema).await.unwrap();
+    drop_schema(pg, &schema).await;
     rate
 }
 
@@ -303,6 +313,7 @@ async fn ours_latency(pg: &str, nats: &str, n: usize, gap: Duration) -> (f64, f6
     let lat = recv.await.unwrap();
     handle.shutdown().await;
     sink.jetstream().delete_stream(&schema).await.unwrap();
+    drop_schema(pg, &schema).await;
     (percentile(lat.clone(), 0.5), percentile(lat, 0.99))
 }
 
@@ -399,6 +410,7 @@ fn main() {
         }
         }
         if !parts.contains("latency") {
+            drop_schema(&pg, &schema).await;
             return;
         }
         let (n, gap) = (2_000, Duration::from_millis(2));
@@ -419,5 +431,6 @@ fn main() {
             median(r50),
             median(r99)
         );
+        drop_schema(&pg, &schema).await;
     });
 }
