@@ -228,20 +228,9 @@ async fn a_schema_1_database_upgrades_and_keeps_its_events() {
 async fn a_schema_2_database_upgrades_to_bytewise_keys() {
     let Some(url) = url() else { return };
     let schema = schema("upgrade2");
-    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
-    let origin = ActorId::new("a").unwrap();
-    let events: Vec<NewEvent> = ["b", "a", "b"]
-        .iter()
-        .map(|k| {
-            NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(b"x".to_vec()))
-                .with_key(OrderingKey::new(*k).unwrap())
-        })
-        .collect();
+    let events = three_events_committed(&url, &schema).await;
     let ids: Vec<_> = events.iter().map(|e| e.id).collect();
-    store.put_state_and_events(Commit::events_only().events(events)).await.unwrap();
-    drop(store);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let client = admin(&url).await;
     client
         .batch_execute(&format!(
             "{}
@@ -268,21 +257,9 @@ async fn a_schema_2_database_upgrades_to_bytewise_keys() {
 async fn a_schema_3_database_upgrades_to_id_primary_key() {
     let Some(url) = url() else { return };
     let schema = schema("upgrade3");
-    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
-    let origin = ActorId::new("a").unwrap();
-    let events: Vec<NewEvent> = ["b", "a", "b"]
-        .iter()
-        .map(|k| {
-            NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(b"x".to_vec()))
-                .with_key(OrderingKey::new(*k).unwrap())
-        })
-        .collect();
-    let again = events[0].clone();
+    let events = three_events_committed(&url, &schema).await;
     let ids: Vec<_> = events.iter().map(|e| e.id).collect();
-    store.put_state_and_events(Commit::events_only().events(events)).await.unwrap();
-    drop(store);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let client = admin(&url).await;
     client
         .batch_execute(&format!(
             "{} UPDATE \"{schema}\".outbox_schema SET version = 3",
@@ -293,7 +270,7 @@ async fn a_schema_3_database_upgrades_to_id_primary_key() {
     assert_eq!(index_shape(&client, &schema).await, ("seq".to_owned(), true), "a schema 3 table");
     let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
     assert_eq!(index_shape(&client, &schema).await, ("id".to_owned(), false));
-    let err = store.put_state_and_events(Commit::events_only().event(again)).await.unwrap_err();
+    let err = store.put_state_and_events(Commit::events_only().event(events[0].clone())).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DuplicateEvent);
     let grant = store.acquire_leadership("f", Duration::from_secs(10)).await.unwrap().unwrap();
     let claimed = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(10))).await.unwrap();
@@ -301,6 +278,29 @@ async fn a_schema_3_database_upgrades_to_id_primary_key() {
     store.ack(&grant, &[ids[0], ids[1]]).await.unwrap();
     let pruned = store.prune_delivered(Timestamp::from_millis(i64::MAX / 2), 10).await.unwrap();
     assert_eq!(pruned, 2, "both delivered events");
+}
+
+/// Opens `schema` (at the current version) and commits three events on
+/// keys `b`, `a`, `b`; returns them as committed.
+async fn three_events_committed(url: &str, schema: &str) -> Vec<NewEvent> {
+    let store = PostgresStore::options(url).schema(schema).open().await.unwrap();
+    let origin = ActorId::new("a").unwrap();
+    let events: Vec<NewEvent> = ["b", "a", "b"]
+        .iter()
+        .map(|k| {
+            NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(b"x".to_vec()))
+                .with_key(OrderingKey::new(*k).unwrap())
+        })
+        .collect();
+    store.put_state_and_events(Commit::events_only().events(events.clone())).await.unwrap();
+    events
+}
+
+/// A plain client, for reshaping a schema behind the store's back.
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
 }
 
 /// SQL that gives a schema 4 events table the schema 3 keys and indexes.
