@@ -28,6 +28,15 @@ cargo test --workspace --all-features --locked 2>&1 | tee "$log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
 rm -f "$log"
 
+step "the forwarder without its default features (metrics off, as a browser bundle builds it)"
+cargo clippy -p outbox-forwarder --no-default-features --all-targets --locked -- -D warnings
+log=$(mktemp)
+cargo test -p outbox-forwarder --no-default-features --locked 2>&1 | tee "$log"
+read -r fpassed ffailed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+rm -f "$log"
+passed=$((passed + fpassed))
+failed=$((failed + ffailed))
+
 step "browser suite: the IndexedDB store in headless Chromium and Firefox (WebKit attempted)"
 blog=$(mktemp)
 scripts/test-browser.sh 2>&1 | tee "$blog"

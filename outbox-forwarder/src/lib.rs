@@ -5,6 +5,7 @@ mod breaker;
 mod config;
 pub mod metrics;
 mod mono;
+mod obs;
 mod sink;
 mod worker;
 

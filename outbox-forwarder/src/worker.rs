@@ -19,6 +19,7 @@ use crate::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::config::{DeadLetterPolicy, ForwarderConfig};
 use crate::metrics as m;
 use crate::mono;
+use crate::obs;
 use crate::sink::{Outcome, Sink};
 
 #[derive(Debug, Default)]
@@ -102,8 +103,13 @@ impl Default for CycleReport {
 ///
 /// Drive it with [`Forwarder::spawn`] (or [`Forwarder::run`]), or step it
 /// with [`Forwarder::run_once`] in tests.
-pub struct Forwarder {
-    store: Arc<dyn DurableStore>,
+///
+/// `S` is the store type: `dyn DurableStore` (the default) for a store
+/// chosen at run time, or a concrete store, which lets the compiler drop
+/// the store methods the forwarder never calls (it matters in a browser
+/// bundle).
+pub struct Forwarder<S: DurableStore + ?Sized = dyn DurableStore> {
+    store: Arc<S>,
     sink: Arc<dyn Sink>,
     cfg: ForwarderConfig,
     wake: Wake,
@@ -116,7 +122,7 @@ pub struct Forwarder {
     stats_cost: Duration,
 }
 
-impl fmt::Debug for Forwarder {
+impl<S: DurableStore + ?Sized> fmt::Debug for Forwarder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Forwarder")
             .field("store", &self.store)
@@ -152,9 +158,9 @@ impl ForwarderHandle {
     }
 }
 
-impl Forwarder {
+impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
     /// A forwarder from `store` to `sink`.
-    pub fn new(store: Arc<dyn DurableStore>, sink: Arc<dyn Sink>, cfg: ForwarderConfig) -> Self {
+    pub fn new(store: Arc<S>, sink: Arc<dyn Sink>, cfg: ForwarderConfig) -> Self {
         Forwarder {
             store,
             sink,
@@ -369,7 +375,7 @@ impl Forwarder {
                 Err(e) if e.kind() == ErrorKind::Fenced => return Ok((self.fenced(report), None)),
                 Err(e) => return Err(e),
             }
-            metrics::histogram!(m::FLUSH_MS).record(started.elapsed().as_secs_f64() * 1e3);
+            obs::histogram(m::FLUSH_MS, started.elapsed().as_secs_f64() * 1e3);
         }
         report.circuit = self.breaker.state();
         if let Err(e) = self.housekeeping(now).await {
@@ -498,7 +504,7 @@ impl Forwarder {
         if !acks.is_empty() {
             self.store.ack(grant, &acks).await?;
             report.delivered += acks.len();
-            metrics::counter!(m::DELIVERED).increment(acks.len() as u64);
+            obs::counter(m::DELIVERED, acks.len() as u64);
         }
         Ok(())
     }
@@ -515,7 +521,7 @@ impl Forwarder {
         release: &mut Vec<Envelope>,
         report: &mut CycleReport,
     ) -> Result<()> {
-        metrics::counter!(m::FAILED).increment(1);
+        obs::counter(m::FAILED, 1);
         self.breaker.on_failure(now);
         if !self.cfg.retry.may_retry(e.attempts) {
             let msg = format!("gave up after {} attempts: {msg}", e.attempts);
@@ -553,7 +559,7 @@ impl Forwarder {
         if let Some(cb) = &self.cfg.on_error {
             cb(Some(e), &outbox_core::Error::DeadLettered { id: e.id, reason: msg.to_owned() });
         }
-        metrics::counter!(m::DEAD_LETTERED).increment(1);
+        obs::counter(m::DEAD_LETTERED, 1);
         match self.cfg.dead_letters {
             DeadLetterPolicy::Park => release.extend(sched.park(&e.key)),
             DeadLetterPolicy::Skip => sched.complete(&e.key),
@@ -564,27 +570,27 @@ impl Forwarder {
     /// Gauges (at most every `stats_every`) and pruning (every
     /// `prune_every`), by the leader only.
     async fn housekeeping(&mut self, now: Timestamp) -> Result<()> {
-        metrics::gauge!(m::CIRCUIT_OPEN).set(if self.breaker.is_open() { 1.0 } else { 0.0 });
-        metrics::gauge!(m::DURABLE).set(if self.store.capabilities().durable { 1.0 } else { 0.0 });
+        obs::gauge(m::CIRCUIT_OPEN, if self.breaker.is_open() { 1.0 } else { 0.0 });
+        obs::gauge(m::DURABLE, if self.store.capabilities().durable { 1.0 } else { 0.0 });
         // Counting a big backlog is not free: reads are spaced by at least
         // 50 times what the last one cost, so they take at most ~2% of the
         // forwarder's time.
         let every = self.cfg.stats_every.max(self.stats_cost * 50);
-        if self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
+        if obs::ON && self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
             self.last_stats = Some(now);
             let t0 = mono::Instant::now();
             let s = self.store.stats().await?;
             self.stats_cost = t0.elapsed();
-            metrics::gauge!(m::PENDING).set(s.pending as f64);
+            obs::gauge(m::PENDING, s.pending as f64);
             let lag = s.oldest_pending_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-            metrics::gauge!(m::LAG_SECONDS).set(lag);
+            obs::gauge(m::LAG_SECONDS, lag);
             let blocked = if self.cfg.dead_letters == DeadLetterPolicy::Park && s.dead > 0 {
                 let dead = self.store.list_dead(10_000).await?;
                 dead.iter().map(|e| &e.key).collect::<HashSet<_>>().len()
             } else {
                 0
             };
-            metrics::gauge!(m::BLOCKED_KEYS).set(blocked as f64);
+            obs::gauge(m::BLOCKED_KEYS, blocked as f64);
         }
         if let Some(retention) = self.cfg.retention
             && self.last_prune.is_none_or(|t| now.duration_since(t) >= self.cfg.prune_every)

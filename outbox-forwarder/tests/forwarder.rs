@@ -408,6 +408,7 @@ async fn random_30_percent_failures_still_deliver_everything_in_order() {
     assert_eq!(by_key(&delivered), by_key_new(&committed), "per-key order held through the failures");
 }
 
+#[cfg(feature = "metrics")]
 #[tokio::test]
 async fn metrics_are_reported() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};

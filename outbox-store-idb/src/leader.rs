@@ -5,7 +5,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use outbox_core::DurableStore;
 use outbox_forwarder::{Forwarder, ForwarderConfig, Sink, Wake};
 use tokio_util::sync::CancellationToken;
 
@@ -77,8 +76,7 @@ impl TabForwarder {
         if locks.is_some() {
             cfg.holder = lock_name(&db);
         }
-        let dyn_store: Arc<dyn DurableStore> = store;
-        let fwd = Forwarder::new(dyn_store, sink, cfg);
+        let fwd = Forwarder::new(store, sink, cfg);
         let wake = fwd.waker();
         let (done_tx, done_rx) = futures::channel::oneshot::channel();
         let (task_cancel, task_role, task_wake) = (cancel.clone(), role.clone(), wake.clone());
