@@ -54,7 +54,7 @@ pub enum Error {
     /// A delivery operation ran under a leadership grant or a claim that has
     /// been superseded; it changed nothing. The caller must stop acting as
     /// the flusher and acquire leadership again.
-    #[error("stale {epoch}: leadership or lease has moved on (current: {current:?})")]
+    #[error("stale {epoch}: leadership or lease has moved on (current: {})", CurrentEpoch(*.current))]
     Fenced {
         /// The epoch the caller presented.
         epoch: Epoch,
@@ -274,6 +274,19 @@ impl Error {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::Serialization { message: e.to_string(), source: Some(Box::new(e)) }
+    }
+}
+
+/// Shows a store's current epoch in [`Error::Fenced`]'s message ("epoch
+/// 3" or "none"), without `Debug` formatting.
+struct CurrentEpoch(Option<Epoch>);
+
+impl fmt::Display for CurrentEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(e) => e.fmt(f),
+            None => f.write_str("none"),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod id;
+mod json;
 pub mod retry;
 pub mod schedule;
 pub mod state;

@@ -152,11 +152,11 @@ impl IdbOptions {
             }
             Err(e) => return Err(map_open(e)),
         };
-        let names: HashSet<String> = db.object_store_names().collect();
-        if let Some(missing) = ALL.iter().find(|n| !names.contains(**n)) {
+        let names: Vec<String> = db.object_store_names().collect();
+        if let Some(missing) = ALL.iter().find(|n| !names.iter().any(|x| x == **n)) {
             return Err(Error::Corrupted {
                 message: format!(
-                    "indexeddb database {:?} (version {}) has no {missing:?} object store: not an outbox database",
+                    "indexeddb database \"{}\" (version {}) has no \"{missing}\" object store: not an outbox database",
                     self.name,
                     db.version()
                 ),
@@ -694,8 +694,11 @@ impl DeliveryStore for IdbStore {
         if request.limit == 0 {
             return Ok(Vec::new());
         }
-        // Dead events block later events of their key when parking.
-        let mut dead_from: HashMap<OrderingKey, u64> = HashMap::new();
+        // Per key, the seq from which its events are held back: its
+        // first dead event (when parking), or a head that is leased or
+        // not yet due. One map for both keeps one hash table in the
+        // browser bundle.
+        let mut held_from: HashMap<OrderingKey, u64> = HashMap::new();
         if request.park_dead_keys {
             let keys = get_all_keys(&dead, None, "scan dead").await?;
             let values = get_all(&dead, "scan dead").await?;
@@ -705,23 +708,19 @@ impl DeliveryStore for IdbStore {
                     .as_string()
                     .and_then(|s| OrderingKey::new(s).ok())
                     .ok_or_else(|| corrupt("dead index key is invalid"))?;
-                dead_from.entry(key).and_modify(|s| *s = (*s).min(seq)).or_insert(seq);
+                held_from.entry(key).and_modify(|s| *s = (*s).min(seq)).or_insert(seq);
             }
         }
-        let mut blocked: HashSet<OrderingKey> = HashSet::new();
         let mut picked: Vec<(u64, PendingEntry)> = Vec::new();
         for (seq, entry) in pending_entries(&pending).await? {
             if picked.len() >= request.limit {
                 break;
             }
-            if blocked.contains(&entry.key) {
+            if held_from.get(&entry.key).is_some_and(|&d| d < seq) {
                 continue;
             }
-            if dead_from.get(&entry.key).is_some_and(|&d| d < seq)
-                || entry.leased_at(now)
-                || entry.next_attempt_at > now
-            {
-                blocked.insert(entry.key);
+            if entry.leased_at(now) || entry.next_attempt_at > now {
+                held_from.insert(entry.key, seq);
                 continue;
             }
             picked.push((seq, entry));
