@@ -3,9 +3,6 @@
 //! bundle that reports no metrics does not carry the recorder plumbing,
 //! and the forwarder skips the store reads that only feed gauges).
 
-/// Whether metrics are reported (the `metrics` feature).
-pub(crate) const ON: bool = cfg!(feature = "metrics");
-
 #[cfg(feature = "metrics")]
 pub(crate) fn counter(name: &'static str, n: u64) {
     ::metrics::counter!(name).increment(n);
@@ -23,9 +20,6 @@ pub(crate) fn histogram(name: &'static str, v: f64) {
 
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn counter(_: &'static str, _: u64) {}
-
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn gauge(_: &'static str, _: f64) {}
 
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn histogram(_: &'static str, _: f64) {}

@@ -118,7 +118,9 @@ pub struct Forwarder<S: DurableStore + ?Sized = dyn DurableStore> {
     grant: Option<LeaderGrant>,
     next_due: Option<Timestamp>,
     last_prune: Option<Timestamp>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     last_stats: Option<Timestamp>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     stats_cost: Duration,
 }
 
@@ -570,13 +572,30 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
     /// Gauges (at most every `stats_every`) and pruning (every
     /// `prune_every`), by the leader only.
     async fn housekeeping(&mut self, now: Timestamp) -> Result<()> {
+        #[cfg(feature = "metrics")]
+        self.gauges(now).await?;
+        if let Some(retention) = self.cfg.retention
+            && self.last_prune.is_none_or(|t| now.duration_since(t) >= self.cfg.prune_every)
+        {
+            self.last_prune = Some(now);
+            let pruned =
+                self.store.prune_delivered(now.saturating_sub(retention), self.cfg.prune_batch).await?;
+            if pruned > 0 {
+                tracing::debug!(target: "outbox", pruned, "pruned delivered events");
+            }
+        }
+        Ok(())
+    }
+
+    /// The gauges. Counting a big backlog is not free: reads are spaced by
+    /// at least 50 times what the last one cost, so they take at most ~2%
+    /// of the forwarder's time.
+    #[cfg(feature = "metrics")]
+    async fn gauges(&mut self, now: Timestamp) -> Result<()> {
         obs::gauge(m::CIRCUIT_OPEN, if self.breaker.is_open() { 1.0 } else { 0.0 });
         obs::gauge(m::DURABLE, if self.store.capabilities().durable { 1.0 } else { 0.0 });
-        // Counting a big backlog is not free: reads are spaced by at least
-        // 50 times what the last one cost, so they take at most ~2% of the
-        // forwarder's time.
         let every = self.cfg.stats_every.max(self.stats_cost * 50);
-        if obs::ON && self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
+        if self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
             self.last_stats = Some(now);
             let t0 = mono::Instant::now();
             let s = self.store.stats().await?;
@@ -591,16 +610,6 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                 0
             };
             obs::gauge(m::BLOCKED_KEYS, blocked as f64);
-        }
-        if let Some(retention) = self.cfg.retention
-            && self.last_prune.is_none_or(|t| now.duration_since(t) >= self.cfg.prune_every)
-        {
-            self.last_prune = Some(now);
-            let pruned =
-                self.store.prune_delivered(now.saturating_sub(retention), self.cfg.prune_batch).await?;
-            if pruned > 0 {
-                tracing::debug!(target: "outbox", pruned, "pruned delivered events");
-            }
         }
         Ok(())
     }
