@@ -121,7 +121,6 @@ impl Commit {
                 limits.max_events_per_commit
             )));
         }
-        let mut ids = HashSet::with_capacity(self.events.len());
         for e in &self.events {
             if e.event_type.is_empty() || e.event_type.len() > limits.max_event_type_bytes {
                 return Err(Error::invalid_input(format!(
@@ -145,18 +144,17 @@ impl Commit {
                     e.id, limits.max_header_bytes
                 )));
             }
-            if !ids.insert(e.id) {
-                return Err(Error::invalid_input(format!("event id {} repeated in one commit", e.id)));
-            }
+        }
+        let mut ids = HashSet::with_capacity(self.events.len());
+        if let Some(e) = self.events.iter().find(|e| !ids.insert(e.id)) {
+            return Err(Error::invalid_input(format!("event id {} repeated in one commit", e.id)));
         }
         let mut marks = HashSet::with_capacity(self.inbox.len());
-        for m in &self.inbox {
-            if !marks.insert((&m.consumer, m.event_id)) {
-                return Err(Error::invalid_input(format!(
-                    "inbox mark for {} / {} repeated in one commit",
-                    m.consumer, m.event_id
-                )));
-            }
+        if let Some(m) = self.inbox.iter().find(|m| !marks.insert((&m.consumer, m.event_id))) {
+            return Err(Error::invalid_input(format!(
+                "inbox mark for {} / {} repeated in one commit",
+                m.consumer, m.event_id
+            )));
         }
         Ok(())
     }
@@ -219,6 +217,21 @@ mod tests {
 
         let c = Commit::state(actor(), Version::NONE, vec![0; l.max_snapshot_bytes + 1]);
         assert_eq!(c.validate(&l).unwrap_err().kind(), ErrorKind::InvalidInput);
+
+        // Inbox marks repeat per (consumer, event id); an event id shared
+        // by a mark and an event, or by two consumers' marks, is fine.
+        let env = Envelope::committed(NewEvent::json(actor(), "T", &1).unwrap(), crate::Timestamp::EPOCH);
+        let (c1, c2) = (ConsumerId::new("c1").unwrap(), ConsumerId::new("c2").unwrap());
+        let twice = Commit::events_only()
+            .mark_processed(c1.clone(), &env)
+            .mark_processed(c2.clone(), &env)
+            .mark_processed(c1.clone(), &env);
+        assert_eq!(twice.validate(&l).unwrap_err().kind(), ErrorKind::InvalidInput);
+        let shared = Commit::events_only()
+            .mark_processed(c1, &env)
+            .mark_processed(c2, &env)
+            .event(NewEvent::json(actor(), "T", &1).unwrap().with_id(env.id));
+        shared.validate(&l).unwrap();
 
         let ok = Commit::state(actor(), Version::NONE, b"s".to_vec())
             .event(NewEvent::json(actor(), "T", &1).unwrap());
