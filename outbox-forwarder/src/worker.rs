@@ -417,10 +417,41 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         Ok(self.grant.is_some())
     }
 
+    /// Delivers `batch` in rounds, then writes the acks of what the sink
+    /// took, also when settling a failure failed part-way (a store
+    /// error writing a retry or a dead letter): the events delivered
+    /// before it are not left to be redelivered when their leases lapse.
     async fn deliver(
         &mut self,
         grant: &LeaderGrant,
         batch: Vec<Envelope>,
+        report: &mut CycleReport,
+    ) -> Result<()> {
+        // Acks are written once per batch, not per round: an event stays
+        // leased to us until then, and a crash before the write only means
+        // a redelivery (which the idempotency key absorbs).
+        let mut acks: Vec<EventId> = Vec::new();
+        let rounds = self.rounds(grant, batch, &mut acks, report).await;
+        if !acks.is_empty() {
+            match self.store.ack(grant, &acks).await {
+                Ok(()) => {
+                    report.delivered += acks.len();
+                    obs::counter(m::DELIVERED, acks.len() as u64);
+                }
+                // The rounds' own error, if any, is the one to report.
+                Err(e) => return rounds.and(Err(e)),
+            }
+        }
+        rounds
+    }
+
+    /// The rounds of [`Forwarder::deliver`]: what the sink took goes to
+    /// `acks`; failures are settled as they come.
+    async fn rounds(
+        &mut self,
+        grant: &LeaderGrant,
+        batch: Vec<Envelope>,
+        acks: &mut Vec<EventId>,
         report: &mut CycleReport,
     ) -> Result<()> {
         let mut sched: KeyScheduler<OrderingKey, Envelope> = KeyScheduler::new(self.cfg.max_concurrency);
@@ -440,10 +471,6 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                 let _ = sched.push(e.key.clone(), e);
             }
         }
-        // Acks are written once per batch, not per round: an event stays
-        // leased to us until then, and a crash before the write only means
-        // a redelivery (which the idempotency key absorbs).
-        let mut acks: Vec<EventId> = Vec::new();
         loop {
             let round = match first_round.take() {
                 Some(round) => round,
@@ -502,11 +529,6 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             if open {
                 break;
             }
-        }
-        if !acks.is_empty() {
-            self.store.ack(grant, &acks).await?;
-            report.delivered += acks.len();
-            obs::counter(m::DELIVERED, acks.len() as u64);
         }
         Ok(())
     }

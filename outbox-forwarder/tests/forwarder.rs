@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use outbox_core::prelude::*;
 use outbox_core::{
-    ActorId, Backoff, Clock, Commit, Envelope, EventId, ManualClock, NewEvent, OrderingKey, RetryPolicy,
-    SharedClock, SplitMix64, Timestamp,
+    ActorId, Backoff, Clock, Commit, Envelope, ErrorKind, EventId, ManualClock, NewEvent, OrderingKey,
+    RetryPolicy, SharedClock, SplitMix64, Timestamp,
 };
 use outbox_forwarder::{
     BreakerConfig, BreakerState, ChannelSink, DeadLetterPolicy, Forwarder, ForwarderConfig, Outcome, Sink,
 };
 use outbox_store_memory::MemoryStore;
+use outbox_testkit::{FaultMode, FaultyStore};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
@@ -207,6 +208,24 @@ async fn max_attempts_dead_letters_and_parks_the_key_only() {
     rig.store.requeue_dead(&[k0[0]]).await.unwrap();
     f.run_once().await.unwrap();
     assert_eq!(rig.delivered().iter().map(|e| e.id).collect::<Vec<_>>(), k0);
+}
+
+#[tokio::test]
+async fn a_failed_retry_write_still_acks_what_was_delivered_before_it() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(2, 1).await; // k0, then k1: one round
+    rig.sink.script(poison("k1"));
+    let faulty = FaultyStore::new(rig.store.clone());
+    let sink: Arc<dyn Sink> = rig.sink.clone();
+    let mut f = Forwarder::new(faulty.clone(), sink, rig.config());
+    // Operations: 1 acquires leadership, 2 claims, 3 writes k1's retry.
+    faulty.fail_nth(3, FaultMode::Before);
+    let err = f.run_once().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "the failed retry write is reported");
+    let delivered: Vec<EventId> = rig.delivered().iter().map(|e| e.id).collect();
+    assert_eq!(delivered, vec![committed[0].id], "the sink took k0 and refused k1");
+    let pending: Vec<EventId> = rig.store.list_pending(10).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(pending, vec![committed[1].id], "k0's ack was written; only k1 is still pending");
 }
 
 #[tokio::test]
