@@ -690,6 +690,20 @@ impl Worker {
         if live {
             return Ok(None);
         }
+        // The last grant is unreleased and was made by another handle, which
+        // no longer holds the file lock: its process died (or dropped the
+        // store) while leading, so nothing claimed under it is in flight
+        // any more. Its leases are void: the events are claimable now, not
+        // when the leases lapse (the lost attempt stays counted). A
+        // released grant's leases stand, as the store contract says.
+        if cur_holder.is_some() && granted != Some(epoch as u64) {
+            tx.execute(
+                "UPDATE outbox_events SET lease_until = NULL
+                 WHERE status <> 'delivered' AND lease_until IS NOT NULL",
+                [],
+            )
+            .map_err(|e| map("void orphaned leases", e))?;
+        }
         let epoch = epoch + 1;
         let expires_at = Timestamp::from_millis(now).saturating_add(ttl);
         tx.execute(

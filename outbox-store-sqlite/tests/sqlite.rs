@@ -294,6 +294,33 @@ fn a_second_handle_commits_but_cannot_lead_while_the_lock_is_held() {
 }
 
 #[test]
+fn a_leader_killed_mid_batch_leaves_no_lease_for_the_next_to_wait_out() {
+    let (_d, path) = temp();
+    let (ttl, lease) = (Duration::from_secs(30), Duration::from_secs(3600));
+    let x = actor("x");
+    let e = event(&x, 1);
+    let a = SqliteStore::open(&path).unwrap();
+    block_on(a.put_state_and_events(Commit::events_only().event(e.clone()))).unwrap();
+    let ga = block_on(a.acquire_leadership("a", ttl)).unwrap().expect("a leads");
+    assert_eq!(block_on(a.claim(&ga, ClaimRequest::new(10, lease))).unwrap().len(), 1);
+    drop(a); // killed with the batch at the sink: no ack, no release
+
+    let b = SqliteStore::open(&path).unwrap();
+    let gb = block_on(b.acquire_leadership("b", ttl)).unwrap().expect("b leads");
+    let again = block_on(b.claim(&gb, ClaimRequest::new(10, lease))).unwrap();
+    assert_eq!(
+        again.iter().map(|e| (e.id, e.attempts)).collect::<Vec<_>>(),
+        vec![(e.id, 2)],
+        "claimable at once, not in an hour; the lost attempt is counted"
+    );
+    // Re-taking leadership on the handle that made the last grant voids
+    // nothing: its claims may still be at the sink.
+    let gb2 = block_on(b.acquire_leadership("b", ttl)).unwrap().expect("b again");
+    assert!(gb2.epoch > gb.epoch);
+    assert!(block_on(b.claim(&gb2, ClaimRequest::new(10, lease))).unwrap().is_empty(), "b's lease holds");
+}
+
+#[test]
 fn normal_synchronous_mode_commits_and_reopens() {
     let (_d, path) = temp();
     {
