@@ -3,6 +3,8 @@
 # app and a bare indexed_db_futures write (the floor). Each: release with
 # opt-level "z", lto, one codegen unit (profile `wasm-size`), wasm-bindgen
 # with the name section removed, npm binaryen's wasm-opt -Oz, gzip -9.
+# size/raw-commit is the commit's writes hand-written on indexed_db_futures:
+# a lower bound for the commit path.
 # Usage: scripts/wasm-size.sh   (needs wasm-bindgen-cli; see test-all.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +19,12 @@ fi
 WASM_OPT=$TOOLS/node_modules/.bin/wasm-opt
 
 cargo build --locked --profile wasm-size --target wasm32-unknown-unknown \
-    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-commit -p outbox-size-app
+    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-commit -p outbox-size-raw-commit -p outbox-size-app
 
 gz() { gzip -9 -c "$1" | wc -c; }
 printf '%-12s %10s %10s %10s %12s\n' app "wasm B" "wasm gz B" "js gz B" "total gz B"
 declare -A total
-for app in empty idb_floor commit app; do
+for app in empty idb_floor raw_commit commit app; do
     dir=$OUT/$app
     rm -rf "$dir"
     wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir "$dir" \
@@ -40,4 +42,5 @@ echo
 echo "outbox app above the indexed_db_futures floor: $((total[app] - total[idb_floor])) bytes gzipped"
 echo "  of which the commit path (size/commit):       $((total[commit] - total[idb_floor])) bytes gzipped"
 echo "  and forwarding (size/app - size/commit):      $((total[app] - total[commit])) bytes gzipped"
+echo "the same commit hand-written (size/raw-commit): $((total[raw_commit] - total[idb_floor])) bytes gzipped"
 echo "indexed_db_futures floor above the empty app:   $((total[idb_floor] - total[empty])) bytes gzipped"
