@@ -11,7 +11,7 @@ provision_browsers
 
 # The wasm32 lints and docs (native clippy does not see this code).
 cargo clippy --locked -p outbox-store-idb --target wasm32-unknown-unknown --all-targets -- -D warnings
-cargo clippy --locked -p outbox-core -p outbox-forwarder -p outbox-testkit -p outbox-size-app \
+cargo clippy --locked -p outbox-core -p outbox-forwarder -p outbox-testkit -p outbox-size-app -p outbox-size-commit -p outbox-size-raw-commit \
     --target wasm32-unknown-unknown --lib -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox-store-idb --no-deps --target wasm32-unknown-unknown
 
