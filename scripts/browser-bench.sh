@@ -2,6 +2,7 @@
 # Browser figures for BENCHMARKS.md: the wasm size measurement
 # (scripts/wasm-size.sh) and IndexedDB commits/s, ours against a raw
 # indexed_db_futures transaction doing the same writes, strict and relaxed,
+# and a backlog drained by claim + ack against raw transactions,
 # in headless Chromium and Firefox (release build).
 # Usage: scripts/browser-bench.sh
 set -euo pipefail

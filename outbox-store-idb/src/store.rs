@@ -337,8 +337,20 @@ async fn count(st: &ObjectStore<'_>, what: &str) -> Result<u64> {
 
 /// Every `(seq, entry)` of the pending index, in seq order.
 async fn pending_entries(st: &ObjectStore<'_>) -> Result<Vec<(u64, PendingEntry)>> {
-    let keys = get_all_keys(st, None, "scan pending").await?;
-    let values = get_all(st, "scan pending").await?;
+    pending_after(st, 0, u32::MAX).await
+}
+
+/// Up to `n` `(seq, entry)` of the pending index with a seq above
+/// `after`, in seq order.
+async fn pending_after(st: &ObjectStore<'_>, after: u64, n: u32) -> Result<Vec<(u64, PendingEntry)>> {
+    let what = "scan pending";
+    let range = || indexed_db_futures::KeyRange::LowerBound(seq_js(after), true);
+    let keys = st.get_all_keys::<JsValue>().with_query::<JsValue, _>(range()).with_limit(n).primitive();
+    let keys = keys.map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    let keys = keys.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))?;
+    let values = st.get_all::<JsValue>().with_query::<JsValue, _>(range()).with_limit(n).primitive();
+    let values = values.map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    let values = values.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))?;
     if keys.len() != values.len() {
         return Err(corrupt("pending index changed under a read"));
     }
@@ -711,19 +723,31 @@ impl DeliveryStore for IdbStore {
                 held_from.entry(key).and_modify(|s| *s = (*s).min(seq)).or_insert(seq);
             }
         }
+        // The pending index in seq order, read in chunks until the batch
+        // is full: a claim reads about what it takes, not the backlog.
+        let chunk = u32::try_from(request.limit.clamp(64, 4096)).unwrap_or(4096);
         let mut picked: Vec<(u64, PendingEntry)> = Vec::new();
-        for (seq, entry) in pending_entries(&pending).await? {
-            if picked.len() >= request.limit {
+        let mut after = 0;
+        'scan: loop {
+            let entries = pending_after(&pending, after, chunk).await?;
+            let last_chunk = entries.len() < chunk as usize;
+            for (seq, entry) in entries {
+                if picked.len() >= request.limit {
+                    break 'scan;
+                }
+                after = seq;
+                if held_from.get(&entry.key).is_some_and(|&d| d < seq) {
+                    continue;
+                }
+                if entry.leased_at(now) || entry.next_attempt_at > now {
+                    held_from.insert(entry.key, seq);
+                    continue;
+                }
+                picked.push((seq, entry));
+            }
+            if last_chunk || picked.len() >= request.limit {
                 break;
             }
-            if held_from.get(&entry.key).is_some_and(|&d| d < seq) {
-                continue;
-            }
-            if entry.leased_at(now) || entry.next_attempt_at > now {
-                held_from.insert(entry.key, seq);
-                continue;
-            }
-            picked.push((seq, entry));
         }
         let lease_until = now.saturating_add(request.lease);
         let mut out = Vec::with_capacity(picked.len());

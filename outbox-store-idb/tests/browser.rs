@@ -235,6 +235,31 @@ async fn commit_n(store: &IdbStore, a: &ActorId, from: u64, n: u64) -> Vec<Event
     ids
 }
 
+/// A claim reads the pending index in chunks until its batch is full: a
+/// due event behind several chunks' worth of held ones (one key whose
+/// head is leased) is still found, and nothing held is handed out.
+#[wasm_bindgen_test]
+async fn a_claim_finds_a_due_event_behind_chunks_of_held_ones() {
+    let store = IdbStore::open(&unique("chunks")).await.expect("open");
+    let (busy, idle) = (actor("busy"), actor("idle"));
+    let held = commit_n(&store, &busy, 0, 300).await;
+    let due = commit_n(&store, &idle, 0, 1).await;
+    let grant = store
+        .acquire_leadership("t", std::time::Duration::from_secs(60))
+        .await
+        .expect("acquire")
+        .expect("granted");
+    let lease = std::time::Duration::from_secs(60);
+    let head = store.claim(&grant, ClaimRequest::new(1, lease)).await.expect("claim");
+    assert_eq!(head.iter().map(|e| e.id).collect::<Vec<_>>(), held[..1]);
+    // The busy key is held from its leased head on: 299 entries (several
+    // chunks) stand before the idle key's event.
+    let next = store.claim(&grant, ClaimRequest::new(1, lease)).await.expect("claim");
+    assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), due);
+    let rest = store.claim(&grant, ClaimRequest::new(500, lease)).await.expect("claim");
+    assert!(rest.is_empty(), "a held key's events are not handed out: {rest:?}");
+}
+
 /// Two "tabs" (two handles on one database, two forwarders): exactly one
 /// holds the lock and forwards, including what the follower commits; when
 /// it stops, the other takes over and forwards the rest; nothing twice.
