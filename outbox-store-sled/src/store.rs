@@ -31,6 +31,9 @@ pub const LAYOUT_VERSION: u32 = 1;
 const LAYOUT_KEY: &[u8] = b"layout";
 /// The `meta` key holding the last leadership epoch granted (`u64`).
 const EPOCH_KEY: &[u8] = b"last_epoch";
+/// The epoch of a grant not (yet) released: found at open, it was made by
+/// a handle that is gone without releasing (a killed process).
+const HELD_KEY: &[u8] = b"held_epoch";
 /// The `meta` key holding the next commit sequence number (`u64`); it
 /// never goes down.
 const SEQ_KEY: &[u8] = b"next_seq";
@@ -214,8 +217,9 @@ struct Counts {
 /// to be arbitrated among the users of that handle. Grants live in the
 /// handle; the last epoch is persisted (and flushed) before a grant is
 /// returned, so epochs grow across restarts. A process that dies loses its
-/// lock with it; the next opener starts with no leader, and leases its
-/// predecessor held lapse by their own expiry. Every delivery operation
+/// lock with it; the next opener starts with no leader, and if the dead
+/// handle still held a grant, the leases it held are voided at open (its
+/// batch is claimable at once); leases under a released grant stand. Every delivery operation
 /// checks its grant's epoch on the worker thread, where all writes run.
 ///
 /// # Layout
@@ -655,7 +659,7 @@ impl Worker {
             }
             None => 0,
         };
-        Ok(Worker {
+        let w = Worker {
             db,
             all,
             clock: o.clock.clone(),
@@ -668,7 +672,37 @@ impl Worker {
             max_size: o.max_size_bytes,
             capped: None,
             watermark,
-        })
+        };
+        w.void_inherited_leases()?;
+        Ok(w)
+    }
+
+    /// A grant still held when the last handle went away means that handle
+    /// died mid-lease (sled's directory lock allows one handle at a time,
+    /// so nothing else can be delivering): its leases are voided, so the
+    /// batch it had in flight is claimable at once instead of after its
+    /// lease. The lost attempt stays counted. Leases of a released grant
+    /// stand, as they do in a live store.
+    fn void_inherited_leases(&self) -> Result<()> {
+        if self.all[META].get(HELD_KEY).map_err(|e| map("read held epoch", e))?.is_none() {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for item in self.all[PENDING].iter() {
+            let (k, v) = item.map_err(|e| map("scan pending", e))?;
+            if decode_pending(&v)?.lease_until.is_none() {
+                continue;
+            }
+            let seq = seq_of(&k)?;
+            let b = self.all[EVENTS].get(&k).map_err(|e| map("read event", e))?;
+            let mut row = decode_row(&b.ok_or_else(|| corrupt("pending index names a missing event"))?)?;
+            row.lease_until = None;
+            rows.push((seq, row));
+        }
+        self.write_settled("void leases", &rows)?;
+        self.all[META].remove(HELD_KEY).map_err(|e| map("clear held epoch", e))?;
+        self.db.flush().map_err(|e| map("flush", e))?;
+        Ok(())
     }
 
     fn now(&self) -> Timestamp {
@@ -847,6 +881,7 @@ impl Worker {
         }
         let epoch = self.last_epoch + 1;
         self.all[META].insert(EPOCH_KEY, &epoch.to_be_bytes()).map_err(|e| map("write epoch", e))?;
+        self.all[META].insert(HELD_KEY, &epoch.to_be_bytes()).map_err(|e| map("write held epoch", e))?;
         self.last_epoch = epoch;
         let grant = LeaderGrant {
             holder: holder.to_owned(),
@@ -1155,6 +1190,7 @@ impl LeaderStore for SledStore {
         self.call(false, move |w| {
             if w.leader.as_ref().is_some_and(|g| g.epoch == epoch) {
                 w.leader = None;
+                w.all[META].remove(HELD_KEY).map_err(|e| map("clear held epoch", e))?;
             }
             Ok(())
         })

@@ -313,6 +313,37 @@ fn epochs_grow_across_reopen_and_old_grants_are_fenced() {
 }
 
 #[test]
+fn a_leader_killed_mid_batch_leaves_no_lease_for_the_next_to_wait_out() {
+    let (_d, path) = temp();
+    let (ttl, lease) = (Duration::from_secs(30), Duration::from_secs(3600));
+    let x = actor("x");
+    let e = event(&x, 1);
+    let a = SledStore::open(&path).unwrap();
+    block_on(a.put_state_and_events(Commit::events_only().event(e.clone()))).unwrap();
+    let ga = block_on(a.acquire_leadership("a", ttl)).unwrap().expect("a leads");
+    assert_eq!(block_on(a.claim(&ga, ClaimRequest::new(10, lease))).unwrap().len(), 1);
+    drop(a); // killed with the batch at the sink: no ack, no release
+
+    let b = SledStore::open(&path).unwrap();
+    assert_eq!(block_on(b.stats()).unwrap().in_flight, 0, "the dead holder's lease is void");
+    let gb = block_on(b.acquire_leadership("b", ttl)).unwrap().expect("b leads");
+    let again = block_on(b.claim(&gb, ClaimRequest::new(10, lease))).unwrap();
+    assert_eq!(
+        again.iter().map(|e| (e.id, e.attempts)).collect::<Vec<_>>(),
+        vec![(e.id, 2)],
+        "claimable at once, not in an hour; the lost attempt is counted"
+    );
+    // A released grant's leases stand across a reopen: the batch may
+    // still be at the sink of whoever took it.
+    block_on(b.release_leadership(&gb)).unwrap();
+    drop(b);
+    let c = SledStore::open(&path).unwrap();
+    assert_eq!(block_on(c.stats()).unwrap().in_flight, 1);
+    let gc = block_on(c.acquire_leadership("c", ttl)).unwrap().expect("c leads");
+    assert!(block_on(c.claim(&gc, ClaimRequest::new(10, lease))).unwrap().is_empty(), "b's lease holds");
+}
+
+#[test]
 fn the_interval_policy_reports_not_durable_and_still_reopens() {
     let (_d, path) = temp();
     let a = actor("a");
