@@ -172,6 +172,7 @@ impl IdbOptions {
             clock: self.clock,
             limits: self.limits,
             persisted,
+            granted: std::cell::Cell::new(0),
         })
     }
 }
@@ -207,6 +208,8 @@ pub struct IdbStore {
     persisted: Option<bool>,
     /// Where commits are announced to the leader tab.
     commits: Option<crate::platform::Channel>,
+    /// The epoch of the last grant this handle made (0: none).
+    granted: std::cell::Cell<u64>,
 }
 
 impl fmt::Debug for IdbStore {
@@ -643,13 +646,40 @@ impl LeaderStore for IdbStore {
         if ttl.is_zero() {
             return Err(Error::invalid_input("leadership ttl must be positive"));
         }
+        let what = "acquire leadership";
         let now = self.now();
-        let tx = self.tx(&[META], true)?;
-        let meta = tx.object_store(META).map_err(|e| map("acquire leadership", e))?;
+        let tx = self.tx(&[META, PENDING, EVENTS], true)?;
+        let st = |n: &str| tx.object_store(n).map_err(|e| map(what, e));
+        let meta = st(META)?;
         if let Some(v) = get(&meta, LEADER.into(), "read leader").await? {
             let cur = decode_grant(&js_bytes(&v, "leader")?)?;
             if cur.holder != holder && cur.expires_at > now {
                 return Ok(None);
+            }
+            // An unreleased grant under the same holder name made by
+            // another handle: with Web Locks the name is the lock's, and
+            // holding the lock means its previous holder is gone (a tab
+            // closed or crashed mid-batch). The leases of the rows it
+            // claimed are voided, so the batch it had in flight is
+            // claimable at once, not after the lease; the lost attempt
+            // stays counted. Released grants' leases stand.
+            if cur.holder == holder && cur.epoch.0 != self.granted.get() {
+                let (pending, ev) = (st(PENDING)?, st(EVENTS)?);
+                for (seq, entry) in pending_entries(&pending).await? {
+                    if entry.lease_until.is_none() {
+                        continue;
+                    }
+                    let mut row = read_row(&ev, seq)
+                        .await?
+                        .ok_or_else(|| corrupt("pending index names a missing event"))?;
+                    if row.claimed_by != Some(cur.epoch.0) {
+                        continue;
+                    }
+                    row.lease_until = None;
+                    put(&ev, seq_js(seq), bytes_js(&encode_row(&row)), what)?;
+                    let entry = PendingEntry { lease_until: None, ..entry };
+                    put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
+                }
             }
         }
         let last = match get(&meta, LAST_EPOCH.into(), "read epoch").await? {
@@ -661,9 +691,10 @@ impl LeaderStore for IdbStore {
             epoch: Epoch(last + 1),
             expires_at: now.saturating_add(ttl),
         };
-        put(&meta, LAST_EPOCH.into(), seq_js(last + 1), "acquire leadership")?;
-        put(&meta, LEADER.into(), bytes_js(&encode_grant(&grant)), "acquire leadership")?;
-        Self::finish(tx, "acquire leadership").await?;
+        put(&meta, LAST_EPOCH.into(), seq_js(last + 1), what)?;
+        put(&meta, LEADER.into(), bytes_js(&encode_grant(&grant)), what)?;
+        Self::finish(tx, what).await?;
+        self.granted.set(last + 1);
         Ok(Some(grant))
     }
 

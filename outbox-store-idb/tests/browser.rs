@@ -260,6 +260,44 @@ async fn a_claim_finds_a_due_event_behind_chunks_of_held_ones() {
     assert!(rest.is_empty(), "a held key's events are not handed out: {rest:?}");
 }
 
+/// A tab closed mid-batch leaves its grant unreleased and its batch
+/// leased. The next lock holder (same holder name, another handle) voids
+/// those leases as it takes over, so the batch is claimable at once; the
+/// same handle re-acquiring voids nothing, and a released grant's leases
+/// stand.
+#[wasm_bindgen_test]
+async fn a_tab_closed_mid_batch_leaves_no_lease_for_the_next_to_wait_out() {
+    let name = unique("takeover");
+    let (ttl, lease) = (std::time::Duration::from_secs(30), std::time::Duration::from_secs(3600));
+    let holder = lock_name(&name);
+    let a = IdbStore::open(&name).await.expect("open a");
+    let first = commit_n(&a, &actor("x"), 0, 1).await;
+    let ga = a.acquire_leadership(&holder, ttl).await.expect("acquire").expect("a leads");
+    assert_eq!(a.claim(&ga, ClaimRequest::new(10, lease)).await.expect("claim").len(), 1);
+    drop(a); // the tab is closed: no ack, no release
+
+    let b = IdbStore::open(&name).await.expect("open b");
+    let gb = b.acquire_leadership(&holder, ttl).await.expect("acquire").expect("b takes over");
+    let again = b.claim(&gb, ClaimRequest::new(10, lease)).await.expect("claim");
+    assert_eq!(
+        again.iter().map(|e| (e.id, e.attempts)).collect::<Vec<_>>(),
+        vec![(first[0], 2)],
+        "claimable at once, not in an hour; the lost attempt is counted"
+    );
+    let gb2 = b.acquire_leadership(&holder, ttl).await.expect("acquire").expect("b again");
+    assert!(gb2.epoch > gb.epoch);
+    assert!(b.claim(&gb2, ClaimRequest::new(10, lease)).await.expect("claim").is_empty(), "b's lease holds");
+    b.release_leadership(&gb2).await.expect("release");
+    drop(b);
+
+    let c = IdbStore::open(&name).await.expect("open c");
+    let gc = c.acquire_leadership(&holder, ttl).await.expect("acquire").expect("c leads");
+    assert!(
+        c.claim(&gc, ClaimRequest::new(10, lease)).await.expect("claim").is_empty(),
+        "released: it stands"
+    );
+}
+
 /// Two "tabs" (two handles on one database, two forwarders): exactly one
 /// holds the lock and forwards, including what the follower commits; when
 /// it stops, the other takes over and forwards the rest; nothing twice.
