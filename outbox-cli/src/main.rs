@@ -11,7 +11,7 @@ use outbox::consumer::{Delivery, Handler, HandlerError, Tx, once_per_event};
 use outbox::prelude::*;
 use outbox::{
     Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, NewEvent, OutboxConfig, Outcome,
-    Sink, SqliteStore, StoreChoice, Topic, configure_with,
+    Sink, SqliteStore, StoreChoice, Topic, configure_outbox,
 };
 use serde::{Deserialize, Serialize};
 
@@ -116,11 +116,12 @@ fn form_id() -> ActorId {
 /// forwarder holds the events leased, and the restart must not wait out
 /// the 30 s default before redelivering them.
 fn forwarder() -> ForwarderConfig {
-    ForwarderConfig { lease: Duration::from_secs(2), ..ForwarderConfig::default() }
+    ForwarderConfig::default().lease(Duration::from_secs(2))
 }
 
 fn config(path: &Path) -> OutboxConfig {
     OutboxConfig::default()
+        .forwarder(forwarder())
         .store(StoreChoice::Sqlite(path.to_owned()))
         .flush_interval(Duration::from_millis(50))
 }
@@ -153,7 +154,7 @@ fn fail(msg: &str) -> ! {
 /// Runs in a child process: saves with the sink offline, shows what is
 /// pending, then crashes.
 async fn offline_phase(path: &Path) -> outbox::Result<()> {
-    let outbox = configure_with(config(path), Arc::new(OfflineSink), forwarder()).await?;
+    let outbox = configure_outbox(config(path), Arc::new(OfflineSink)).await?;
     let form = outbox.spawn_actor(form_id(), FormActor).await?;
     form.send(FormMsg::Edit("Quarterly report".into())).await.map_err(to_error)?;
     form.send(FormMsg::Save).await.map_err(to_error)?;
@@ -220,7 +221,7 @@ async fn online_phase(path: &Path, snapshotter: &Snapshotter) -> outbox::Result<
         let consumer = once_per_event(store, ConsumerId::new(name)?, Print(name));
         subs.push((bus.subscribe(Topic::All), consumer));
     }
-    let outbox = configure_with(config(path), Arc::new(bus.sink()), forwarder()).await?;
+    let outbox = configure_outbox(config(path), Arc::new(bus.sink())).await?;
     let form = outbox.spawn_actor(form_id(), FormActor).await?;
     println!("   state of {} restored from disk: {:?}", form.id(), form.state());
     outbox.notify_online();

@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use outbox_core::{
     ActorId, Commit, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, InboxMark, NewEvent,
-    SharedClock, StateWrite, SystemClock, Timestamp, Version, async_trait,
+    Outcome, RetryPolicy, SharedClock, Sink, StateWrite, SystemClock, Timestamp, Version, async_trait,
 };
-use outbox_forwarder::{ForwarderConfig, Outcome, Sink};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -98,16 +97,17 @@ pub struct InboxConfig {
 }
 
 impl InboxConfig {
-    /// Retention derived from the producer's forwarder settings: a
+    /// Retention derived from the producer's delivery settings (its
+    /// forwarder's `retry`, `lease` and `retention`): a
     /// duplicate comes from a redelivery after a processed event's ack was
     /// lost, which happens within the retry horizon (every backoff ceiling
     /// plus a lease per attempt, [`RetryPolicy::horizon`](outbox_core::RetryPolicy::horizon)),
     /// while the event is still in the outbox, which keeps delivered events
     /// for its `retention`. Marks are kept for the sum of the two.
-    pub fn for_forwarder(cfg: &ForwarderConfig) -> Self {
-        let horizon = cfg.retry.horizon(cfg.lease);
+    pub fn for_delivery(retry: &RetryPolicy, lease: Duration, retention: Option<Duration>) -> Self {
+        let horizon = retry.horizon(lease);
         InboxConfig {
-            retention: horizon.saturating_add(cfg.retention.unwrap_or(Duration::ZERO)),
+            retention: horizon.saturating_add(retention.unwrap_or(Duration::ZERO)),
             prune_batch: 500,
             expired: ExpiredPolicy::Report,
             clock_skew: Duration::from_secs(60),
@@ -117,9 +117,16 @@ impl InboxConfig {
 }
 
 impl Default for InboxConfig {
-    /// [`InboxConfig::for_forwarder`] of the default forwarder settings.
+    /// [`InboxConfig::for_delivery`] of the default delivery settings
+    /// (the forwarder's defaults: [`RetryPolicy::default`],
+    /// [`DEFAULT_LEASE`](outbox_core::retry::DEFAULT_LEASE),
+    /// [`DEFAULT_RETENTION`](outbox_core::retry::DEFAULT_RETENTION)).
     fn default() -> Self {
-        Self::for_forwarder(&ForwarderConfig::default())
+        Self::for_delivery(
+            &RetryPolicy::default(),
+            outbox_core::retry::DEFAULT_LEASE,
+            Some(outbox_core::retry::DEFAULT_RETENTION),
+        )
     }
 }
 

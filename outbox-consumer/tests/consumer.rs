@@ -170,11 +170,17 @@ async fn outside_effects_are_at_least_once_with_a_stable_idempotency_key() {
 #[test]
 fn retention_is_derived_from_the_forwarder_config() {
     let fwd = ForwarderConfig::default();
-    let inbox = InboxConfig::for_forwarder(&fwd);
+    let inbox = InboxConfig::for_delivery(&fwd.retry, fwd.lease, fwd.retention);
     assert_eq!(inbox.retention, fwd.retry.horizon(fwd.lease) + fwd.retention.unwrap());
-    let short = ForwarderConfig { retention: None, ..ForwarderConfig::default() };
-    assert_eq!(InboxConfig::for_forwarder(&short).retention, short.retry.horizon(short.lease));
-    assert!(InboxConfig::for_forwarder(&short).retention >= short.lease * short.retry.max_attempts);
+    let short = ForwarderConfig::default().retention(None);
+    assert_eq!(
+        InboxConfig::for_delivery(&short.retry, short.lease, short.retention).retention,
+        short.retry.horizon(short.lease)
+    );
+    assert!(
+        InboxConfig::for_delivery(&short.retry, short.lease, short.retention).retention
+            >= short.lease * short.retry.max_attempts
+    );
 }
 
 fn id_at(t: Timestamp) -> EventId {

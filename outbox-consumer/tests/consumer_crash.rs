@@ -82,15 +82,13 @@ fn x_of(k: usize, i: usize) -> i64 {
 
 fn forwarder(store: Arc<dyn DurableStore>, clock: SharedClock) -> Forwarder {
     let consumer = once_per_event(store.clone(), consumer_id(), Accumulate(me())).with_clock(clock.clone());
-    let cfg = ForwarderConfig {
-        holder: format!("consumer-crash-{}", std::process::id()),
-        batch_size: 16,
-        lease: Duration::from_millis(100),
-        flush_interval: Duration::from_millis(5),
-        max_idle_interval: Duration::from_millis(20),
-        clock,
-        ..ForwarderConfig::default()
-    };
+    let cfg = ForwarderConfig::default()
+        .holder(format!("consumer-crash-{}", std::process::id()))
+        .batch_size(16)
+        .lease(Duration::from_millis(100))
+        .flush_interval(Duration::from_millis(5))
+        .max_idle_interval(Duration::from_millis(20))
+        .clock(clock);
     Forwarder::new(store, Arc::new(Reporting(consumer)), cfg)
 }
 

@@ -3,24 +3,25 @@
 
 pub mod codec;
 pub mod commit;
-pub mod config;
 pub mod error;
 pub mod event;
 pub mod id;
 mod json;
 pub mod retry;
+pub mod rules;
 pub mod schedule;
+pub mod sink;
 pub mod state;
 pub mod store;
 pub mod time;
 
 pub use commit::{Commit, InboxMark, Limits, StateWrite};
-pub use config::{Durability, ErrorCallback, OutboxConfig, StoreChoice};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use event::{Envelope, Headers, NewEvent, Payload, PayloadKind};
 pub use id::{ActorId, ConsumerId, Epoch, EventId, OrderingKey};
 pub use retry::{Backoff, RetryPolicy, SplitMix64};
 pub use schedule::KeyScheduler;
+pub use sink::{Outcome, Sink};
 pub use state::{StateSnapshot, Version};
 pub use store::{
     Capabilities, ClaimRequest, CommitReceipt, DeliveryStore, DurableStore, DurableStoreExt, InboxStore,

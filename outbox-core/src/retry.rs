@@ -3,6 +3,14 @@
 
 use std::time::Duration;
 
+/// How long a claimed event stays leased by default (the forwarder's
+/// `lease`), and so how long a crashed forwarder's batch waits at most.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// How long delivered events are kept by default (the forwarder's
+/// `retention`): 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Exponential backoff with "full jitter": the delay before attempt `n + 1`
 /// is uniform in `[0, min(cap, base * 2^(n-1))]`.
 ///

@@ -95,12 +95,8 @@ fn child(mode: &str, path: &Path) {
             let stats_every = Duration::from_secs(
                 std::env::var("STATS_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
             );
-            let cfg = ForwarderConfig {
-                batch_size: 1000,
-                max_concurrency: 1000,
-                stats_every,
-                ..ForwarderConfig::default()
-            };
+            let cfg =
+                ForwarderConfig::default().batch_size(1000).max_concurrency(1000).stats_every(stats_every);
             let mut f = Forwarder::new(store.clone(), Arc::new(NullSink), cfg);
             let start = Instant::now();
             let mut done = 0;
@@ -225,12 +221,7 @@ fn main() {
                 open_for: Duration::from_secs(30),
                 ..BreakerConfig::default()
             };
-            let cfg = ForwarderConfig {
-                batch_size: 1000,
-                max_concurrency: 1000,
-                breaker,
-                ..ForwarderConfig::default()
-            };
+            let cfg = ForwarderConfig::default().batch_size(1000).max_concurrency(1000).breaker(breaker);
             let mut f = Forwarder::new(store.clone(), sink.clone(), cfg.clone());
             let r = f.run_once().await.expect("cycle");
             assert!(

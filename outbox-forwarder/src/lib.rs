@@ -10,8 +10,9 @@ mod sink;
 mod worker;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
-pub use config::{DeadLetterPolicy, ForwarderConfig};
-pub use sink::{Bus, BusSink, ChannelSink, Outcome, Sink, Subscription, Topic};
+pub use config::{DeadLetterPolicy, ErrorCallback, ForwarderConfig};
+pub use outbox_core::{Outcome, Sink};
+pub use sink::{Bus, BusSink, ChannelSink, Subscription, Topic};
 #[cfg(not(target_arch = "wasm32"))]
 pub use worker::ForwarderHandle;
 pub use worker::{CycleReport, Forwarder, Wake};

@@ -1,51 +1,11 @@
-//! Where events go: the [`Sink`] trait, its typed outcomes, and the
-//! in-process sinks ([`Bus`], [`ChannelSink`]).
+//! The in-process sinks ([`Bus`], [`ChannelSink`]); the [`Sink`] trait and
+//! its [`Outcome`] live in `outbox-core`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use outbox_core::{Envelope, EventId, MaybeSendSync, async_trait};
+use outbox_core::{Envelope, EventId, Outcome, Sink, async_trait};
 use tokio::sync::mpsc;
-
-/// What happened to one event handed to a sink. The forwarder decides
-/// retries from this, never from message text.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Outcome {
-    /// Delivered; the event is acked.
-    Ok,
-    /// Not delivered this time; retry with backoff.
-    Retriable(String),
-    /// Never deliverable (rejected, malformed); dead-letter it now.
-    NonRetriable(String),
-    /// Not delivered; retry no earlier than after this delay (a broker's
-    /// or an HTTP 429's "retry after").
-    RetryAfter(Duration, String),
-}
-
-impl Outcome {
-    /// Whether the event was delivered.
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok)
-    }
-}
-
-/// A destination for events: an in-process bus, a broker, a webhook.
-///
-/// # Contract
-///
-/// `publish` returns exactly one outcome per event, in order. The forwarder
-/// never hands a sink two events of one ordering key in the same call, and
-/// never the next event of a key before the previous one's outcome is
-/// known, so a sink may deliver a batch concurrently. Delivery is at least
-/// once: a sink sees an event again after a crash between delivery and ack,
-/// and should pass [`Envelope::idempotency_key`] on (NATS: `Nats-Msg-Id`).
-#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-pub trait Sink: MaybeSendSync + fmt::Debug {
-    /// Delivers `batch`; one outcome per event, in order.
-    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome>;
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -224,13 +184,5 @@ impl Sink for ChannelSink {
             }
         }
         outcomes
-    }
-}
-
-#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl<S: Sink + ?Sized> Sink for Arc<S> {
-    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
-        (**self).publish(batch).await
     }
 }

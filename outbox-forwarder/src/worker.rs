@@ -20,7 +20,7 @@ use crate::config::{DeadLetterPolicy, ForwarderConfig};
 use crate::metrics as m;
 use crate::mono;
 use crate::obs;
-use crate::sink::{Outcome, Sink};
+use outbox_core::{Outcome, Sink};
 
 #[derive(Debug, Default)]
 struct WakeInner {

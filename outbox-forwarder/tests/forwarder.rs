@@ -37,7 +37,7 @@ impl Rig {
 
     fn config(&self) -> ForwarderConfig {
         let clock: SharedClock = self.clock.clone();
-        ForwarderConfig { clock, seed: 42, ..ForwarderConfig::default() }
+        ForwarderConfig::default().clock(clock).seed(42)
     }
 
     fn forwarder(&self, cfg: ForwarderConfig) -> Forwarder {
@@ -93,7 +93,7 @@ fn by_key_new(events: &[NewEvent]) -> HashMap<OrderingKey, Vec<EventId>> {
 async fn delivers_per_key_in_commit_order_with_bounded_concurrency() {
     let mut rig = Rig::new();
     let committed = rig.commit(10, 20).await;
-    let mut f = rig.forwarder(ForwarderConfig { batch_size: 50, max_concurrency: 4, ..rig.config() });
+    let mut f = rig.forwarder(rig.config().batch_size(50).max_concurrency(4));
     for _ in 0..100 {
         if rig.pending().await == 0 {
             break;
@@ -116,11 +116,10 @@ async fn backoff_schedule_is_full_jitter_with_a_cap() {
     let id = committed[0].id;
     rig.sink.script(|_| Outcome::Retriable("down".into()));
     let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_millis(400) };
-    let cfg = ForwarderConfig {
-        retry: RetryPolicy { backoff, max_attempts: 100 },
-        breaker: BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() },
-        ..rig.config()
-    };
+    let cfg = rig
+        .config()
+        .retry(RetryPolicy { backoff, max_attempts: 100 })
+        .breaker(BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() });
     let mut f = rig.forwarder(cfg);
     let mut rng = SplitMix64::new(42);
     for attempt in 1..=8u32 {
@@ -176,14 +175,13 @@ async fn max_attempts_dead_letters_and_parks_the_key_only() {
     let mut rig = Rig::new();
     let committed = rig.commit(2, 3).await; // k0 and k1, 3 each
     rig.sink.script(poison("k0"));
-    let cfg = ForwarderConfig {
-        retry: RetryPolicy {
+    let cfg = rig
+        .config()
+        .retry(RetryPolicy {
             backoff: Backoff { base: Duration::from_millis(10), cap: Duration::from_millis(10) },
             max_attempts: 3,
-        },
-        breaker: BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() },
-        ..rig.config()
-    };
+        })
+        .breaker(BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() });
     let mut f = rig.forwarder(cfg);
     let mut dead = 0;
     for _ in 0..10 {
@@ -235,7 +233,7 @@ async fn skip_policy_lets_the_key_flow_past_a_dead_letter() {
     let bad = committed[0].id;
     rig.sink
         .script(move |e| if e.id == bad { Outcome::NonRetriable("rejected".into()) } else { Outcome::Ok });
-    let mut f = rig.forwarder(ForwarderConfig { dead_letters: DeadLetterPolicy::Skip, ..rig.config() });
+    let mut f = rig.forwarder(rig.config().dead_letters(DeadLetterPolicy::Skip));
     let r = f.run_once().await.unwrap();
     assert_eq!((r.dead_lettered, r.delivered, r.retried), (1, 2, 0), "non-retriable: dead at once");
     assert_eq!(
@@ -259,7 +257,7 @@ async fn circuit_breaker_opens_probes_and_closes() {
         backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
         max_attempts: 100,
     };
-    let mut f = rig.forwarder(ForwarderConfig { breaker, retry, max_concurrency: 10, ..rig.config() });
+    let mut f = rig.forwarder(rig.config().breaker(breaker).retry(retry).max_concurrency(10));
     let r = f.run_once().await.unwrap();
     assert_eq!(r.circuit, BreakerState::Open { until: T0.saturating_add(Duration::from_secs(1)) });
     assert_eq!(r.retried, 10, "the round in flight is settled");
@@ -298,7 +296,7 @@ async fn after_an_outage_notify_online_delivers_without_waiting_for_backoffs() {
         backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(30) },
         max_attempts: 100,
     };
-    let mut f = rig.forwarder(ForwarderConfig { breaker, retry, ..rig.config() });
+    let mut f = rig.forwarder(rig.config().breaker(breaker).retry(retry));
     let r = f.run_once().await.unwrap();
     assert!(matches!(r.circuit, BreakerState::Open { .. }));
     // Only the failures before the circuit opened wait for a backoff.
@@ -345,18 +343,9 @@ async fn leader_handover_never_redelivers_acked_events() {
         gate: Mutex::new(Some(gate)),
         entered: Default::default(),
     });
-    let cfg = ForwarderConfig {
-        batch_size: 5,
-        lease: Duration::from_secs(10),
-        leader_ttl: Duration::from_secs(10),
-        ..rig.config()
-    };
-    let mut old = Forwarder::new(
-        rig.store.clone(),
-        gated.clone(),
-        ForwarderConfig { holder: "old".into(), ..cfg.clone() },
-    );
-    let mut new = rig.forwarder(ForwarderConfig { holder: "new".into(), ..cfg });
+    let cfg = rig.config().batch_size(5).lease(Duration::from_secs(10)).leader_ttl(Duration::from_secs(10));
+    let mut old = Forwarder::new(rig.store.clone(), gated.clone(), cfg.clone().holder("old"));
+    let mut new = rig.forwarder(cfg.holder("new"));
 
     // The old leader claims 5 and stalls inside the sink.
     let stalled = tokio::spawn(async move {
@@ -402,16 +391,15 @@ async fn random_30_percent_failures_still_deliver_everything_in_order() {
     rig.sink.script(move |_| {
         if rng.lock().unwrap().next_unit() < 0.3 { Outcome::Retriable("flaky".into()) } else { Outcome::Ok }
     });
-    let cfg = ForwarderConfig {
-        retry: RetryPolicy {
+    let cfg = rig
+        .config()
+        .retry(RetryPolicy {
             backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
             max_attempts: 1000,
-        },
-        breaker: BreakerConfig { failure_threshold: 10_000, ..BreakerConfig::default() },
-        batch_size: 64,
-        max_concurrency: 8,
-        ..rig.config()
-    };
+        })
+        .breaker(BreakerConfig { failure_threshold: 10_000, ..BreakerConfig::default() })
+        .batch_size(64)
+        .max_concurrency(8);
     let mut f = rig.forwarder(cfg);
     let mut cycles = 0;
     while rig.pending().await > 0 {
@@ -438,15 +426,14 @@ async fn metrics_are_reported() {
     let rig = Rig::new();
     let committed = rig.commit(3, 2).await; // k0, k1, k2
     rig.sink.script(poison("k0"));
-    let cfg = ForwarderConfig {
-        retry: RetryPolicy {
+    let cfg = rig
+        .config()
+        .retry(RetryPolicy {
             backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
             max_attempts: 2,
-        },
-        breaker: BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() },
-        stats_every: Duration::ZERO,
-        ..rig.config()
-    };
+        })
+        .breaker(BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() })
+        .stats_every(Duration::ZERO);
     let mut f = rig.forwarder(cfg);
     for _ in 0..4 {
         f.run_once().await.unwrap();
@@ -482,11 +469,8 @@ async fn metrics_are_reported() {
 #[tokio::test(start_paused = true)]
 async fn a_commit_wakes_an_idle_forwarder_without_waiting_for_the_timer() {
     let mut rig = Rig::new();
-    let cfg = ForwarderConfig {
-        flush_interval: Duration::from_millis(100),
-        max_idle_interval: Duration::from_secs(5),
-        ..rig.config()
-    };
+    let cfg =
+        rig.config().flush_interval(Duration::from_millis(100)).max_idle_interval(Duration::from_secs(5));
     let handle = rig.forwarder(cfg).spawn();
     // Let it go idle: the tick backs off to 5 s.
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -511,7 +495,7 @@ async fn a_commit_wakes_an_idle_forwarder_without_waiting_for_the_timer() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_releases_leadership_for_the_next_forwarder() {
     let rig = Rig::new();
-    let handle = rig.forwarder(ForwarderConfig { holder: "first".into(), ..rig.config() }).spawn();
+    let handle = rig.forwarder(rig.config().holder("first")).spawn();
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(
         rig.store.acquire_leadership("second", Duration::from_secs(1)).await.unwrap(),
@@ -527,8 +511,8 @@ async fn a_follower_waits_and_takes_over_when_the_leader_goes_away() {
     let mut rig = Rig::new();
     rig.commit(2, 2).await;
     let cfg = rig.config();
-    let mut a = rig.forwarder(ForwarderConfig { holder: "a".into(), ..cfg.clone() });
-    let mut b = rig.forwarder(ForwarderConfig { holder: "b".into(), ..cfg });
+    let mut a = rig.forwarder(cfg.clone().holder("a"));
+    let mut b = rig.forwarder(cfg.holder("b"));
     assert!(a.run_once().await.unwrap().leader);
     let r = b.run_once().await.unwrap();
     assert!(!r.leader && r.claimed == 0, "b follows");
@@ -543,15 +527,14 @@ async fn a_follower_waits_and_takes_over_when_the_leader_goes_away() {
 async fn the_leader_prunes_delivered_events_past_retention_in_small_batches() {
     let rig = Rig::new();
     rig.commit(5, 2).await;
-    let cfg = ForwarderConfig {
-        retention: Some(Duration::from_secs(3600)),
-        prune_batch: 4,
-        prune_every: Duration::ZERO,
-        leader_ttl: Duration::from_secs(6 * 3600),
-        ..rig.config()
-    };
-    let mut leader = rig.forwarder(ForwarderConfig { holder: "leader".into(), ..cfg.clone() });
-    let mut follower = rig.forwarder(ForwarderConfig { holder: "follower".into(), ..cfg });
+    let cfg = rig
+        .config()
+        .retention(Some(Duration::from_secs(3600)))
+        .prune_batch(4)
+        .prune_every(Duration::ZERO)
+        .leader_ttl(Duration::from_secs(6 * 3600));
+    let mut leader = rig.forwarder(cfg.clone().holder("leader"));
+    let mut follower = rig.forwarder(cfg.holder("follower"));
     assert_eq!(leader.run_once().await.unwrap().delivered, 10);
     let delivered = || async { rig.store.stats().await.unwrap().delivered };
     assert_eq!(delivered().await, 10, "nothing is old enough yet");
@@ -585,11 +568,7 @@ async fn works_over_a_real_sqlite_file() {
         committed.push(e);
     }
     let (sink, mut rx) = ChannelSink::new();
-    let mut f = Forwarder::new(
-        store.clone(),
-        sink,
-        ForwarderConfig { clock: shared, batch_size: 32, ..ForwarderConfig::default() },
-    );
+    let mut f = Forwarder::new(store.clone(), sink, ForwarderConfig::default().clock(shared).batch_size(32));
     while store.stats().await.unwrap().pending > 0 {
         f.run_once().await.unwrap();
     }
@@ -634,8 +613,7 @@ async fn run_gated(prefetch: bool) -> u64 {
     let (entered, mut entries) = tokio::sync::mpsc::unbounded_channel();
     let sink =
         Arc::new(GateSink { gate: tokio::sync::Semaphore::new(0), entered, seen: Mutex::new(Vec::new()) });
-    let cfg =
-        ForwarderConfig { batch_size: 50, max_concurrency: 50, prefetch: Some(prefetch), ..rig.config() };
+    let cfg = rig.config().batch_size(50).max_concurrency(50).prefetch(Some(prefetch));
     let handle = Forwarder::new(rig.store.clone(), sink.clone(), cfg).spawn();
     let mut entered_total = entries.recv().await.expect("a first batch");
     assert_eq!(entered_total, 50);
@@ -674,7 +652,7 @@ async fn a_prefetched_batch_is_handed_back_at_shutdown() {
     let (entered, mut entries) = tokio::sync::mpsc::unbounded_channel();
     let sink =
         Arc::new(GateSink { gate: tokio::sync::Semaphore::new(0), entered, seen: Mutex::new(Vec::new()) });
-    let cfg = ForwarderConfig { batch_size: 50, max_concurrency: 50, prefetch: Some(true), ..rig.config() };
+    let cfg = rig.config().batch_size(50).max_concurrency(50).prefetch(Some(true));
     let handle = Forwarder::new(rig.store.clone(), sink.clone(), cfg).spawn();
     assert_eq!(entries.recv().await, Some(50));
     while rig.store.stats().await.unwrap().in_flight < 100 {

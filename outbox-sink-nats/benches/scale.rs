@@ -157,16 +157,14 @@ async fn ours_drain(pg: &str, nats: &str, forwarders: usize, n: usize, keys: usi
     for f in 0..forwarders {
         let s = PostgresStore::options(pg).schema(&schema).pool_size(2).open().await.unwrap();
         let sink = NatsSink::connect(nats, opts.clone()).await.unwrap();
-        let cfg = ForwarderConfig {
-            holder: format!("f{f}"),
-            batch_size: 256,
-            max_concurrency: 256,
-            flush_interval: Duration::from_millis(5),
-            max_idle_interval: Duration::from_millis(50),
-            retention: None,
-            prefetch: std::env::var("PREFETCH").ok().map(|v| v != "0"),
-            ..Default::default()
-        };
+        let cfg = ForwarderConfig::default()
+            .holder(format!("f{f}"))
+            .batch_size(256)
+            .max_concurrency(256)
+            .flush_interval(Duration::from_millis(5))
+            .max_idle_interval(Duration::from_millis(50))
+            .retention(None)
+            .prefetch(std::env::var("PREFETCH").ok().map(|v| v != "0"));
         fwds.push(Forwarder::new(Arc::new(s), Arc::new(sink), cfg));
     }
     // Done when no event is pending. A cheap probe on the pending index:

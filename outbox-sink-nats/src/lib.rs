@@ -13,7 +13,7 @@ use async_nats::jetstream::context::{Context, ContextBuilder, PublishError, Publ
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use outbox_core::{Envelope, Error, PayloadKind, Result, async_trait};
-use outbox_forwarder::{Outcome, Sink};
+use outbox_core::{Outcome, Sink};
 
 /// The header carrying the event id; JetStream drops a publish whose id
 /// it has seen inside the stream's duplicate window.

@@ -146,18 +146,16 @@ fn child(arg: &str) {
             "victim" => Arc::new(Victim { inner, calls: AtomicUsize::new(0), fired: AtomicBool::new(false) }),
             _ => Arc::new(inner),
         };
-        let cfg = ForwarderConfig {
-            holder: holder.to_owned(),
-            lease: Duration::from_secs(3),
-            leader_ttl: Duration::from_secs(3),
-            flush_interval: Duration::from_millis(20),
-            max_idle_interval: Duration::from_millis(500),
+        let cfg = ForwarderConfig::default()
+            .holder(holder)
+            .lease(Duration::from_secs(3))
+            .leader_ttl(Duration::from_secs(3))
+            .flush_interval(Duration::from_millis(20))
+            .max_idle_interval(Duration::from_millis(500))
             // A broker outage must not dead-letter anything.
-            retry: RetryPolicy { max_attempts: 10_000, ..Default::default() },
-            breaker: BreakerConfig { max_open_for: Duration::from_secs(1), ..Default::default() },
-            retention: None,
-            ..Default::default()
-        };
+            .retry(RetryPolicy { max_attempts: 10_000, ..Default::default() })
+            .breaker(BreakerConfig { max_open_for: Duration::from_secs(1), ..Default::default() })
+            .retention(None);
         let fwd = Forwarder::new(Arc::new(store.clone()), sink, cfg);
         let wake = fwd.waker();
         let _listener = store.listen(move || wake.wake()).await.unwrap();

@@ -1,6 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::unwrap_used)]
 
+mod error;
+mod options;
+mod schema;
 mod store;
 
-pub use store::{MemoryBacking, MemoryStore};
+pub use options::MemoryStore;
+pub use schema::MemoryBacking;

@@ -1,155 +1,15 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use crate::error::Refused;
+use crate::options::MemoryStore;
+use crate::schema::{Row, Status};
+use outbox_core::rules::{self, ClaimPlan};
 
 use outbox_core::{
     ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits, OrderingKey,
-    Result, SharedClock, StateSnapshot, StateStore, StoreStats, SystemClock, Timestamp, Version, async_trait,
+    Envelope, Epoch, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result, StateSnapshot,
+    StateStore, StoreStats, Timestamp, Version, async_trait,
 };
-
-/// The full store contract, in memory.
-///
-/// Not durable: everything is gone when the value is dropped. It reports
-/// `durable: false` in its [`Capabilities`] and logs a warning when made.
-/// Cloning is not offered; share it with `Arc`.
-#[derive(Debug)]
-pub struct MemoryStore {
-    inner: Arc<Mutex<Inner>>,
-    /// Opened over a [`MemoryBacking`] that outlives it.
-    reopenable: bool,
-    clock: SharedClock,
-    limits: Limits,
-}
-
-/// The data of a memory store, kept apart from any one handle: a store
-/// opened over the same backing after another was dropped finds everything
-/// the first committed, like a file reopened. Lost with the process.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryBacking(Arc<Mutex<Inner>>);
-
-impl MemoryBacking {
-    /// A new, empty backing.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    next_seq: u64,
-    states: HashMap<ActorId, StateSnapshot>,
-    /// Events by commit sequence.
-    events: BTreeMap<u64, Row>,
-    by_id: HashMap<EventId, u64>,
-    inbox: HashMap<(ConsumerId, ActorId, EventId), Timestamp>,
-    leader: Option<LeaderGrant>,
-    last_epoch: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Pending,
-    Dead,
-    Delivered(Timestamp),
-}
-
-#[derive(Debug)]
-struct Row {
-    env: Envelope,
-    status: Status,
-    /// The epoch of the last claim, kept after the lease lapses.
-    claimed_by: Option<Epoch>,
-    lease_until: Option<Timestamp>,
-}
-
-impl Row {
-    fn leased_at(&self, now: Timestamp) -> bool {
-        self.lease_until.is_some_and(|t| t > now)
-    }
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl MemoryStore {
-    /// An empty store on the system clock, with default limits.
-    pub fn new() -> Self {
-        Self::with_clock(SystemClock::shared())
-    }
-
-    /// An empty store reading time from `clock`.
-    pub fn with_clock(clock: SharedClock) -> Self {
-        tracing::warn!(
-            target: "outbox",
-            "outbox: using the in-memory store; committed events are lost when the process exits (outbox.durable = 0)"
-        );
-        MemoryStore { inner: Arc::default(), reopenable: false, clock, limits: Limits::default() }
-    }
-
-    /// An empty store that does not log the not-durable warning: for
-    /// wrappers that report durability themselves (a quota fallback).
-    pub fn unannounced(clock: SharedClock) -> Self {
-        MemoryStore { inner: Arc::default(), reopenable: false, clock, limits: Limits::default() }
-    }
-
-    /// Puts `actor`'s state in as `snapshot` (a copy of state committed
-    /// elsewhere, so commits here continue its versions). Replaces any
-    /// state the actor has here.
-    pub fn seed_state(&self, actor: ActorId, snapshot: StateSnapshot) {
-        self.lock().states.insert(actor, snapshot);
-    }
-
-    /// A store over `backing`: reopening (another `open` on the same
-    /// backing) keeps what was committed, within this process.
-    pub fn open(backing: &MemoryBacking, clock: SharedClock) -> Self {
-        MemoryStore { inner: backing.0.clone(), reopenable: true, ..Self::with_clock(clock) }
-    }
-
-    /// Sets the limits commits are checked against.
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied change:
-        // every mutation below validates first and then applies infallibly.
-        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-}
-
-impl Inner {
-    fn check_fence(&self, grant: &LeaderGrant) -> Result<()> {
-        let current = self.leader.as_ref().map(|g| g.epoch);
-        if current != Some(grant.epoch) {
-            return Err(Error::Fenced { epoch: grant.epoch, current });
-        }
-        Ok(())
-    }
-
-    /// The rows `grant` may settle; `Fenced` if any id is held by another
-    /// claim. Delivered, dead and unknown ids are skipped.
-    fn settleable(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<u64>> {
-        self.check_fence(grant)?;
-        let mut seqs = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(&seq) = self.by_id.get(id) else { continue };
-            let row = &self.events[&seq];
-            if row.status != Status::Pending {
-                continue;
-            }
-            if row.claimed_by != Some(grant.epoch) {
-                return Err(Error::Fenced { epoch: grant.epoch, current: row.claimed_by });
-            }
-            seqs.push(seq);
-        }
-        Ok(seqs)
-    }
-}
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
@@ -163,19 +23,25 @@ impl StateStore for MemoryStore {
         if let Some(s) = &commit.state {
             let actual = inner.states.get(&s.actor).map_or(Version::NONE, |st| st.version);
             if actual != s.expected_version {
-                return Err(Error::Conflict { actor: s.actor.clone(), expected: s.expected_version, actual });
+                return Err(Refused::Conflict {
+                    actor: s.actor.clone(),
+                    expected: s.expected_version,
+                    actual,
+                }
+                .into());
             }
         }
         if let Some(e) = commit.events.iter().find(|e| inner.by_id.contains_key(&e.id)) {
-            return Err(Error::DuplicateEvent { id: e.id });
+            return Err(Refused::Duplicate(e.id).into());
         }
         for m in &commit.inbox {
             if inner.inbox.contains_key(&(m.consumer.clone(), m.origin.clone(), m.event_id)) {
-                return Err(Error::AlreadyProcessed {
+                return Err(Refused::AlreadyProcessed {
                     consumer: m.consumer.clone(),
                     origin: m.origin.clone(),
                     id: m.event_id,
-                });
+                }
+                .into());
             }
         }
         let version = commit.state.map(|s| {
@@ -207,9 +73,7 @@ impl StateStore for MemoryStore {
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl LeaderStore for MemoryStore {
     async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
-        if ttl.is_zero() {
-            return Err(Error::invalid_input("leadership ttl must be positive"));
-        }
+        rules::check_ttl(ttl)?;
         let now = self.clock.now();
         let mut inner = self.lock();
         if let Some(cur) = &inner.leader
@@ -229,9 +93,7 @@ impl LeaderStore for MemoryStore {
     }
 
     async fn renew_leadership(&self, grant: &LeaderGrant, ttl: Duration) -> Result<LeaderGrant> {
-        if ttl.is_zero() {
-            return Err(Error::invalid_input("leadership ttl must be positive"));
-        }
+        rules::check_ttl(ttl)?;
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.check_fence(grant)?;
@@ -253,34 +115,18 @@ impl LeaderStore for MemoryStore {
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl DeliveryStore for MemoryStore {
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
-        if request.lease.is_zero() {
-            return Err(Error::invalid_input("claim lease must be positive"));
-        }
+        rules::check_lease(&request)?;
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.check_fence(grant)?;
         let lease_until = now.saturating_add(request.lease);
-        let mut blocked: HashSet<OrderingKey> = HashSet::new();
+        let mut plan = ClaimPlan::new(&request, now);
         let mut out = Vec::new();
-        for row in inner.events.values_mut() {
-            if out.len() >= request.limit {
+        for (&seq, row) in inner.events.iter_mut() {
+            if plan.is_full() {
                 break;
             }
-            if blocked.contains(&row.env.key) {
-                continue;
-            }
-            match row.status {
-                Status::Delivered(_) => continue,
-                Status::Dead => {
-                    if request.park_dead_keys {
-                        blocked.insert(row.env.key.clone());
-                    }
-                    continue;
-                }
-                Status::Pending => {}
-            }
-            if row.leased_at(now) || row.env.next_attempt_at > now {
-                blocked.insert(row.env.key.clone());
+            if !plan.offer(&row.env.key, seq, row.entry()) {
                 continue;
             }
             row.env.attempts = row.env.attempts.saturating_add(1);

@@ -757,14 +757,29 @@ pub async fn stale_leader_ack_rejected<F: StoreFactory>(factory: &F) {
     assert_eq!(ctx.stats().await.delivered, 2);
 }
 
+/// The store's [`Capabilities`](outbox_core::Capabilities) are what its
+/// `conformance_tests!` call declared: the properties a declared lack
+/// rules out are ignored, so a wrong declaration must not pass unseen.
+pub async fn capabilities_are_as_declared<F: StoreFactory>(
+    factory: &F,
+    leadership: LeadershipMode,
+    survives_reopen: bool,
+) {
+    let ctx = Ctx::fresh(factory).await;
+    let caps = ctx.store.capabilities();
+    assert_eq!(caps.leadership, leadership, "leadership as declared (`leadership = ...`)");
+    assert_eq!(caps.survives_reopen, survives_reopen, "reopen as declared (`reopen = ...`)");
+}
+
 /// In an exclusive store, one holder at a time: others wait until the
 /// grant is released or expires; renewal keeps the epoch.
 pub async fn leadership_is_exclusive<F: StoreFactory>(factory: &F) {
     let ctx = Ctx::fresh(factory).await;
-    if ctx.store.capabilities().leadership != LeadershipMode::Exclusive {
-        eprintln!("skipped: leadership_is_exclusive (store has shared leadership)");
-        return;
-    }
+    assert_eq!(
+        ctx.store.capabilities().leadership,
+        LeadershipMode::Exclusive,
+        "a store with shared leadership declares `leadership = shared` in conformance_tests!"
+    );
     let a = ctx.lead("a").await;
     assert_eq!(ctx.store.acquire_leadership("b", TTL).await.expect("acquire"), None, "held by a");
     ctx.advance(TTL - Duration::from_secs(1));
@@ -790,10 +805,10 @@ pub async fn leadership_is_exclusive<F: StoreFactory>(factory: &F) {
 /// leadership epochs) is there after the store is closed and reopened.
 pub async fn reopen_keeps_everything_committed<F: StoreFactory>(factory: &F) {
     let ctx = Ctx::fresh(factory).await;
-    if !ctx.store.capabilities().survives_reopen {
-        eprintln!("skipped: reopen_keeps_everything_committed (store does not survive reopen)");
-        return;
-    }
+    assert!(
+        ctx.store.capabilities().survives_reopen,
+        "a store that does not survive a reopen declares `reopen = no` in conformance_tests!"
+    );
     let a = actor("a");
     let evs: Vec<_> = (0..4).map(|i| event(&actor(&format!("k{i}")), i)).collect();
     ctx.store

@@ -25,6 +25,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use outbox_core::LeadershipMode;
     #[cfg(not(target_arch = "wasm32"))]
     pub use proptest;
     #[cfg(target_arch = "wasm32")]
@@ -37,18 +38,168 @@ pub mod __private {
 /// ```ignore
 /// // tests/conformance.rs of a backend
 /// outbox_testkit::conformance_tests!(my_store::tests::Factory::default());
+/// // a store whose forwarders share leadership (leases), on a server:
+/// outbox_testkit::conformance_tests!(Pg, requires = "OUTBOX_PG_URL", leadership = shared);
 /// ```
 ///
 /// `cargo test -- --list` then shows `commit_then_load`,
 /// `version_conflict_writes_nothing`, ... one line each, and a failure
 /// names the property it broke.
+///
+/// Capabilities a store may lack are declared, never skipped at run time:
+/// `leadership = shared` (default `exclusive`) and `reopen = no` (default
+/// `yes`). The property a declared lack rules out is registered as an
+/// ignored test (the harness reports it as ignored, with the reason), and
+/// `capabilities_are_as_declared` checks the store's
+/// [`Capabilities`](outbox_core::Capabilities) against the declaration, so
+/// a wrong declaration fails.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($factory:expr) => {
-        $crate::__conformance_tests!(@names $factory; ::core::option::Option::<&str>::None);
+    ($factory:expr $(, requires = $var:expr)? $(, leadership = $lead:ident)? $(, reopen = $reopen:ident)? $(,)?) => {
+        $crate::__conformance_tests!(@names $factory; $crate::__requires!($($var)?));
+        $crate::__conformance_leadership!($factory; $crate::__requires!($($var)?); $($lead)?);
+        $crate::__conformance_reopen!($factory; $crate::__requires!($($var)?); $($reopen)?);
+        $crate::__conformance_declared!(
+            $factory;
+            $crate::__requires!($($var)?);
+            $crate::__leadership_mode!($($lead)?);
+            $crate::__survives_reopen!($($reopen)?)
+        );
     };
-    ($factory:expr, requires = $var:expr) => {
-        $crate::__conformance_tests!(@names $factory; ::core::option::Option::Some($var));
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __requires {
+    () => {
+        ::core::option::Option::<&str>::None
+    };
+    ($var:expr) => {
+        ::core::option::Option::Some($var)
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __leadership_mode {
+    () => {
+        $crate::__private::LeadershipMode::Exclusive
+    };
+    (exclusive) => {
+        $crate::__private::LeadershipMode::Exclusive
+    };
+    (shared) => {
+        $crate::__private::LeadershipMode::Shared
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __survives_reopen {
+    () => {
+        true
+    };
+    (yes) => {
+        true
+    };
+    (no) => {
+        false
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_leadership {
+    ($factory:expr; $req:expr; ) => {
+        $crate::__conformance_test_fns!($factory; $req; leadership_is_exclusive);
+    };
+    ($factory:expr; $req:expr; exclusive) => {
+        $crate::__conformance_test_fns!($factory; $req; leadership_is_exclusive);
+    };
+    ($factory:expr; $req:expr; shared) => {
+        $crate::__conformance_ignored_fn!(
+            $factory;
+            leadership_is_exclusive;
+            "declared `leadership = shared`: many forwarders hold leases at once"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_reopen {
+    ($factory:expr; $req:expr; ) => {
+        $crate::__conformance_test_fns!($factory; $req; reopen_keeps_everything_committed);
+    };
+    ($factory:expr; $req:expr; yes) => {
+        $crate::__conformance_test_fns!($factory; $req; reopen_keeps_everything_committed);
+    };
+    ($factory:expr; $req:expr; no) => {
+        $crate::__conformance_ignored_fn!(
+            $factory;
+            reopen_keeps_everything_committed;
+            "declared `reopen = no`: the store does not survive a reopen"
+        );
+    };
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_declared {
+    ($factory:expr; $req:expr; $lead:expr; $reopen:expr) => {
+        #[test]
+        fn capabilities_are_as_declared() {
+            if !$crate::required($req, "capabilities_are_as_declared") {
+                return;
+            }
+            let factory = $factory;
+            $crate::block_on($crate::conformance::capabilities_are_as_declared(&factory, $lead, $reopen));
+        }
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_declared {
+    ($factory:expr; $req:expr; $lead:expr; $reopen:expr) => {
+        #[$crate::__private::wasm_bindgen_test::wasm_bindgen_test(crate = $crate::__private::wasm_bindgen_test)]
+        async fn capabilities_are_as_declared() {
+            let factory = $factory;
+            $crate::conformance::capabilities_are_as_declared(&factory, $lead, $reopen).await;
+        }
+    };
+}
+
+/// A property the store declared it lacks: registered, ignored with the
+/// reason, and failing if run anyway (`--include-ignored`), since the
+/// property asserts the capability first.
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_ignored_fn {
+    ($factory:expr; $name:ident; $why:literal) => {
+        #[test]
+        #[ignore = $why]
+        fn $name() {
+            let factory = $factory;
+            $crate::block_on($crate::conformance::$name(&factory));
+        }
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_ignored_fn {
+    ($factory:expr; $name:ident; $why:literal) => {
+        #[$crate::__private::wasm_bindgen_test::wasm_bindgen_test(crate = $crate::__private::wasm_bindgen_test)]
+        #[ignore = $why]
+        async fn $name() {
+            let factory = $factory;
+            $crate::conformance::$name(&factory).await;
+        }
     };
 }
 
@@ -79,8 +230,6 @@ macro_rules! __conformance_tests {
             duplicate_inbox_mark_detected,
             inbox_prune_removes_only_old_marks,
             stale_leader_ack_rejected,
-            leadership_is_exclusive,
-            reopen_keeps_everything_committed,
             fault_wrapper_passes_through_and_fails_on_cue,
         );
     };

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use outbox::{Actor, ActorId, Bus, Context, NewEvent, OutboxConfig, StoreChoice, Topic, configure_outbox};
-use outbox_store_sqlite::baseline;
+#[path = "../../outbox-store-sqlite/benches/common/baseline.rs"]
+mod baseline;
 use outbox_testkit::bench::median;
 
 struct Counter;

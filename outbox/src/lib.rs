@@ -2,19 +2,25 @@
 #![warn(clippy::unwrap_used)]
 
 mod actor;
+mod config;
 mod fallback;
 mod runtime;
 
 pub use actor::{Actor, ActorError, ActorRef, Context};
-pub use runtime::{DEFAULT_SQLITE_PATH, Outbox, configure_outbox, configure_with, system_clock};
+pub use config::{Durability, OutboxConfig, StoreChoice};
+pub use runtime::{DEFAULT_SQLITE_PATH, Outbox, configure_outbox, system_clock};
 
 pub use outbox_consumer as consumer;
 pub use outbox_core::{
-    ActorId, Commit, CommitReceipt, ConsumerId, Durability, DurableStore, Envelope, Error, ErrorKind,
-    EventId, NewEvent, OutboxConfig, Payload, Result, StoreChoice, Version, prelude,
+    ActorId, Commit, CommitReceipt, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, NewEvent,
+    Outcome, Payload, Result, Sink, Version, prelude,
 };
-pub use outbox_forwarder::{Bus, ForwarderConfig, Outcome, Sink, Subscription, Topic};
+pub use outbox_forwarder::{Bus, DeadLetterPolicy, ErrorCallback, ForwarderConfig, Subscription, Topic};
+#[cfg(feature = "nats")]
+pub use outbox_sink_nats::NatsSink;
 pub use outbox_store_memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use outbox_store_postgres::PostgresStore;
 #[cfg(feature = "sled")]
 pub use outbox_store_sled::SledStore;
 #[cfg(feature = "sqlite")]

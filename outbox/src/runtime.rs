@@ -4,12 +4,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Once};
 
 use outbox_core::{
-    Commit, CommitReceipt, Durability, DurableStore, Envelope, Error, ErrorCallback, OutboxConfig, Result,
-    SharedClock, StoreChoice, SystemClock,
+    Commit, CommitReceipt, DurableStore, Envelope, Error, Outcome, Result, SharedClock, Sink, SystemClock,
 };
-use outbox_forwarder::{Forwarder, ForwarderConfig, ForwarderHandle, Outcome, Sink, Wake};
+use outbox_forwarder::{ErrorCallback, Forwarder, ForwarderHandle, Wake};
 use outbox_store_memory::MemoryStore;
 
+use crate::config::{Durability, OutboxConfig, StoreChoice};
 use crate::fallback::FallbackStore;
 
 static MEMORY_WARNING: Once = Once::new();
@@ -46,7 +46,7 @@ impl fmt::Debug for Outbox {
     }
 }
 
-fn open_durable(choice: &StoreChoice, clock: &SharedClock) -> Result<Arc<dyn DurableStore>> {
+async fn open_durable(choice: &StoreChoice, clock: &SharedClock) -> Result<Arc<dyn DurableStore>> {
     match choice {
         StoreChoice::Custom(s) => Ok(s.clone()),
         StoreChoice::Memory => Ok(Arc::new(MemoryStore::unannounced(clock.clone()))),
@@ -56,22 +56,14 @@ fn open_durable(choice: &StoreChoice, clock: &SharedClock) -> Result<Arc<dyn Dur
         StoreChoice::Auto => Ok(Arc::new(MemoryStore::unannounced(clock.clone()))),
         #[cfg(feature = "sqlite")]
         StoreChoice::Sqlite(path) => open_sqlite(path, clock),
-        #[cfg(not(feature = "sqlite"))]
-        StoreChoice::Sqlite(_) => {
-            Err(Error::Unsupported { operation: "the SQLite store (enable the `sqlite` feature)" })
-        }
         #[cfg(feature = "sled")]
         StoreChoice::Sled(path) => {
             Ok(Arc::new(outbox_store_sled::SledStore::options(path).clock(clock.clone()).open()?))
         }
-        #[cfg(not(feature = "sled"))]
-        StoreChoice::Sled(_) => {
-            Err(Error::Unsupported { operation: "the sled store (enable the `sled` feature)" })
-        }
-        StoreChoice::IndexedDb(_) => {
-            Err(Error::Unsupported { operation: "the IndexedDB store (wasm32 only)" })
-        }
-        _ => Err(Error::Unsupported { operation: "this store choice" }),
+        #[cfg(feature = "postgres")]
+        StoreChoice::Postgres(url) => Ok(Arc::new(
+            outbox_store_postgres::PostgresStore::options(url.clone()).clock(clock.clone()).open().await?,
+        )),
     }
 }
 
@@ -84,29 +76,21 @@ fn open_sqlite(path: &std::path::Path, clock: &SharedClock) -> Result<Arc<dyn Du
 ///
 /// - [`Durability::Auto`]: the store named by `config.store`; for
 ///   [`StoreChoice::Auto`], SQLite (`outbox.db` in the working directory)
-///   when the `sqlite` feature is on (the default), memory otherwise. A
-///   durable store that fills up falls back to memory for new commits
-///   (`outbox.durable` drops to 0, `on_error` is called once).
+///   when the `sqlite` feature is on (the default), memory (with a warning)
+///   otherwise. A durable store that fills up falls back to memory for new
+///   commits (`outbox.durable` drops to 0, `on_error` is called once).
 /// - [`Durability::Memory`]: the in-memory store, whatever `config.store`
 ///   says; warns once, `outbox.durable = 0`.
 /// - [`Durability::Off`]: no outbox. State is kept in memory and events go
 ///   straight to the sink as they are committed; an event the sink refuses
 ///   is lost (reported to `on_error`). Warns once. Development only.
 ///
-/// A forwarder is started on the current Tokio runtime (not for `Off`).
+/// A forwarder with `config.forwarder`'s settings is started on the
+/// current Tokio runtime (not for `Off`); the store reads time from the
+/// same clock.
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
-    configure_with(config, sink, ForwarderConfig::default()).await
-}
-
-/// [`configure_outbox`] with explicit forwarder settings (their `clock`
-/// is used for the store too).
-pub async fn configure_with(
-    config: OutboxConfig,
-    sink: Arc<dyn Sink>,
-    fwd: ForwarderConfig,
-) -> Result<Outbox> {
+    let (durability, store_choice, fwd) = config.into_parts();
     let clock = fwd.clock.clone();
-    let durability = config.durability;
     let (store, fallback): (Arc<dyn DurableStore>, Option<Arc<FallbackStore>>) = match durability {
         Durability::Off => {
             OFF_WARNING.call_once(|| {
@@ -120,12 +104,12 @@ pub async fn configure_with(
             (Arc::new(MemoryStore::unannounced(clock.clone())), None)
         }
         _ => {
-            let primary = open_durable(&config.store, &clock)?;
+            let primary = open_durable(&store_choice, &clock).await?;
             if !primary.capabilities().durable {
                 warn_memory();
                 (primary, None)
             } else {
-                let on_error = config.on_error.clone();
+                let on_error = fwd.on_error.clone();
                 let hook = Box::new(move |e: &Error| {
                     if let Some(cb) = &on_error {
                         cb(None, e);
@@ -141,14 +125,10 @@ pub async fn configure_with(
     } else {
         0.0
     });
+    let on_error = fwd.on_error.clone();
     let (forwarder, wake) = if durability == Durability::Off {
         (None, None)
     } else {
-        let fwd = ForwarderConfig {
-            flush_interval: config.flush_interval,
-            on_error: fwd.on_error.clone().or_else(|| config.on_error.clone()),
-            ..fwd
-        };
         let f = Forwarder::new(store.clone(), sink.clone(), fwd);
         let wake = f.waker();
         (Some(f.spawn()), Some(wake))
@@ -161,7 +141,7 @@ pub async fn configure_with(
             wake,
             sink,
             durability,
-            on_error: config.on_error,
+            on_error,
         }),
     })
 }
@@ -243,7 +223,7 @@ impl Outbox {
     }
 }
 
-/// The system clock, for callers building a [`ForwarderConfig`].
+/// The system clock, for callers building a [`ForwarderConfig`](outbox_forwarder::ForwarderConfig).
 pub fn system_clock() -> SharedClock {
     SystemClock::shared()
 }

@@ -19,7 +19,7 @@ use outbox::consumer::{Handler, HandlerError, Tx, once_per_event};
 use outbox::prelude::*;
 use outbox::{
     Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, NewEvent, OutboxConfig, Outcome,
-    Sink, StoreChoice, Topic, configure_with,
+    Sink, StoreChoice, Topic, configure_outbox,
 };
 use outbox_testkit::crash;
 use serde::{Deserialize, Serialize};
@@ -73,11 +73,11 @@ fn form_id() -> ActorId {
 /// lease; the restarted forwarder gets it once that lease ends. A 2 s lease
 /// (the default is 30 s) keeps that wait well inside the tests' timeouts.
 fn forwarder() -> ForwarderConfig {
-    ForwarderConfig { lease: Duration::from_secs(2), ..ForwarderConfig::default() }
+    ForwarderConfig::default().lease(Duration::from_secs(2))
 }
 
 fn config(path: &Path) -> OutboxConfig {
-    OutboxConfig::default().store(StoreChoice::Sqlite(path.to_owned()))
+    OutboxConfig::default().forwarder(forwarder()).store(StoreChoice::Sqlite(path.to_owned()))
 }
 
 /// Child: `save-offline` saves with the sink offline and waits to be
@@ -85,7 +85,7 @@ fn config(path: &Path) -> OutboxConfig {
 fn child(mode: &str, path: &Path) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     rt.block_on(async {
-        let outbox = configure_with(config(path), Arc::new(OfflineSink), forwarder()).await.expect("outbox");
+        let outbox = configure_outbox(config(path), Arc::new(OfflineSink)).await.expect("outbox");
         let form = outbox.spawn_actor(form_id(), FormActor { hang: mode == "hang" }).await.expect("actor");
         if mode == "save-offline" {
             form.send(()).await.expect("saved");
@@ -136,7 +136,7 @@ async fn save_offline_kill_restart_online() {
             (bus.subscribe(Topic::EventType("FORM_SAVED".into())), c, effects)
         })
         .collect();
-    let outbox = configure_with(config(&path), Arc::new(bus.sink()), forwarder()).await.expect("restart");
+    let outbox = configure_outbox(config(&path), Arc::new(bus.sink())).await.expect("restart");
     let form = outbox.spawn_actor(form_id(), FormActor { hang: false }).await.expect("actor");
     assert_eq!(*form.state(), Form::Saved, "the state survived the kill");
     outbox.notify_online();
@@ -168,8 +168,7 @@ async fn kill_mid_handler_leaves_nothing() {
     let path = dir.path().join("form.db");
     run_child_until("hang", &path, "IN_HANDLER");
 
-    let outbox =
-        configure_with(config(&path), Arc::new(Bus::new().sink()), forwarder()).await.expect("restart");
+    let outbox = configure_outbox(config(&path), Arc::new(Bus::new().sink())).await.expect("restart");
     let store = outbox.store();
     assert_eq!(store.load_state(&form_id()).await.expect("load"), None, "no state change");
     assert_eq!(store.stats().await.expect("stats").pending, 0, "no event");
@@ -177,7 +176,7 @@ async fn kill_mid_handler_leaves_nothing() {
 
     let bus = Bus::new();
     let mut saved = bus.subscribe(Topic::EventType("FORM_SAVED".into()));
-    let outbox = configure_with(config(&path), Arc::new(bus.sink()), forwarder()).await.expect("restart");
+    let outbox = configure_outbox(config(&path), Arc::new(bus.sink())).await.expect("restart");
     let form = outbox.spawn_actor(form_id(), FormActor { hang: false }).await.expect("actor");
     form.send(()).await.expect("saved this time");
     assert_eq!(*form.state(), Form::Saved);

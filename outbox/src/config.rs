@@ -1,0 +1,207 @@
+//! The outbox's configuration: where commits go ([`Durability`],
+//! [`StoreChoice`]) and how they are delivered (the forwarder's settings),
+//! in one builder, [`OutboxConfig`]. Each setting lives in one place: the
+//! flush interval, the error callback and the clock are the forwarder's,
+//! and the store uses the same clock.
+
+use std::fmt;
+#[cfg(any(feature = "sqlite", feature = "sled"))]
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{DurableStore, Envelope, Error, SharedClock};
+use outbox_forwarder::ForwarderConfig;
+
+/// How durable commits must be.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The store named by [`StoreChoice`]; for [`StoreChoice::Auto`], the
+    /// SQLite file [`DEFAULT_SQLITE_PATH`](crate::DEFAULT_SQLITE_PATH)
+    /// with the `sqlite` feature (the default), and the in-memory store
+    /// with a warning when no durable store is compiled in.
+    #[default]
+    Auto,
+    /// In memory only: lost when the process ends. Reported as
+    /// `outbox.durable = 0` with a warning.
+    Memory,
+    /// No outbox: events go straight to the sink, and are lost if it is
+    /// down. For development only.
+    Off,
+}
+
+/// Which store to use. A variant exists only when its feature is on
+/// (`sqlite`, `sled`, `postgres`), so naming a store that is not compiled
+/// in fails to compile rather than at run time.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum StoreChoice {
+    /// Chosen by [`Durability`] and the compiled-in stores.
+    #[default]
+    Auto,
+    /// A SQLite file (feature `sqlite`).
+    #[cfg(feature = "sqlite")]
+    Sqlite(PathBuf),
+    /// A sled database directory (feature `sled`).
+    #[cfg(feature = "sled")]
+    Sled(PathBuf),
+    /// A PostgreSQL database, by connection URL (feature `postgres`); the
+    /// outbox's tables go in the `outbox` schema.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+    /// The in-memory store.
+    Memory,
+    /// A store of your own.
+    Custom(Arc<dyn DurableStore>),
+}
+
+impl fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreChoice::Auto => f.write_str("Auto"),
+            #[cfg(feature = "sqlite")]
+            StoreChoice::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            #[cfg(feature = "sled")]
+            StoreChoice::Sled(p) => f.debug_tuple("Sled").field(p).finish(),
+            // The URL may carry a password: show only that it is set.
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres(_) => f.write_str("Postgres(..)"),
+            StoreChoice::Memory => f.write_str("Memory"),
+            StoreChoice::Custom(s) => f.debug_tuple("Custom").field(s).finish(),
+        }
+    }
+}
+
+/// Everything [`configure_outbox`](crate::configure_outbox) needs but the
+/// sink: the durability, the store, and the forwarder's settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox::{Durability, ForwarderConfig, OutboxConfig};
+///
+/// let config = OutboxConfig::default()
+///     .durability(Durability::Memory)
+///     .flush_interval(Duration::from_millis(50))
+///     .on_error(|event, error| eprintln!("outbox: {error} ({:?})", event.map(|e| e.id)));
+/// assert_eq!(config.forwarder.flush_interval, Duration::from_millis(50));
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct OutboxConfig {
+    /// How durable commits must be.
+    pub durability: Durability,
+    /// Which store.
+    pub store: StoreChoice,
+    /// The forwarder's settings (flush interval, error callback, clock,
+    /// retries, ...).
+    pub forwarder: ForwarderConfig,
+}
+
+impl OutboxConfig {
+    /// Sets the durability.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Sets the store.
+    pub fn store(mut self, s: StoreChoice) -> Self {
+        self.store = s;
+        self
+    }
+
+    /// Replaces every forwarder setting with `fwd` (including the flush
+    /// interval, the error callback and the clock set before).
+    pub fn forwarder(mut self, fwd: ForwarderConfig) -> Self {
+        self.forwarder = fwd;
+        self
+    }
+
+    /// Sets how often the forwarder looks for due events when nothing
+    /// wakes it (the forwarder's [`ForwarderConfig::flush_interval`]).
+    pub fn flush_interval(mut self, d: Duration) -> Self {
+        self.forwarder.flush_interval = d;
+        self
+    }
+
+    /// Sets where "now" comes from, for the store and the forwarder.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.forwarder.clock = clock;
+        self
+    }
+
+    /// Sets the error callback: called with the event concerned (if any)
+    /// and the error when the outbox handles an error itself (a dead
+    /// letter, a fallback to memory).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn on_error(mut self, f: impl Fn(Option<&Envelope>, &Error) + Send + Sync + 'static) -> Self {
+        self.forwarder.on_error = Some(Arc::new(f));
+        self
+    }
+
+    /// Sets the error callback: called with the event concerned (if any)
+    /// and the error when the outbox handles an error itself (a dead
+    /// letter, a fallback to memory).
+    #[cfg(target_arch = "wasm32")]
+    pub fn on_error(mut self, f: impl Fn(Option<&Envelope>, &Error) + 'static) -> Self {
+        self.forwarder.on_error = Some(Arc::new(f));
+        self
+    }
+
+    /// The consumer inbox settings that match this outbox's delivery: its
+    /// marks are kept as long as a redelivery can come
+    /// ([`InboxConfig::for_delivery`](outbox_consumer::InboxConfig::for_delivery)
+    /// of the forwarder's retry policy, lease and retention).
+    pub fn inbox_config(&self) -> outbox_consumer::InboxConfig {
+        let f = &self.forwarder;
+        outbox_consumer::InboxConfig::for_delivery(&f.retry, f.lease, f.retention)
+    }
+
+    pub(crate) fn into_parts(self) -> (Durability, StoreChoice, ForwarderConfig) {
+        (self.durability, self.store, self.forwarder)
+    }
+}
+
+impl fmt::Debug for OutboxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxConfig")
+            .field("durability", &self.durability)
+            .field("store", &self.store)
+            .field("forwarder", &self.forwarder)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn builder_sets_each_field_once_and_the_callback_runs() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let c = OutboxConfig::default()
+            .durability(Durability::Memory)
+            .store(StoreChoice::Memory)
+            .flush_interval(Duration::from_millis(5))
+            .on_error(move |_, _| {
+                h.fetch_add(1, Ordering::SeqCst);
+            });
+        assert_eq!(c.durability, Durability::Memory);
+        assert!(matches!(c.store, StoreChoice::Memory));
+        assert_eq!(c.forwarder.flush_interval, Duration::from_millis(5));
+        (c.forwarder.on_error.as_ref().expect("set"))(None, &Error::internal("x"));
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Replacing the forwarder settings replaces the callback too: one place per setting.
+        let c = c.forwarder(ForwarderConfig::default());
+        assert!(c.forwarder.on_error.is_none());
+        assert_eq!(c.forwarder.flush_interval, ForwarderConfig::default().flush_interval);
+    }
+
+    #[test]
+    fn the_default_inbox_matches_the_default_forwarder() {
+        assert_eq!(OutboxConfig::default().inbox_config(), outbox_consumer::InboxConfig::default());
+    }
+}
