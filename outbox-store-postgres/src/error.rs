@@ -1,49 +1,291 @@
-//! PostgreSQL errors mapped to the outbox's error kinds.
+//! This backend's failures and the outbox error kinds they map to, decided
+//! by the failure's type, its SQLSTATE and its I/O error kind, never by
+//! its text.
+
+use std::error::Error as _;
+use std::io;
 
 use outbox_core::Error;
 use tokio_postgres::error::SqlState;
 
-/// Maps a tokio-postgres error met while doing `what`: serialization
-/// failures, deadlocks and lost connections are retryable `Unavailable`;
-/// a full disk is `QuotaExceeded`; missing privileges are
-/// `PermissionDenied`.
-pub(crate) fn map(what: &str, e: tokio_postgres::Error) -> Error {
-    let message = format!("postgres {what}: {e}");
-    if e.is_closed() {
-        return Error::Unavailable { message, source: Some(Box::new(e)) };
-    }
-    let Some(code) = e.code() else {
-        // No SQLSTATE: an I/O or protocol failure, or a value that did not
-        // convert.
-        return match e.as_db_error() {
-            None if format!("{e:?}").contains("Conversion") || format!("{e:?}").contains("FromSql") => {
-                Error::Corrupted { message, source: Some(Box::new(e)) }
+/// A failure of the PostgreSQL store, before it becomes an
+/// [`outbox_core::Error`] (through `From`, or [`map`] for the common case).
+#[derive(Debug)]
+pub(crate) enum PgError {
+    /// The driver or the server failed while doing `what`.
+    Driver {
+        /// What the store was doing.
+        what: &'static str,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// A stored column (`what`) did not decode into its Rust type.
+    Decode {
+        /// The column.
+        what: &'static str,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The connection pool was closed.
+    PoolClosed,
+    /// The listening connection closed before its `LISTEN` completed.
+    ListenerClosed,
+}
+
+/// Maps a driver error met while doing `what`.
+pub(crate) fn map(what: &'static str, source: tokio_postgres::Error) -> Error {
+    PgError::Driver { what, source }.into()
+}
+
+impl From<PgError> for Error {
+    fn from(e: PgError) -> Error {
+        match e {
+            PgError::Driver { what, source } => {
+                let message = format!("postgres {what}: {source}");
+                let class = classify(&source);
+                class.error(message, source)
             }
-            _ => Error::Unavailable { message, source: Some(Box::new(e)) },
-        };
-    };
-    let c = code.clone();
-    if c == SqlState::T_R_SERIALIZATION_FAILURE
-        || c == SqlState::T_R_DEADLOCK_DETECTED
-        || c == SqlState::LOCK_NOT_AVAILABLE
-        || c == SqlState::ADMIN_SHUTDOWN
-        || c == SqlState::CRASH_SHUTDOWN
-        || c == SqlState::CANNOT_CONNECT_NOW
-        || c == SqlState::TOO_MANY_CONNECTIONS
-        || c == SqlState::QUERY_CANCELED
-        || c.code().starts_with("08")
-    {
-        Error::Unavailable { message, source: Some(Box::new(e)) }
-    } else if c == SqlState::DISK_FULL || c == SqlState::OUT_OF_MEMORY || c.code().starts_with("53") {
-        Error::QuotaExceeded { message, source: Some(Box::new(e)) }
-    } else if c == SqlState::INSUFFICIENT_PRIVILEGE
-        || c == SqlState::INVALID_PASSWORD
-        || c.code().starts_with("28")
-    {
-        Error::PermissionDenied { message, source: Some(Box::new(e)) }
-    } else if c == SqlState::DATA_CORRUPTED || c == SqlState::INDEX_CORRUPTED {
-        Error::Corrupted { message, source: Some(Box::new(e)) }
-    } else {
-        Error::Internal { message, source: Some(Box::new(e)) }
+            PgError::Decode { what, source } => {
+                let message = format!("postgres outbox row, column {what}: {source}");
+                Error::Corrupted { message, source: Some(Box::new(source)) }
+            }
+            PgError::PoolClosed => {
+                Error::Unavailable { message: "the postgres pool is closed".into(), source: None }
+            }
+            PgError::ListenerClosed => {
+                Error::Unavailable { message: "postgres LISTEN connection closed".into(), source: None }
+            }
+        }
+    }
+}
+
+/// What a driver error means to the caller.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    /// Retryable: the server is busy, restarting or unreachable, or the
+    /// transaction lost a race (serialization failure, deadlock).
+    Unavailable,
+    /// The server ran out of a resource (disk, memory, lock table).
+    QuotaExceeded,
+    /// The role may not do this, or may not log in.
+    PermissionDenied,
+    /// The server found its own data damaged.
+    Corrupted,
+    /// Anything else: a bug, a missing database, a broken invariant.
+    Internal,
+}
+
+impl Class {
+    fn error(self, message: String, source: tokio_postgres::Error) -> Error {
+        let source = Some(Box::new(source) as outbox_core::BoxError);
+        match self {
+            Class::Unavailable => Error::Unavailable { message, source },
+            Class::QuotaExceeded => Error::QuotaExceeded { message, source },
+            Class::PermissionDenied => Error::PermissionDenied { message, source },
+            Class::Corrupted => Error::Corrupted { message, source },
+            Class::Internal => Error::Internal { message, source },
+        }
+    }
+}
+
+/// Classifies a driver error: a closed connection, then the server's
+/// SQLSTATE, then an I/O error in its cause chain.
+fn classify(e: &tokio_postgres::Error) -> Class {
+    if e.is_closed() {
+        return Class::Unavailable;
+    }
+    if let Some(code) = e.code() {
+        return by_code(code);
+    }
+    if let Some(io) = io_cause(e) {
+        return by_io_kind(io.kind());
+    }
+    // No SQLSTATE and no I/O error: a protocol, TLS, authentication-method
+    // or parameter-encoding failure on the client side of the connection.
+    // Treated as a lost connection (retryable).
+    Class::Unavailable
+}
+
+/// The first [`io::Error`] in `e`'s cause chain.
+fn io_cause(e: &tokio_postgres::Error) -> Option<&io::Error> {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// SQLSTATEs that mean "try again": a lost race, a lock not granted, a
+/// server shutting down, starting, or out of connection slots, a
+/// cancelled statement.
+const RETRYABLE: &[SqlState] = &[
+    SqlState::T_R_SERIALIZATION_FAILURE,
+    SqlState::T_R_DEADLOCK_DETECTED,
+    SqlState::LOCK_NOT_AVAILABLE,
+    SqlState::ADMIN_SHUTDOWN,
+    SqlState::CRASH_SHUTDOWN,
+    SqlState::CANNOT_CONNECT_NOW,
+    SqlState::TOO_MANY_CONNECTIONS,
+    SqlState::QUERY_CANCELED,
+];
+
+/// SQLSTATEs of a server out of room: disk, memory (including its shared
+/// lock table: too many locks is `OUT_OF_MEMORY`, 53200).
+const QUOTA: &[SqlState] = &[
+    SqlState::DISK_FULL,
+    SqlState::OUT_OF_MEMORY,
+    SqlState::INSUFFICIENT_RESOURCES,
+    SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+];
+
+/// SQLSTATEs of a role that may not log in or may not act.
+const DENIED: &[SqlState] = &[
+    SqlState::INSUFFICIENT_PRIVILEGE,
+    SqlState::INVALID_PASSWORD,
+    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+];
+
+/// SQLSTATEs of damaged server data.
+const DAMAGED: &[SqlState] = &[SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED];
+
+/// Classifies a SQLSTATE: the listed codes first, then the code's class
+/// (its first two characters: 08 connection exception, 53 insufficient
+/// resources, 28 invalid authorization), else [`Class::Internal`] (e.g.
+/// `INVALID_CATALOG_NAME`, a database that does not exist: not retryable).
+fn by_code(code: &SqlState) -> Class {
+    let listed = |codes: &[SqlState]| codes.iter().any(|c| c == code);
+    if listed(RETRYABLE) {
+        return Class::Unavailable;
+    }
+    if listed(QUOTA) {
+        return Class::QuotaExceeded;
+    }
+    if listed(DENIED) {
+        return Class::PermissionDenied;
+    }
+    if listed(DAMAGED) {
+        return Class::Corrupted;
+    }
+    match code.code().get(..2) {
+        Some("08") => Class::Unavailable,
+        Some("53") => Class::QuotaExceeded,
+        Some("28") => Class::PermissionDenied,
+        _ => Class::Internal,
+    }
+}
+
+/// Classifies an I/O failure talking to the server. The transient kinds
+/// (refused, reset, aborted, timed out, unreachable, cut short) are
+/// retryable; so is any other I/O failure, since it too leaves the
+/// connection unusable and a new one may work.
+fn by_io_kind(kind: io::ErrorKind) -> Class {
+    use io::ErrorKind as K;
+    match kind {
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::BrokenPipe
+        | K::TimedOut
+        | K::UnexpectedEof
+        | K::AddrNotAvailable
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::Interrupted
+        | K::WouldBlock => Class::Unavailable,
+        _ => Class::Unavailable,
+    }
+}
+
+/// Whether `e` is an insert refused by the event id's unique index (its
+/// SQLSTATE and constraint name).
+pub(crate) fn is_duplicate_id(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == SqlState::UNIQUE_VIOLATION && d.constraint() == Some("outbox_events_id_key")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_map_to_the_documented_kinds() {
+        for c in [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::QUERY_CANCELED,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        ] {
+            assert_eq!(by_code(&c), Class::Unavailable, "{}", c.code());
+        }
+        for c in [
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::INSUFFICIENT_RESOURCES,
+            SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+        ] {
+            assert_eq!(by_code(&c), Class::QuotaExceeded, "{}", c.code());
+        }
+        for c in [
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        ] {
+            assert_eq!(by_code(&c), Class::PermissionDenied, "{}", c.code());
+        }
+        for c in [SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED] {
+            assert_eq!(by_code(&c), Class::Corrupted, "{}", c.code());
+        }
+        for c in [
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::SYNTAX_ERROR,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            SqlState::from_code("ZZ999"),
+        ] {
+            assert_eq!(by_code(&c), Class::Internal, "{}", c.code());
+        }
+    }
+
+    #[test]
+    fn io_failures_are_retryable() {
+        for k in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::Other,
+        ] {
+            assert_eq!(by_io_kind(k), Class::Unavailable, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn classes_become_their_error_kinds() {
+        use outbox_core::ErrorKind;
+        let kinds = [
+            (Class::Unavailable, ErrorKind::Unavailable),
+            (Class::QuotaExceeded, ErrorKind::QuotaExceeded),
+            (Class::PermissionDenied, ErrorKind::PermissionDenied),
+            (Class::Corrupted, ErrorKind::Corrupted),
+            (Class::Internal, ErrorKind::Internal),
+        ];
+        for (class, kind) in kinds {
+            let e = "port=x".parse::<tokio_postgres::Config>().unwrap_err();
+            assert_eq!(class.error("m".into(), e).kind(), kind);
+        }
+        assert!(Error::from(PgError::PoolClosed).is_retryable());
+        assert!(Error::from(PgError::ListenerClosed).is_retryable());
     }
 }

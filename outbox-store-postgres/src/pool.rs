@@ -8,7 +8,7 @@ use outbox_core::{Error, Result};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use crate::error::map;
+use crate::error::{PgError, map};
 
 pub(crate) struct Pool {
     config: Config,
@@ -61,10 +61,7 @@ impl Pool {
     }
 
     pub(crate) async fn get(&self) -> Result<Conn<'_>> {
-        let permit = self.permits.acquire().await.map_err(|_| Error::Unavailable {
-            message: "the postgres pool is closed".into(),
-            source: None,
-        })?;
+        let permit = self.permits.acquire().await.map_err(|_| Error::from(PgError::PoolClosed))?;
         let idle = {
             let mut idle = lock(&self.idle);
             loop {

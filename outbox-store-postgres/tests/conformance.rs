@@ -38,5 +38,5 @@ impl StoreFactory for Postgres {
     }
 }
 
-outbox_testkit::conformance_tests!(Postgres, requires = "OUTBOX_PG_URL");
+outbox_testkit::conformance_tests!(Postgres, requires = "OUTBOX_PG_URL", leadership = shared);
 outbox_testkit::model_tests!(Postgres, cases = 32, requires = "OUTBOX_PG_URL");

@@ -1,6 +1,7 @@
 //! PostgreSQL-specific behaviour on a real server: forwarders racing on one
 //! backlog keep per-key order and deliver each event once; a newer schema
-//! and a bad URL are typed errors; LISTEN wakes on another handle's commit.
+//! a bad URL, a missing database and an undecodable column are typed
+//! errors; LISTEN wakes on another handle's commit.
 //!
 //! Needs `OUTBOX_PG_URL` (`scripts/servers.sh start`); without it each
 //! test says SKIPPED and passes.
@@ -117,6 +118,44 @@ async fn bad_urls_are_typed_errors() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.is_retryable());
     let _ = url;
+}
+
+#[tokio::test]
+async fn a_missing_database_is_not_retryable() {
+    let Some(url) = url() else { return };
+    // The server of `url`, another database.
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config.get_password().map_or(String::new(), |p| {
+        format!(" password='{}'", String::from_utf8_lossy(p).replace('\\', "\\\\").replace('\'', "\\'"))
+    });
+    let missing = format!("host={host} port={port} user={user}{password} dbname=outbox_no_such_database");
+    let err = PostgresStore::open(&missing).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert_ne!(err.kind(), ErrorKind::Unavailable);
+}
+
+/// A stored column that no longer decodes into its Rust type (here a
+/// column retyped behind the store's back) is `Corrupted`.
+#[tokio::test]
+async fn a_column_that_does_not_decode_is_corrupted() {
+    let Some(url) = url() else { return };
+    let schema = schema("decode");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let e = NewEvent::json(ActorId::new("x").unwrap(), "E", &1).unwrap();
+    store.put_state_and_events(Commit::events_only().event(e)).await.unwrap();
+    admin(&url)
+        .await
+        .batch_execute(&format!("ALTER TABLE \"{schema}\".outbox_events ALTER COLUMN attempts TYPE bigint"))
+        .await
+        .unwrap();
+    let err = store.list_pending(10).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,9 +17,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use outbox_core::DurableStore;
-use outbox_store_sqlite::{SqliteStore, baseline};
+use outbox_store_sqlite::SqliteStore;
 use outbox_testkit::bench::{BenchDir, Rate, commit_rate, drain, fill, median};
 use outbox_testkit::crash::env_u64;
+
+#[path = "common/baseline.rs"]
+mod baseline;
 
 /// A fresh database file with the outbox schema.
 fn fresh(dir: &BenchDir) -> PathBuf {

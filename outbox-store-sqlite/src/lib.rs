@@ -1,10 +1,17 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::unwrap_used)]
 
-#[doc(hidden)]
-pub mod baseline;
+mod commit;
+mod delivery;
 mod error;
+mod inspect;
+mod leader;
+mod options;
+mod rows;
 pub mod schema;
 mod store;
+mod worker;
 
-pub use store::{GroupCommitStats, SqliteOptions, SqliteStore, Synchronous};
+pub use options::{SqliteOptions, Synchronous};
+pub use store::SqliteStore;
+pub use worker::GroupCommitStats;

@@ -1,10 +1,12 @@
 //! Raw rusqlite baselines for benchmarks: the same writes as the store,
 //! done the plain way, so a benchmark can report our cost as a ratio
-//! measured in the same run. Not part of the store's API promises.
+//! measured in the same run. Bench code, not part of the library: a bench
+//! pulls it in with `#[path = ".../benches/common/baseline.rs"] mod baseline;`
+//! (it needs `rusqlite` and `outbox-core`).
 //!
 //! Each returns (operations, elapsed). Panics on any SQLite error (a
 //! benchmark cannot go on without its baseline).
-#![allow(clippy::expect_used, missing_docs)]
+#![allow(clippy::expect_used, missing_docs, dead_code)]
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,7 +23,7 @@ fn raw_conn(path: &Path) -> Connection {
 
 /// The raw baseline: one transaction per commit, the same upsert + insert
 /// into the same tables, FULL sync.
-pub fn raw_commits(path: &Path, n: u64) -> (u64, std::time::Duration) {
+pub(crate) fn raw_commits(path: &Path, n: u64) -> (u64, std::time::Duration) {
     let mut c = raw_conn(path);
     let start = Instant::now();
     for v in 1..=n as i64 {
@@ -49,7 +51,7 @@ pub fn raw_commits(path: &Path, n: u64) -> (u64, std::time::Duration) {
 
 /// The raw drain baseline: per batch, one transaction selecting the next
 /// pending rows and leasing them, one marking them delivered.
-pub fn raw_drain(path: &Path, batch: i64) -> (u64, std::time::Duration) {
+pub(crate) fn raw_drain(path: &Path, batch: i64) -> (u64, std::time::Duration) {
     let mut c = raw_conn(path);
     let start = Instant::now();
     let mut ops = 0;

@@ -1,0 +1,96 @@
+//! The claim, in two steps in one transaction: lock the keys of the first
+//! claimable key heads ([`SQL_CLAIM_KEYS`]), then lease the heads or, where
+//! a locked key has more due events, the claimable run of each key
+//! ([`SQL_CLAIM`]).
+//!
+//! Which events a claim takes is decided by these statements inside
+//! PostgreSQL (keys try-locked with `pg_try_advisory_xact_lock`), not by
+//! scanning rows in Rust, so `outbox_core::rules::ClaimPlan` does not
+//! apply here; the conformance suite checks that both agree with the
+//! contract.
+
+use outbox_core::{ClaimRequest, Envelope, LeaderGrant, Result, Timestamp};
+use uuid::Uuid;
+
+use crate::error::map;
+use crate::fence::{epoch, require_live};
+use crate::pool::Conn;
+use crate::queries::{
+    SQL_CLAIM, SQL_CLAIM_HEADS, SQL_CLAIM_KEYS, SQL_CLAIM_PLAN, SQL_CLAIM_REPLAN, SQL_GRANT_LIVE,
+};
+use crate::rows::{envelope_at, limit_i64, millis};
+
+/// Claims up to `request.limit` events (at least one) for `grant` at time
+/// `now`, leased until `until`; returns them in commit order.
+pub(crate) async fn claim(
+    conn: &mut Conn<'_>,
+    grant: &LeaderGrant,
+    request: &ClaimRequest,
+    now: Timestamp,
+    until: Timestamp,
+) -> Result<Vec<Envelope>> {
+    let now = millis(now);
+    let until = millis(until);
+    let limit = limit_i64(request.limit);
+    let epoch = epoch(grant);
+    let [grant_live, plan, claim_keys, replan, claim, heads] = conn
+        .prepare([
+            SQL_GRANT_LIVE,
+            SQL_CLAIM_PLAN,
+            SQL_CLAIM_KEYS,
+            SQL_CLAIM_REPLAN,
+            SQL_CLAIM.as_str(),
+            SQL_CLAIM_HEADS.as_str(),
+        ])
+        .await?;
+    let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+    // 1. (pipelined with the grant check) The keys of the first `limit`
+    //    claimable key heads, in commit order, locked; keys another
+    //    forwarder (or a commit in flight) holds, or whose head is
+    //    leased or not yet due, are passed over.
+    let (live, planned, rows, replanned) = tokio::join!(
+        biased;
+        async { tx.query_opt(&grant_live, &[&epoch]).await },
+        async { tx.query_one(&plan, &[]).await },
+        async { tx.query(&claim_keys, &[&now, &limit, &request.park_dead_keys]).await },
+        async { tx.query_one(&replan, &[]).await },
+    );
+    planned.map_err(|e| map("set claim plan", e))?;
+    replanned.map_err(|e| map("reset claim plan", e))?;
+    require_live(grant, live.map_err(|e| map("check grant", e))?)?;
+    let rows = rows.map_err(|e| map("lock keys", e))?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // With `limit` heads in hand (each claimable), nothing past the
+    // last of them can be among the `limit` first claimable events.
+    let bound: i64 = if rows.len() as i64 >= limit {
+        rows.iter().map(|r| r.get::<_, i64>(1)).max().unwrap_or(i64::MAX)
+    } else {
+        i64::MAX
+    };
+    // 2. A fresh snapshot (READ COMMITTED). If no locked key has a
+    //    second not-done event within the bound, the batch is the
+    //    heads; otherwise, within the locked keys, the prefix of each
+    //    key's not-done events that is claimable now. (A key's later
+    //    commits take sequence numbers after its earlier ones, since
+    //    committers hold the key's lock, so an event committed since the
+    //    heads walk can only extend a key's run, never precede its head.)
+    let heads_only = rows.iter().all(|r| r.get::<_, Option<i64>>(3).is_none_or(|next| next > bound));
+    let rows = if heads_only {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.get(2)).collect();
+        tx.query(&heads, &[&now, &epoch, &until, &ids]).await
+    } else {
+        let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        tx.query(&claim, &[&now, &keys, &request.park_dead_keys, &limit, &epoch, &until, &bound]).await
+    }
+    .map_err(|e| map("claim", e))?;
+    tx.commit().await.map_err(|e| map("commit claim", e))?;
+    let mut out: Vec<(i64, Envelope)> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let seq: i64 = r.get(0);
+        out.push((seq, envelope_at(r, 1)?));
+    }
+    out.sort_by_key(|(seq, _)| *seq);
+    Ok(out.into_iter().map(|(_, e)| e).collect())
+}

@@ -1,0 +1,93 @@
+//! Reading the outbox for operators (counts, listings) and pruning what
+//! is done with (delivered events, old inbox marks).
+
+use outbox_core::{Envelope, Result, StoreStats, Timestamp};
+use rusqlite::params;
+
+use crate::error::{corrupt, map};
+use crate::rows::{ENVELOPE_COLS, envelope, limit_i64};
+use crate::worker::Worker;
+
+impl Worker {
+    /// Counts by status, the oldest pending event, and how many are leased.
+    pub(crate) fn stats(&mut self) -> Result<StoreStats> {
+        let now = self.now();
+        // Delivered rows are counted on their partial index (no table
+        // scan); the undelivered ones are read in full.
+        let delivered = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox_events WHERE status = 'delivered'")
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(|e| map("stats", e))? as u64;
+        let mut s = StoreStats { delivered, ..StoreStats::default() };
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT status, COUNT(*), MIN(created_at), SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END)
+                 FROM outbox_events WHERE status <> 'delivered' GROUP BY status",
+            )
+            .map_err(|e| map("prepare stats", e))?;
+        let mut rows = st.query([now]).map_err(|e| map("stats", e))?;
+        while let Some(r) = rows.next().map_err(|e| map("stats", e))? {
+            let status: String = r.get(0).map_err(|e| map("stats", e))?;
+            let count: i64 = r.get(1).map_err(|e| map("stats", e))?;
+            match status.as_str() {
+                "pending" => {
+                    s.pending = count as u64;
+                    s.oldest_pending_at =
+                        r.get::<_, Option<i64>>(2).map_err(|e| map("stats", e))?.map(Timestamp::from_millis);
+                    s.in_flight =
+                        r.get::<_, Option<i64>>(3).map_err(|e| map("stats", e))?.unwrap_or(0) as u64;
+                }
+                "dead" => s.dead = count as u64,
+                other => return Err(corrupt(format!("unknown event status {other:?}"))),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The first `limit` events with `status`, in commit order.
+    pub(crate) fn list(&mut self, status: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ENVELOPE_COLS} FROM outbox_events WHERE status = ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .map_err(|e| map("prepare list", e))?;
+        let rows = st.query_map(params![status, limit_i64(limit)], envelope).map_err(|e| map("list", e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(|e| map("list", e))??);
+        }
+        Ok(out)
+    }
+
+    /// Deletes up to `limit` events delivered before `before`, oldest first.
+    pub(crate) fn prune_delivered(&mut self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.cap(false)?;
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM outbox_events WHERE seq IN (
+                     SELECT seq FROM outbox_events WHERE status = 'delivered' AND delivered_at < ?1
+                     ORDER BY delivered_at LIMIT ?2)",
+                params![before.as_millis(), limit_i64(limit)],
+            )
+            .map_err(|e| map("prune delivered", e))?;
+        Ok(n as u64)
+    }
+
+    /// Deletes up to `limit` inbox marks made before `before`, oldest first.
+    pub(crate) fn prune_inbox(&mut self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.cap(false)?;
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM outbox_inbox WHERE rowid IN (
+                     SELECT rowid FROM outbox_inbox WHERE processed_at < ?1 ORDER BY processed_at LIMIT ?2)",
+                params![before.as_millis(), limit_i64(limit)],
+            )
+            .map_err(|e| map("prune inbox", e))?;
+        Ok(n as u64)
+    }
+}
