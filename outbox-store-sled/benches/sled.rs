@@ -21,6 +21,11 @@ use outbox_store_sqlite::SqliteStore;
 use outbox_testkit::bench::{BenchDir, Rate, commit_rate, drain, fill, median};
 use outbox_testkit::crash::env_u64;
 
+#[path = "common/baseline.rs"]
+mod baseline;
+#[path = "../../outbox-store-sqlite/benches/common/baseline.rs"]
+mod sqlite_baseline;
+
 /// A fresh SQLite file with the outbox schema.
 fn sqlite(dir: &BenchDir) -> PathBuf {
     let p = dir.next("db");
@@ -57,7 +62,7 @@ fn main() {
         let (mut raw, mut ours, mut per_flush) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             let p = dir.next("rawsled");
-            let (ops, elapsed) = outbox_store_sled::baseline::raw_commits(&p, committers, per);
+            let (ops, elapsed) = baseline::raw_commits(&p, committers, per);
             raw.push(Rate { ops, elapsed }.per_sec());
             remove(&p);
             let p = dir.next("sled");
@@ -76,7 +81,7 @@ fn main() {
         for _ in 0..runs {
             if committers == 1 {
                 let p = sqlite(&dir);
-                let (ops, elapsed) = outbox_store_sqlite::baseline::raw_commits(&p, per);
+                let (ops, elapsed) = sqlite_baseline::raw_commits(&p, per);
                 raw.push(Rate { ops, elapsed }.per_sec());
                 remove(&p);
             }
@@ -107,8 +112,8 @@ fn main() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.min(3) {
         let p = dir.next("rawsled");
-        outbox_store_sled::baseline::raw_fill(&p, backlog);
-        let (ops, elapsed) = outbox_store_sled::baseline::raw_drain(&p, 1000);
+        baseline::raw_fill(&p, backlog);
+        let (ops, elapsed) = baseline::raw_drain(&p, 1000);
         assert_eq!(ops, backlog, "raw sled drained everything");
         sled_raw.push(Rate { ops, elapsed }.per_sec());
         remove(&p);
@@ -135,7 +140,7 @@ fn main() {
         let s: Arc<dyn DurableStore> = Arc::new(SqliteStore::open(&p).expect("open"));
         fill(&s, backlog, 10_000, 1000);
         drop(s);
-        let (ops, elapsed) = outbox_store_sqlite::baseline::raw_drain(&p, 1000);
+        let (ops, elapsed) = sqlite_baseline::raw_drain(&p, 1000);
         assert_eq!(ops, backlog, "raw sqlite drained everything");
         sq_raw.push(Rate { ops, elapsed }.per_sec());
         remove(&p);

@@ -1,11 +1,10 @@
 //! Raw sled baselines for benchmarks: the same writes as the store, done
 //! the plain way (a two-tree transaction + flush per commit), so a
-//! benchmark can report our cost as a ratio measured in the same run. Not
-//! part of the store's API promises.
+//! benchmark can report our cost as a ratio measured in the same run.
 //!
 //! Each returns (operations, elapsed). Panics on any sled error (a
 //! benchmark cannot go on without its baseline).
-#![allow(clippy::expect_used, missing_docs)]
+#![allow(clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,7 +29,7 @@ fn open(path: &Path) -> (sled::Db, sled::Tree, sled::Tree) {
 /// `committers` threads, each doing `per` commits: a transaction over a
 /// state tree and an events tree (state upsert of 64 bytes, one 100-byte
 /// event under the next sequence number), then `flush`.
-pub fn raw_commits(path: &Path, committers: usize, per: u64) -> (u64, Duration) {
+pub(crate) fn raw_commits(path: &Path, committers: usize, per: u64) -> (u64, Duration) {
     let (db, state, events) = open(path);
     let seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -57,7 +56,7 @@ pub fn raw_commits(path: &Path, committers: usize, per: u64) -> (u64, Duration) 
 }
 
 /// Fills the raw events tree with `n` 100-byte events.
-pub fn raw_fill(path: &Path, n: u64) {
+pub(crate) fn raw_fill(path: &Path, n: u64) {
     let (db, _, events) = open(path);
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         let mut b = sled::Batch::default();
@@ -72,7 +71,7 @@ pub fn raw_fill(path: &Path, n: u64) {
 /// The raw drain: per batch, scan the next `batch` pending events, mark
 /// them leased in one transaction + flush, then delivered in another +
 /// flush (a status byte prepended to the value).
-pub fn raw_drain(path: &Path, batch: usize) -> (u64, Duration) {
+pub(crate) fn raw_drain(path: &Path, batch: usize) -> (u64, Duration) {
     let (db, _, events) = open(path);
     let leased = db.open_tree("raw_leased").expect("tree");
     let start = Instant::now();

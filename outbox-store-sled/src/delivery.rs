@@ -1,0 +1,211 @@
+//! Leadership and delivery on the worker: grants and their epochs, the
+//! claim (planned by [`rules::ClaimPlan`] over the pending index) and
+//! settling claimed events, every step fenced by the grant's epoch.
+
+use std::time::Duration;
+
+use outbox_core::rules::{self, ClaimEntry, ClaimPlan};
+use outbox_core::{ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, Timestamp};
+
+use crate::codec::{
+    PendingEntry, Row, Status, corrupt, decode_pending, decode_row, encode_pending, encode_row,
+};
+use crate::error::map;
+use crate::schema::{
+    DEAD, DELIVERED, EPOCH_KEY, EVENTS, HELD_KEY, IDS, META, PENDING, seq_key, seq_of, time_seq_key,
+};
+use crate::worker::{Worker, put_row};
+
+impl Worker {
+    /// Grants leadership to `holder` unless another holder's grant is
+    /// unexpired. The new epoch is persisted (and marked held until
+    /// released) before the grant is returned.
+    pub(crate) fn acquire(&mut self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
+        let now = self.now();
+        if let Some(cur) = &self.leader
+            && cur.holder != holder
+            && cur.expires_at > now
+        {
+            return Ok(None);
+        }
+        let epoch = self.last_epoch + 1;
+        self.all[META].insert(EPOCH_KEY, &epoch.to_be_bytes()).map_err(|e| map("write epoch", e))?;
+        self.all[META].insert(HELD_KEY, &epoch.to_be_bytes()).map_err(|e| map("write held epoch", e))?;
+        self.last_epoch = epoch;
+        let grant = LeaderGrant {
+            holder: holder.to_owned(),
+            epoch: Epoch(epoch),
+            expires_at: now.saturating_add(ttl),
+        };
+        self.leader = Some(grant.clone());
+        Ok(Some(grant))
+    }
+
+    /// Extends the current grant by `ttl` from now.
+    pub(crate) fn renew(&mut self, grant: LeaderGrant, ttl: Duration) -> Result<LeaderGrant> {
+        self.check_fence(&grant)?;
+        let renewed = LeaderGrant { expires_at: self.now().saturating_add(ttl), ..grant };
+        self.leader = Some(renewed.clone());
+        Ok(renewed)
+    }
+
+    /// Ends the grant of `epoch` if it is the current one.
+    pub(crate) fn release_leadership(&mut self, epoch: Epoch) -> Result<()> {
+        if self.leader.as_ref().is_some_and(|g| g.epoch == epoch) {
+            self.leader = None;
+            self.all[META].remove(HELD_KEY).map_err(|e| map("clear held epoch", e))?;
+        }
+        Ok(())
+    }
+
+    /// Claims what [`ClaimPlan`] takes: the dead index is reported first
+    /// (when parking), then the pending index is offered in commit order.
+    pub(crate) fn claim(&mut self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
+        self.check_fence(grant)?;
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let mut plan: ClaimPlan<OrderingKey> = ClaimPlan::new(&request, now);
+        // Dead events hold their key only when parking, so the dead index
+        // is not read otherwise.
+        if request.park_dead_keys {
+            for item in self.all[DEAD].iter() {
+                let (k, v) = item.map_err(|e| map("scan dead", e))?;
+                let key = OrderingKey::new(String::from_utf8_lossy(&v).into_owned())
+                    .map_err(|_| corrupt("dead index key is invalid"))?;
+                plan.dead(&key, seq_of(&k)?);
+            }
+        }
+        let mut picked: Vec<(u64, PendingEntry)> = Vec::new();
+        for item in self.all[PENDING].iter() {
+            if plan.is_full() {
+                break;
+            }
+            let (k, v) = item.map_err(|e| map("scan pending", e))?;
+            let seq = seq_of(&k)?;
+            let entry = decode_pending(&v)?;
+            let offered = ClaimEntry::Pending {
+                lease_until: entry.lease_until,
+                next_attempt_at: entry.next_attempt_at,
+            };
+            if plan.offer(&entry.key, seq, offered) {
+                picked.push((seq, entry));
+            }
+        }
+        let lease_until = now.saturating_add(request.lease);
+        let mut rows = Vec::with_capacity(picked.len());
+        for (seq, entry) in picked {
+            let b = self.all[EVENTS]
+                .get(seq_key(seq))
+                .map_err(|e| map("read event", e))?
+                .ok_or_else(|| corrupt("pending index names a missing event"))?;
+            let mut row = decode_row(&b)?;
+            row.env.attempts = row.env.attempts.saturating_add(1);
+            row.claimed_by = Some(grant.epoch.0);
+            row.lease_until = Some(lease_until);
+            let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
+            rows.push((seq_key(seq), encode_row(&row), encode_pending(&entry), row.env));
+        }
+        // Read outside, write inside: every write runs on this thread.
+        self.tx("claim", |v| {
+            for (k, row, entry, _) in &rows {
+                v[EVENTS].insert(k, row.as_slice())?;
+                v[PENDING].insert(k, entry.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(rows.into_iter().map(|(_, _, _, env)| env).collect())
+    }
+
+    /// The rows `grant` may settle, by seq; `Fenced` if `grant` is not
+    /// current or any id is held by another claim. Delivered, dead and
+    /// unknown ids are skipped.
+    fn settleable(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<(u64, Row)>> {
+        self.check_fence(grant)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(s) = self.all[IDS].get(id.to_bytes()).map_err(|e| map("read id", e))? else { continue };
+            let seq = seq_of(&s)?;
+            let Some(b) = self.all[EVENTS].get(s).map_err(|e| map("read event", e))? else { continue };
+            let row = decode_row(&b)?;
+            if row.status != Status::Pending {
+                continue;
+            }
+            rules::check_claim_holder(grant, row.claimed_by.map(Epoch))?;
+            out.push((seq, row));
+        }
+        Ok(out)
+    }
+
+    /// Writes back settled rows: pending ones update the claim index,
+    /// others leave it for the dead or delivered index.
+    pub(crate) fn write_settled(&self, what: &'static str, rows: &[(u64, Row)]) -> Result<()> {
+        self.tx(what, |v| {
+            for (seq, row) in rows {
+                put_row(v, *seq, row)?;
+                let k = seq_key(*seq);
+                match row.status {
+                    Status::Pending => {
+                        v[PENDING].insert(&k, encode_pending(&PendingEntry::of(row)))?;
+                    }
+                    Status::Dead => {
+                        v[PENDING].remove(&k)?;
+                        v[DEAD].insert(&k, row.env.key.as_str().as_bytes())?;
+                    }
+                    Status::Delivered(at) => {
+                        v[PENDING].remove(&k)?;
+                        v[DELIVERED].insert(&time_seq_key(at, *seq), &[])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let now = self.now();
+        let mut rows = self.settleable(grant, ids)?;
+        for (_, row) in &mut rows {
+            row.status = Status::Delivered(now);
+            row.lease_until = None;
+        }
+        self.write_settled("ack", &rows)
+    }
+
+    pub(crate) fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
+        let mut rows = self.settleable(grant, ids)?;
+        rows.retain(|(_, r)| r.lease_until.is_some());
+        for (_, row) in &mut rows {
+            row.env.attempts = row.env.attempts.saturating_sub(1);
+            row.lease_until = None;
+        }
+        self.write_settled("release", &rows)
+    }
+
+    pub(crate) fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+    ) -> Result<()> {
+        let mut rows = self.settleable(grant, &[id])?;
+        for (_, row) in &mut rows {
+            row.env.next_attempt_at = at;
+            row.env.last_error = Some(error.to_owned());
+            row.lease_until = None;
+        }
+        self.write_settled("retry later", &rows)
+    }
+
+    pub(crate) fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
+        let mut rows = self.settleable(grant, &[id])?;
+        for (_, row) in &mut rows {
+            row.status = Status::Dead;
+            row.env.last_error = Some(error.to_owned());
+            row.lease_until = None;
+        }
+        self.write_settled("dead letter", &rows)
+    }
+}
