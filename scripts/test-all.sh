@@ -10,6 +10,12 @@ step "provision: rust components and the wasm32 target"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown
 
+step "provision: cargo-deny, cargo-hack and the MSRV toolchain"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+rustup toolchain install "$msrv" --profile minimal
+command -v cargo-hack >/dev/null || cargo install cargo-hack --locked
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+
 step "provision: PostgreSQL and NATS on loopback (scripts/servers.sh)"
 scripts/servers.sh start
 # shellcheck disable=SC1091
@@ -21,6 +27,15 @@ cargo fmt --all --check
 
 step "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "dependencies: licenses, bans and sources (cargo deny; advisories need the RustSec database from GitHub, not reachable here)"
+cargo deny --locked check --disable-fetch bans licenses sources
+
+step "the facade under every combination of its features (cargo hack)"
+cargo hack check -p outbox --feature-powerset --locked
+
+step "MSRV: the libraries build with Rust $msrv (rust-version)"
+cargo "+$msrv" check --workspace --lib --locked
 
 step "tests"
 log=$(mktemp)

@@ -1,4 +1,5 @@
 //! Exactly-once effects from at-least-once delivery.
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![warn(clippy::unwrap_used)]
 
 pub mod codec;
 pub mod commit;

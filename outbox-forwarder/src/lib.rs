@@ -1,7 +1,8 @@
 #![doc = include_str!("../README.md")]
-#![warn(clippy::unwrap_used)]
 
 mod breaker;
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 mod config;
 pub mod metrics;
 mod mono;

@@ -11,6 +11,7 @@
 //!    by LISTEN/NOTIFY, against publishing straight to JetStream.
 //!
 //! `cargo bench -p outbox-sink-nats --bench scale`. Env: `ROUNDS` (5).
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

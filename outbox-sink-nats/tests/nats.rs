@@ -4,6 +4,7 @@
 //!
 //! Needs `OUTBOX_NATS_URL` (`scripts/servers.sh start`); without it each
 //! test says SKIPPED and passes.
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 mod common;
 

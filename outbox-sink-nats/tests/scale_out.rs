@@ -15,6 +15,9 @@
 //! `OUTBOX_SERVERS_SCRIPT`, all set by `scripts/servers.sh start`; without
 //! them each test says SKIPPED and passes. `harness = false`: the binary
 //! re-runs itself as the forwarder processes.
+// A harness-less test program: its helpers and children run outside
+// #[test] functions, where an unwrap is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

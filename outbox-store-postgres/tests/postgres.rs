@@ -5,6 +5,7 @@
 //!
 //! Needs `OUTBOX_PG_URL` (`scripts/servers.sh start`); without it each
 //! test says SKIPPED and passes.
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![warn(clippy::unwrap_used)]
 
 mod codec;
 mod commit;

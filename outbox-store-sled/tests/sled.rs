@@ -1,6 +1,7 @@
 //! sled-specific behaviour: group flush, layout versions, foreign and
 //! damaged databases, the directory lock, the size cap, leadership across
 //! reopen, the interval flush policy.
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! SQLite-specific behaviour: group commit, bad files, full disk,
 //! read-only locations, leadership across handles.
+#![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -46,8 +46,9 @@ pub enum StoreChoice {
     /// A sled database directory (feature `sled`).
     #[cfg(feature = "sled")]
     Sled(PathBuf),
-    /// A PostgreSQL database, by connection URL (feature `postgres`); the
-    /// outbox's tables go in the `outbox` schema.
+    /// A PostgreSQL database, by connection URL (feature `postgres`), with
+    /// the store's default options (tables in the `public` schema); for
+    /// other options open a `PostgresStore` and pass it as `Custom`.
     #[cfg(feature = "postgres")]
     Postgres(String),
     /// The in-memory store.

@@ -308,3 +308,39 @@ async fn the_runtime_runs_on_sled_and_restores_after_restart() {
     assert_eq!(*form.state(), Form::Saved { title: "kept".into() });
     outbox.shutdown().await;
 }
+
+/// `StoreChoice::Postgres` through the facade, on the real server
+/// `scripts/servers.sh` starts (`OUTBOX_PG_URL`); says it was skipped
+/// without one.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_runs_on_postgres() {
+    let Ok(url) = std::env::var("OUTBOX_PG_URL") else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the_runtime_runs_on_postgres: OUTBOX_PG_URL is not set (start the servers: scripts/servers.sh start)"
+        );
+        return;
+    };
+    let bus = Bus::new();
+    let mut sub = bus.subscribe(Topic::All);
+    let outbox =
+        configure_outbox(OutboxConfig::default().store(StoreChoice::Postgres(url)), Arc::new(bus.sink()))
+            .await
+            .unwrap();
+    assert!(outbox.is_durable());
+    assert_eq!(outbox.store().capabilities().backend, "postgres");
+    // A fresh actor name per run: the default schema outlives the test.
+    let name = format!("form-{}", outbox::EventId::new());
+    let form = outbox.spawn_actor(ActorId::new(name.clone()).unwrap(), FormActor).await.unwrap();
+    form.send(Msg::Edit("on postgres".into())).await.unwrap();
+    loop {
+        let e = next(&mut sub).await;
+        if e.origin.as_str() == name {
+            assert_eq!(e.event_type, "FORM_EDITED");
+            break;
+        }
+    }
+    outbox.shutdown().await;
+}

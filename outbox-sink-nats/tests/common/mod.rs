@@ -1,5 +1,5 @@
 //! Helpers shared by the NATS tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
