@@ -29,7 +29,7 @@ step "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "dependencies: licenses, bans and sources (cargo deny; advisories need the RustSec database from GitHub, not reachable here)"
-cargo deny --locked check --disable-fetch bans licenses sources
+cargo deny --locked --log-level error check bans licenses sources
 
 step "the facade under every combination of its features (cargo hack)"
 cargo hack check -p outbox --feature-powerset --locked
