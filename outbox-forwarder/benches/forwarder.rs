@@ -14,6 +14,8 @@
 //! `cargo bench -p outbox-forwarder --bench forwarder`
 //! Env: `BENCH_BACKLOG` (1000000), `BENCH_SMALL_BACKLOG` (100000),
 //! `BENCH_LATENCY_EVENTS` (10000), `BENCH_RUNS` (3).
+#![cfg_attr(target_arch = "wasm32", no_main)]
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::path::Path;
 use std::process::Command;

@@ -101,7 +101,7 @@ impl Default for CycleReport {
 /// Delivers committed events from a store to a sink: at least once, in
 /// commit order per key, different keys concurrently.
 ///
-/// Drive it with [`Forwarder::spawn`] (or [`Forwarder::run`]), or step it
+/// Drive it with `Forwarder::spawn` (native) or [`Forwarder::run`], or step it
 /// with [`Forwarder::run_once`] in tests.
 ///
 /// `S` is the store type: `dyn DurableStore` (the default) for a store

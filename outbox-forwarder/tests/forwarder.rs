@@ -1,5 +1,6 @@
 //! Forwarder behaviour, deterministic: a manual clock shared by store and
 //! forwarder with stepped cycles, or paused Tokio time for the timer.
+#![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::HashMap;

@@ -1,18 +1,53 @@
-//! IndexedDB and DOM errors as outbox [`Error`]s.
+//! IndexedDB and DOM failures as outbox [`Error`]s: a `DOMException` is
+//! classified by its name, which is the DOM's error code (never by its
+//! message).
 
-use indexed_db_futures::error::{Error as IdbError, OpenDbError};
+use indexed_db_futures::error::{Error as IdbFailure, OpenDbError};
 use outbox_core::Error;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsCast;
 
-/// The DOM exception name of `e`, if it is one.
-fn dom_name(e: &IdbError) -> Option<String> {
-    match e {
-        IdbError::DomException(d) => Some(d.as_ref().unchecked_ref::<web_sys::DomException>().name()),
-        _ => None,
+/// A failure of this backend, before it becomes an outbox [`Error`].
+pub(crate) enum IdbError<'a> {
+    /// A `DOMException` thrown by operation `what`: its name (the DOM's
+    /// error code, e.g. `QuotaExceededError`) and its message (kept for
+    /// the error text only).
+    Dom { what: &'a str, name: &'a str, message: &'a str },
+    /// No `indexedDB` global in this context (a worklet, an opaque
+    /// origin in some browsers).
+    NoFactory,
+    /// Anything else `indexed_db_futures` reported.
+    Other { what: &'a str, detail: &'a dyn std::fmt::Display },
+}
+
+impl From<IdbError<'_>> for Error {
+    fn from(e: IdbError<'_>) -> Error {
+        match e {
+            IdbError::Dom { what, name, message } => {
+                let message = format!("indexeddb {what}: {name}: {message}");
+                match name {
+                    "QuotaExceededError" => Error::QuotaExceeded { message, source: None },
+                    "InvalidStateError"
+                    | "TransactionInactiveError"
+                    | "AbortError"
+                    | "UnknownError"
+                    | "TimeoutError" => Error::Unavailable { message, source: None },
+                    "NotFoundError" => Error::Corrupted { message, source: None },
+                    "SecurityError" | "NotAllowedError" => Error::PermissionDenied { message, source: None },
+                    _ => Error::Internal { message, source: None },
+                }
+            }
+            IdbError::NoFactory => Error::Unsupported {
+                operation: "indexeddb is not available in this context (no indexedDB global)",
+            },
+            IdbError::Other { what, detail } => {
+                Error::Internal { message: format!("indexeddb {what}: {detail}"), source: None }
+            }
+        }
     }
 }
 
-/// Maps a DOM exception name (and message) to the core kinds:
+/// The outbox error for a `DOMException` named `name` with `message`,
+/// thrown by operation `what`. The name decides the kind:
 ///
 /// | DOM name | kind |
 /// |---|---|
@@ -23,49 +58,35 @@ fn dom_name(e: &IdbError) -> Option<String> {
 /// | `SecurityError`, `NotAllowedError` | [`Error::PermissionDenied`] (storage blocked, opaque origin) |
 /// | `DataError`, `DataCloneError`, anything else | [`Error::Internal`] |
 pub fn from_dom(name: &str, message: &str, what: &str) -> Error {
-    let message = format!("indexeddb {what}: {name}: {message}");
-    match name {
-        "QuotaExceededError" => Error::QuotaExceeded { message, source: None },
-        "InvalidStateError" | "TransactionInactiveError" | "AbortError" | "UnknownError" | "TimeoutError" => {
-            Error::Unavailable { message, source: None }
-        }
-        "NotFoundError" => Error::Corrupted { message, source: None },
-        "SecurityError" | "NotAllowedError" => Error::PermissionDenied { message, source: None },
-        _ => Error::Internal { message, source: None },
+    IdbError::Dom { what, name, message }.into()
+}
+
+/// The `DOMException` inside `e`, if it is one.
+fn dom(e: &IdbFailure) -> Option<&web_sys::DomException> {
+    match e {
+        IdbFailure::DomException(d) => Some(d.as_ref().unchecked_ref()),
+        _ => None,
     }
 }
 
 /// Maps an `indexed_db_futures` error (`what` names the operation).
-pub(crate) fn map(what: &str, e: IdbError) -> Error {
-    match &e {
-        IdbError::DomException(d) => {
-            let sys: &web_sys::DomException = d.as_ref().unchecked_ref();
-            from_dom(&sys.name(), &sys.message(), what)
-        }
-        other => Error::Internal { message: format!("indexeddb {what}: {other}"), source: None },
+pub(crate) fn map(what: &str, e: IdbFailure) -> Error {
+    match dom(&e) {
+        Some(d) => from_dom(&d.name(), &d.message(), what),
+        None => IdbError::Other { what, detail: &e }.into(),
     }
 }
 
 /// Whether `e` is the DOM exception `name` (e.g. `ConstraintError`).
-pub(crate) fn is(e: &IdbError, name: &str) -> bool {
-    dom_name(e).as_deref() == Some(name)
+pub(crate) fn is(e: &IdbFailure, name: &str) -> bool {
+    dom(e).is_some_and(|d| d.name() == name)
 }
 
 /// Maps an error opening the database.
 pub(crate) fn map_open(e: OpenDbError) -> Error {
     match e {
         OpenDbError::Base(b) => map("open", b),
-        OpenDbError::NullFactory | OpenDbError::UnsupportedEnvironment => Error::Unsupported {
-            operation: "indexeddb is not available in this context (no indexedDB global)",
-        },
-        other => Error::Internal { message: format!("indexeddb open: {other}"), source: None },
-    }
-}
-
-/// Maps a thrown JavaScript value (a rejected promise, a failed call).
-pub(crate) fn map_js(what: &str, v: JsValue) -> Error {
-    match v.dyn_ref::<web_sys::DomException>() {
-        Some(d) => from_dom(&d.name(), &d.message(), what),
-        None => Error::Internal { message: format!("{what}: {v:?}"), source: None },
+        OpenDbError::NullFactory | OpenDbError::UnsupportedEnvironment => IdbError::NoFactory.into(),
+        other => IdbError::Other { what: "open", detail: &other }.into(),
     }
 }

@@ -1,138 +1,109 @@
-//! One forwarder across every tab and worker of an origin.
+//! Leadership in the `meta` object store: the current grant and the last
+//! epoch, and the fence every delivery transaction checks.
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::time::Duration;
 
-use futures::FutureExt;
-use outbox_forwarder::{Forwarder, ForwarderConfig, Sink, Wake};
-use tokio_util::sync::CancellationToken;
+use indexed_db_futures::object_store::ObjectStore;
+use outbox_core::codec::{PendingEntry, corrupt, encode_pending, encode_row};
+use outbox_core::rules::check_fence;
+use outbox_core::{Epoch, LeaderGrant, Result, Timestamp};
 
-use crate::platform::{Channel, GlobalListener, acquire_lock, lock_manager};
-use crate::store::IdbStore;
+use crate::codec::{bytes_js, decode_grant, encode_grant, js_bytes, js_u64, seq_js};
+use crate::schema::{EVENTS, LAST_EPOCH, LEADER, META, PENDING};
+use crate::tx::{Db, delete, finish, get, pending_entries, put, read_row, store};
 
-/// What a [`TabForwarder`] is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TabRole {
-    /// Waiting for the origin-wide lock: another tab or worker forwards.
-    Follower,
-    /// Holding the lock and running the forwarder.
-    Leader,
-    /// No lock manager here (`navigator.locks` missing): running a
-    /// forwarder that contends through the store's leadership lease, so
-    /// still one forwards at a time, with takeover after the lease ttl.
-    LeaseContender,
-    /// Stopped.
-    Stopped,
+/// The epoch of the current grant (read in the transaction that writes
+/// under it), `None` when nobody leads.
+pub(crate) async fn current_epoch(meta: &ObjectStore<'_>) -> Result<Option<Epoch>> {
+    match get(meta, LEADER.into(), "read leader").await? {
+        Some(v) => Ok(Some(decode_grant(&js_bytes(&v, "leader")?)?.epoch)),
+        None => Ok(None),
+    }
 }
 
-/// The name of the Web Lock and of the store's leadership holder shared
-/// by every tab of the outbox database `db`.
-pub fn lock_name(db: &str) -> String {
-    format!("outbox-forwarder:{db}")
-}
-
-/// The `BroadcastChannel` an [`IdbStore`] posts to after each commit with
-/// events, and a [`TabForwarder`] listens on.
-pub fn channel_name(db: &str) -> String {
-    format!("outbox-commits:{db}")
-}
-
-/// Runs the outbox forwarder in exactly one tab (or worker) of the origin
-/// at a time; every tab still commits durably to the shared database.
-///
-/// - **Election:** an exclusive Web Lock (`navigator.locks`) named
-///   [`lock_name`]. Tabs that do not hold it wait in the browser's queue
-///   and take over the moment the holder stops, closes or crashes.
-/// - **Fencing:** the lock holder acquires the store's leadership under a
-///   holder name every tab shares, so the new leader's grant supersedes
-///   the old one at once: a stale leader (a frozen tab that wakes up
-///   after losing the lock) gets [`Fenced`](outbox_core::Error::Fenced)
-///   on its next claim or ack and changes nothing.
-/// - **Without Web Locks** (old browsers, insecure contexts) each tab runs
-///   a forwarder with its own holder name and the store's lease elects
-///   one ([`TabRole::LeaseContender`]); takeover then waits for the lease
-///   ttl.
-/// - **Wake-ups:** a commit in any tab posts on the `BroadcastChannel`
-///   [`channel_name`]; the leader wakes on it, on the `online` event
-///   (closing its circuit breaker to a probe) and when its page becomes
-///   visible, instead of waiting for its next tick.
-#[derive(Debug)]
-pub struct TabForwarder {
-    cancel: CancellationToken,
-    wake: Wake,
-    role: Rc<Cell<TabRole>>,
-    done: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
-}
-
-impl TabForwarder {
-    /// Starts contending for the forwarder role of `store`'s database and
-    /// forwarding to `sink` once it holds it.
-    pub fn start(store: Arc<IdbStore>, sink: Arc<dyn Sink>, mut cfg: ForwarderConfig) -> TabForwarder {
-        let cancel = CancellationToken::new();
-        let role = Rc::new(Cell::new(TabRole::Follower));
-        let db = store.name().to_owned();
-        let locks = lock_manager();
-        if locks.is_some() {
-            cfg.holder = lock_name(&db);
+/// Grants leadership to `holder` for `ttl` unless another holder's grant
+/// is unexpired. `granted` is the epoch of the last grant this handle
+/// made (0: none).
+pub(crate) async fn acquire(
+    db: &Db,
+    now: Timestamp,
+    holder: &str,
+    ttl: Duration,
+    granted: u64,
+) -> Result<Option<LeaderGrant>> {
+    let what = "acquire leadership";
+    let tx = db.tx(&[META, PENDING, EVENTS], true)?;
+    let meta = store(&tx, META, what)?;
+    if let Some(v) = get(&meta, LEADER.into(), "read leader").await? {
+        let cur = decode_grant(&js_bytes(&v, "leader")?)?;
+        if cur.holder != holder && cur.expires_at > now {
+            return Ok(None);
         }
-        let fwd = Forwarder::new(store, sink, cfg);
-        let wake = fwd.waker();
-        let (done_tx, done_rx) = futures::channel::oneshot::channel();
-        let (task_cancel, task_role, task_wake) = (cancel.clone(), role.clone(), wake.clone());
-        wasm_bindgen_futures::spawn_local(async move {
-            let lock = match &locks {
-                Some(l) => {
-                    let name = lock_name(&db);
-                    let acquire = Box::pin(acquire_lock(l, &name, false));
-                    let stop = Box::pin(task_cancel.cancelled());
-                    match futures::future::select(acquire, stop).await {
-                        futures::future::Either::Left((Ok(Some(lock)), _)) => Some(lock),
-                        _ => {
-                            task_role.set(TabRole::Stopped);
-                            let _ = done_tx.send(());
-                            return;
-                        }
-                    }
+        // An unreleased grant under the same holder name made by another
+        // handle: with Web Locks the name is the lock's, and holding the
+        // lock means its previous holder is gone (a tab closed or crashed
+        // mid-batch). The leases of the rows it claimed are voided, so the
+        // batch it had in flight is claimable at once, not after the
+        // lease; the lost attempt stays counted. Released grants' leases
+        // stand.
+        if cur.holder == holder && cur.epoch.0 != granted {
+            let (pending, ev) = (store(&tx, PENDING, what)?, store(&tx, EVENTS, what)?);
+            for (seq, entry) in pending_entries(&pending).await? {
+                if entry.lease_until.is_none() {
+                    continue;
                 }
-                None => None,
-            };
-            task_role.set(if lock.is_some() { TabRole::Leader } else { TabRole::LeaseContender });
-            let w = task_wake.clone();
-            let _commits = Channel::listen(&channel_name(&db), move |_| w.wake());
-            let w = task_wake.clone();
-            let _online = GlobalListener::on("online", move |_| w.notify_online());
-            let w = task_wake;
-            let _visible = GlobalListener::on("visibilitychange", move |_| w.wake());
-            fwd.run(task_cancel).await;
-            drop(lock);
-            task_role.set(TabRole::Stopped);
-            let _ = done_tx.send(());
-        });
-        TabForwarder { cancel, wake, role, done: done_rx.shared() }
+                let mut row = read_row(&ev, seq)
+                    .await?
+                    .ok_or_else(|| corrupt("pending index names a missing event"))?;
+                if row.claimed_by != Some(cur.epoch.0) {
+                    continue;
+                }
+                row.lease_until = None;
+                put(&ev, seq_js(seq), bytes_js(&encode_row(&row)), what)?;
+                let entry = PendingEntry { lease_until: None, ..entry };
+                put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
+            }
+        }
     }
+    let last = match get(&meta, LAST_EPOCH.into(), "read epoch").await? {
+        Some(v) => js_u64(&v, "last epoch")?,
+        None => 0,
+    };
+    let grant = LeaderGrant {
+        holder: holder.to_owned(),
+        epoch: Epoch(last + 1),
+        expires_at: now.saturating_add(ttl),
+    };
+    put(&meta, LAST_EPOCH.into(), seq_js(last + 1), what)?;
+    put(&meta, LEADER.into(), bytes_js(&encode_grant(&grant)), what)?;
+    finish(tx, what).await?;
+    Ok(Some(grant))
+}
 
-    /// What this tab is doing now.
-    pub fn role(&self) -> TabRole {
-        self.role.get()
-    }
+/// Extends the current grant to `now + ttl`.
+pub(crate) async fn renew(
+    db: &Db,
+    now: Timestamp,
+    grant: &LeaderGrant,
+    ttl: Duration,
+) -> Result<LeaderGrant> {
+    let what = "renew leadership";
+    let tx = db.tx(&[META], true)?;
+    let meta = store(&tx, META, what)?;
+    check_fence(grant, current_epoch(&meta).await?)?;
+    let renewed = LeaderGrant { expires_at: now.saturating_add(ttl), ..grant.clone() };
+    put(&meta, LEADER.into(), bytes_js(&encode_grant(&renewed)), what)?;
+    finish(tx, what).await?;
+    Ok(renewed)
+}
 
-    /// Whether this tab forwards now (holds the lock, or contends by lease
-    /// where there are no locks).
-    pub fn is_forwarding(&self) -> bool {
-        matches!(self.role(), TabRole::Leader | TabRole::LeaseContender)
+/// Gives the grant up, if it is still the current one.
+pub(crate) async fn release(db: &Db, grant: &LeaderGrant) -> Result<()> {
+    let what = "release leadership";
+    let tx = db.tx(&[META], true)?;
+    let meta = store(&tx, META, what)?;
+    if current_epoch(&meta).await.is_ok_and(|current| check_fence(grant, current).is_ok()) {
+        delete(&meta, LEADER.into(), what)?;
     }
-
-    /// The forwarder's wake-up handle (commits in this tab reach it
-    /// through the channel already; call it for other signals).
-    pub fn waker(&self) -> &Wake {
-        &self.wake
-    }
-
-    /// Stops: the batch in flight finishes, leadership is released, the
-    /// lock goes to the next tab in line. Resolves when done.
-    pub async fn stop(self) {
-        self.cancel.cancel();
-        let _ = self.done.clone().await;
-    }
+    finish(tx, what).await
 }

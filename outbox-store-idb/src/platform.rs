@@ -1,15 +1,10 @@
 //! Browser APIs reached through the global object, so the same code runs
-//! in a window and in a worker: `navigator.locks`, `navigator.storage`,
-//! `BroadcastChannel`, `online` and `visibilitychange`.
+//! in a window and in a worker: `navigator.storage` and the
+//! `BroadcastChannel` a store posts its commits on.
 
 use js_sys::{Function, Object, Promise, Reflect};
-use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-
-use outbox_core::{Error, Result};
-
-use crate::error::map_js;
 
 fn global() -> Object {
     js_sys::global()
@@ -19,93 +14,25 @@ fn prop(target: &JsValue, name: &str) -> Option<JsValue> {
     Reflect::get(target, &name.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
 }
 
-fn navigator() -> Option<JsValue> {
-    prop(&global(), "navigator")
-}
-
 /// `navigator.storage.persisted()`: `None` where there is no Storage API.
 pub(crate) async fn storage_persisted() -> Option<bool> {
-    let storage = prop(&navigator()?, "storage")?;
+    let storage = prop(&prop(&global(), "navigator")?, "storage")?;
     let f: Function = prop(&storage, "persisted")?.dyn_into().ok()?;
     let p: Promise = f.call0(&storage).ok()?.dyn_into().ok()?;
     JsFuture::from(p).await.ok()?.as_bool()
 }
 
-/// The origin's lock manager, where there is one (secure contexts).
-pub(crate) fn lock_manager() -> Option<JsValue> {
-    prop(&navigator()?, "locks")
+/// The `BroadcastChannel` of the database `db`: a store posts on it after
+/// each commit with events, so the forwarder leading in any tab or worker
+/// of the origin wakes at once (`outbox_forwarder::browser::TabForwarder`
+/// listens on it).
+pub fn channel_name(db: &str) -> String {
+    format!("outbox-commits:{db}")
 }
 
-/// An exclusive Web Lock, held until this value is dropped (or its
-/// context goes away: a closed tab or a terminated worker releases its
-/// locks, which is what makes them right for electing one forwarder).
-pub(crate) struct HeldLock {
-    release: Function,
-    /// Kept alive while the lock manager may call it.
-    _granted: Closure<dyn FnMut(JsValue) -> JsValue>,
-}
-
-impl std::fmt::Debug for HeldLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeldLock")
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        // Settles the promise the lock callback returned: the lock is
-        // released and the next waiter (another tab) is granted it.
-        let _ = self.release.call0(&JsValue::UNDEFINED);
-    }
-}
-
-/// Waits for the exclusive lock `name` from `locks` (see
-/// [`lock_manager`]); `if_available` returns `None` at once instead of
-/// waiting when another context holds it.
-pub(crate) async fn acquire_lock(
-    locks: &JsValue,
-    name: &str,
-    if_available: bool,
-) -> Result<Option<HeldLock>> {
-    let (granted_tx, granted_rx) = futures::channel::oneshot::channel::<bool>();
-    let mut release: Option<Function> = None;
-    let held = Promise::new(&mut |resolve, _reject| release = Some(resolve));
-    let release = release.ok_or_else(|| Error::internal("Promise executor did not run"))?;
-    let mut granted_tx = Some(granted_tx);
-    let held_for_cb = held.clone();
-    let granted = Closure::wrap(Box::new(move |lock: JsValue| -> JsValue {
-        let got = !lock.is_null() && !lock.is_undefined();
-        if let Some(tx) = granted_tx.take()
-            && tx.send(got).is_err()
-        {
-            // Nobody waits any more (the request was given up): release.
-            return JsValue::UNDEFINED;
-        }
-        // Hold the lock until `held` settles (HeldLock::drop); give a
-        // refused `ifAvailable` request back at once.
-        if got { held_for_cb.clone().into() } else { JsValue::UNDEFINED }
-    }) as Box<dyn FnMut(JsValue) -> JsValue>);
-    let request: Function = prop(locks, "request")
-        .and_then(|f| f.dyn_into().ok())
-        .ok_or(Error::Unsupported { operation: "navigator.locks.request" })?;
-    let opts = Object::new();
-    Reflect::set(&opts, &"mode".into(), &"exclusive".into()).map_err(|e| map_js("lock options", e))?;
-    Reflect::set(&opts, &"ifAvailable".into(), &if_available.into())
-        .map_err(|e| map_js("lock options", e))?;
-    request
-        .call3(locks, &name.into(), &opts, granted.as_ref().unchecked_ref())
-        .map_err(|e| map_js("navigator.locks.request", e))?;
-    match granted_rx.await {
-        Ok(true) => Ok(Some(HeldLock { release, _granted: granted })),
-        Ok(false) => Ok(None),
-        Err(_) => Err(Error::internal("the lock manager dropped the lock request")),
-    }
-}
-
-/// A named `BroadcastChannel` and, optionally, its message listener.
+/// A named `BroadcastChannel` to post on, closed on drop.
 pub(crate) struct Channel {
     chan: web_sys::BroadcastChannel,
-    _on_message: Option<Closure<dyn FnMut(JsValue)>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -119,18 +46,7 @@ impl Channel {
     pub(crate) fn open(name: &str) -> Option<Channel> {
         prop(&global(), "BroadcastChannel")?;
         let chan = web_sys::BroadcastChannel::new(name).ok()?;
-        Some(Channel { chan, _on_message: None })
-    }
-
-    /// Opens channel `name` calling `f` on every message from other
-    /// channel objects of that name (other tabs, workers, or stores of
-    /// this context).
-    pub(crate) fn listen(name: &str, f: impl FnMut(JsValue) + 'static) -> Option<Channel> {
-        let mut c = Self::open(name)?;
-        let cb = Closure::wrap(Box::new(f) as Box<dyn FnMut(JsValue)>);
-        c.chan.set_onmessage(Some(cb.as_ref().unchecked_ref()));
-        c._on_message = Some(cb);
-        Some(c)
+        Some(Channel { chan })
     }
 
     /// Posts `msg` (best effort: a closed channel drops it).
@@ -141,42 +57,6 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.chan.set_onmessage(None);
         self.chan.close();
-    }
-}
-
-/// An event listener on the global object, removed on drop.
-pub(crate) struct GlobalListener {
-    event: &'static str,
-    cb: Closure<dyn FnMut(JsValue)>,
-    target: web_sys::EventTarget,
-}
-
-impl std::fmt::Debug for GlobalListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GlobalListener").field("event", &self.event).finish()
-    }
-}
-
-impl GlobalListener {
-    /// Listens for `event` on the global object (`online`) or, for
-    /// `visibilitychange`, on the document where there is one.
-    pub(crate) fn on(event: &'static str, f: impl FnMut(JsValue) + 'static) -> Option<GlobalListener> {
-        let g = global();
-        let target: web_sys::EventTarget = if event == "visibilitychange" {
-            prop(&g, "document")?.dyn_into().ok()?
-        } else {
-            g.dyn_into().ok()?
-        };
-        let cb = Closure::wrap(Box::new(f) as Box<dyn FnMut(JsValue)>);
-        target.add_event_listener_with_callback(event, cb.as_ref().unchecked_ref()).ok()?;
-        Some(GlobalListener { event, cb, target })
-    }
-}
-
-impl Drop for GlobalListener {
-    fn drop(&mut self) {
-        let _ = self.target.remove_event_listener_with_callback(self.event, self.cb.as_ref().unchecked_ref());
     }
 }

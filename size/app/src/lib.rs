@@ -10,8 +10,9 @@ pub mod app {
 
     use outbox_core::prelude::*;
     use outbox_core::{ActorId, Commit, Envelope, NewEvent, Payload, async_trait};
+    use outbox_forwarder::browser::{TabForwarder, lock_name};
     use outbox_forwarder::{ForwarderConfig, Outcome, Sink};
-    use outbox_store_idb::{IdbStore, TabForwarder};
+    use outbox_store_idb::{IdbStore, channel_name};
     use wasm_bindgen::prelude::*;
 
     struct JsSink(js_sys::Function);
@@ -53,7 +54,13 @@ pub mod app {
             .put_state_and_events(Commit::state(actor, version, snapshot).event(event))
             .await
             .map_err(err)?;
-        let tab = TabForwarder::start(store, Arc::new(JsSink(deliver)), ForwarderConfig::default());
+        let tab = TabForwarder::start(
+            store,
+            Arc::new(JsSink(deliver)),
+            ForwarderConfig::default(),
+            &lock_name(&db),
+            &channel_name(&db),
+        );
         std::mem::forget(tab);
         Ok(())
     }

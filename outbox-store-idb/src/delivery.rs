@@ -1,0 +1,145 @@
+//! Delivery: the claim (a plan over the dead index and the pending index
+//! in seq order) and settling claimed events (ack, release, retry, dead
+//! letter), each one transaction fenced by the leader's epoch.
+
+use outbox_core::codec::{PendingEntry, Row, Status, corrupt, encode_pending, encode_row};
+use outbox_core::rules::{ClaimEntry, ClaimPlan, check_claim_holder, check_fence};
+use outbox_core::{ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, Timestamp};
+
+use crate::codec::{bytes_js, id_js, js_u64, seq_js, time_seq_js};
+use crate::leader::current_epoch;
+use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING};
+use crate::tx::{Db, Tx, delete, finish, get, get_all, get_all_keys, pending_after, put, read_row, store};
+
+/// Claims up to `request.limit` due events under `grant` (see
+/// [`ClaimPlan`]): dead events first from the dead index (when parking),
+/// then the pending index in seq order, read in chunks until the plan is
+/// full, so a claim reads about what it takes, not the backlog.
+pub(crate) async fn claim(
+    db: &Db,
+    now: Timestamp,
+    grant: &LeaderGrant,
+    request: &ClaimRequest,
+) -> Result<Vec<Envelope>> {
+    let what = "claim";
+    let tx = db.tx(&[META, PENDING, DEAD, EVENTS], true)?;
+    let (meta, pending) = (store(&tx, META, what)?, store(&tx, PENDING, what)?);
+    let (dead, ev) = (store(&tx, DEAD, what)?, store(&tx, EVENTS, what)?);
+    check_fence(grant, current_epoch(&meta).await?)?;
+    if request.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut plan: ClaimPlan<OrderingKey> = ClaimPlan::new(request, now);
+    if request.park_dead_keys {
+        let keys = get_all_keys(&dead, None, "scan dead").await?;
+        let values = get_all(&dead, "scan dead").await?;
+        for (k, v) in keys.iter().zip(&values) {
+            let seq = js_u64(k, "dead key")?;
+            let key = v
+                .as_string()
+                .and_then(|s| OrderingKey::new(s).ok())
+                .ok_or_else(|| corrupt("dead index key is invalid"))?;
+            plan.dead(&key, seq);
+        }
+    }
+    let chunk = u32::try_from(request.limit.clamp(64, 4096)).unwrap_or(4096);
+    let mut picked: Vec<(u64, PendingEntry)> = Vec::new();
+    let mut after = 0;
+    while !plan.is_full() {
+        let entries = pending_after(&pending, after, chunk).await?;
+        let last_chunk = entries.len() < chunk as usize;
+        for (seq, entry) in entries {
+            if plan.is_full() {
+                break;
+            }
+            after = seq;
+            let offered = ClaimEntry::Pending {
+                lease_until: entry.lease_until,
+                next_attempt_at: entry.next_attempt_at,
+            };
+            if plan.offer(&entry.key, seq, offered) {
+                picked.push((seq, entry));
+            }
+        }
+        if last_chunk {
+            break;
+        }
+    }
+    let lease_until = now.saturating_add(request.lease);
+    let mut out = Vec::with_capacity(picked.len());
+    for (seq, entry) in picked {
+        let mut row =
+            read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
+        row.env.attempts = row.env.attempts.saturating_add(1);
+        row.claimed_by = Some(grant.epoch.0);
+        row.lease_until = Some(lease_until);
+        let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
+        put(&ev, seq_js(seq), bytes_js(&encode_row(&row)), what)?;
+        put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
+        out.push(row.env);
+    }
+    finish(tx, what).await?;
+    Ok(out)
+}
+
+/// Applies `change` to the pending events `ids` claimed under `grant`, in
+/// one transaction: `Fenced` if `grant` is not the current grant or any
+/// id is held by another claim. Delivered, dead and unknown ids are
+/// skipped.
+pub(crate) async fn settle(
+    db: &Db,
+    what: &str,
+    grant: &LeaderGrant,
+    ids: &[EventId],
+    change: impl Fn(&mut Row),
+) -> Result<()> {
+    let tx = db.tx(&[META, IDS, EVENTS, PENDING, DEAD, DELIVERED], true)?;
+    let mut rows = settleable(&tx, grant, ids).await?;
+    for (_, row) in &mut rows {
+        change(row);
+    }
+    write_settled(tx, what, &rows).await
+}
+
+/// The rows `grant` may settle (read inside `tx`).
+async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<(u64, Row)>> {
+    let meta = store(tx, META, "settle")?;
+    check_fence(grant, current_epoch(&meta).await?)?;
+    let id_st = store(tx, IDS, "settle")?;
+    let ev = store(tx, EVENTS, "settle")?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(s) = get(&id_st, id_js(*id), "read id").await? else { continue };
+        let seq = js_u64(&s, "id index")?;
+        let Some(row) = read_row(&ev, seq).await? else { continue };
+        if row.status != Status::Pending {
+            continue;
+        }
+        check_claim_holder(grant, row.claimed_by.map(Epoch))?;
+        out.push((seq, row));
+    }
+    Ok(out)
+}
+
+/// Writes back settled rows (in `tx`) and commits.
+async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Row)]) -> Result<()> {
+    let (ev, pending) = (store(&tx, EVENTS, what)?, store(&tx, PENDING, what)?);
+    let (dead, delivered) = (store(&tx, DEAD, what)?, store(&tx, DELIVERED, what)?);
+    for (seq, row) in rows {
+        put(&ev, seq_js(*seq), bytes_js(&encode_row(row)), what)?;
+        match row.status {
+            Status::Pending => {
+                put(&pending, seq_js(*seq), bytes_js(&encode_pending(&PendingEntry::of(row))), what)?
+            }
+            Status::Dead => {
+                delete(&pending, seq_js(*seq), what)?;
+                put(&dead, seq_js(*seq), row.env.key.as_str().into(), what)?;
+            }
+            Status::Delivered(at) => {
+                delete(&pending, seq_js(*seq), what)?;
+                put(&delivered, time_seq_js(at, *seq), seq_js(*seq), what)?;
+            }
+        }
+    }
+    finish(tx, what).await
+}

@@ -1,0 +1,142 @@
+//! Transactions over the object stores and the requests inside them.
+//!
+//! Every request of a transaction is an IndexedDB request: values are
+//! encoded before the transaction opens, so it never awaits anything else
+//! (which would let the browser auto-commit it half done). On any request
+//! error the transaction is dropped, which aborts it: nothing of a failed
+//! operation is written.
+
+use indexed_db_futures::database::Database;
+use indexed_db_futures::object_store::ObjectStore;
+use indexed_db_futures::prelude::*;
+use indexed_db_futures::transaction::{
+    Transaction, TransactionDurability, TransactionMode, TransactionOptions,
+};
+use outbox_core::Result;
+use outbox_core::codec::{PendingEntry, Row, corrupt, decode_pending, decode_row};
+use wasm_bindgen::JsValue;
+
+use crate::codec::{js_bytes, js_u64, seq_js};
+use crate::error::map;
+use crate::options::Durability;
+
+pub(crate) type Tx<'a> = Transaction<'a>;
+
+/// The open database and the durability hint of its writing
+/// transactions.
+#[derive(Debug)]
+pub(crate) struct Db {
+    pub(crate) db: Database,
+    pub(crate) durability: Durability,
+}
+
+impl Db {
+    /// Begins a transaction over `stores`, `readwrite` (with the
+    /// durability hint) when `write`.
+    pub(crate) fn tx(&self, stores: &[&str], write: bool) -> Result<Tx<'_>> {
+        let b = self.db.transaction(stores);
+        let r = if write {
+            let mut opts = TransactionOptions::new();
+            match self.durability {
+                Durability::Strict => {
+                    opts.set_durability(TransactionDurability::Strict);
+                }
+                Durability::Relaxed => {
+                    opts.set_durability(TransactionDurability::Relaxed);
+                }
+                Durability::BrowserDefault => {}
+            }
+            b.with_mode(TransactionMode::Readwrite).with_options(opts).build()
+        } else {
+            b.build()
+        };
+        r.map_err(|e| map("begin transaction", e))
+    }
+}
+
+/// Commits `tx`, mapping a failure (a quota abort shows up here).
+pub(crate) async fn finish(tx: Tx<'_>, what: &str) -> Result<()> {
+    tx.commit().await.map_err(|e| map(what, e))
+}
+
+/// The object store `name` of `tx`.
+pub(crate) fn store<'a>(tx: &'a Tx<'_>, name: &str, what: &str) -> Result<ObjectStore<'a>> {
+    tx.object_store(name).map_err(|e| map(what, e))
+}
+
+pub(crate) async fn get(st: &ObjectStore<'_>, key: JsValue, what: &str) -> Result<Option<JsValue>> {
+    let req = st.get::<JsValue, JsValue, JsValue>(key).primitive().map_err(|e| map(what, e))?;
+    req.await.map_err(|e| map(what, e))
+}
+
+/// Issues a put (not awaited: requests of a transaction run in order, and
+/// the transaction's commit reports the first failure).
+pub(crate) fn put(st: &ObjectStore<'_>, key: JsValue, value: JsValue, what: &str) -> Result<()> {
+    st.put(value).with_key(key).primitive().map_err(|e| map(what, e)).map(drop)
+}
+
+/// Issues a delete (not awaited, like [`put`]).
+pub(crate) fn delete(st: &ObjectStore<'_>, key: JsValue, what: &str) -> Result<()> {
+    st.delete::<JsValue, JsValue>(key).primitive().map_err(|e| map(what, e)).map(drop)
+}
+
+pub(crate) async fn get_all(st: &ObjectStore<'_>, what: &str) -> Result<Vec<JsValue>> {
+    let it =
+        st.get_all::<JsValue>().primitive().map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    it.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))
+}
+
+pub(crate) async fn get_all_keys(
+    st: &ObjectStore<'_>,
+    limit: Option<u32>,
+    what: &str,
+) -> Result<Vec<JsValue>> {
+    let it = match limit {
+        Some(n) => st.get_all_keys::<JsValue>().with_limit(n).primitive().map_err(|e| map(what, e))?.await,
+        None => st.get_all_keys::<JsValue>().primitive().map_err(|e| map(what, e))?.await,
+    }
+    .map_err(|e| map(what, e))?;
+    it.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))
+}
+
+pub(crate) async fn count(st: &ObjectStore<'_>, what: &str) -> Result<u64> {
+    let n = st.count().primitive().map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    Ok(n as u64)
+}
+
+/// Every `(seq, entry)` of the pending index, in seq order.
+pub(crate) async fn pending_entries(st: &ObjectStore<'_>) -> Result<Vec<(u64, PendingEntry)>> {
+    pending_after(st, 0, u32::MAX).await
+}
+
+/// Up to `n` `(seq, entry)` of the pending index with a seq above
+/// `after`, in seq order.
+pub(crate) async fn pending_after(
+    st: &ObjectStore<'_>,
+    after: u64,
+    n: u32,
+) -> Result<Vec<(u64, PendingEntry)>> {
+    let what = "scan pending";
+    let range = || indexed_db_futures::KeyRange::LowerBound(seq_js(after), true);
+    let keys = st.get_all_keys::<JsValue>().with_query::<JsValue, _>(range()).with_limit(n).primitive();
+    let keys = keys.map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    let keys = keys.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))?;
+    let values = st.get_all::<JsValue>().with_query::<JsValue, _>(range()).with_limit(n).primitive();
+    let values = values.map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    let values = values.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))?;
+    if keys.len() != values.len() {
+        return Err(corrupt("pending index changed under a read"));
+    }
+    keys.iter()
+        .zip(&values)
+        .map(|(k, v)| Ok((js_u64(k, "pending key")?, decode_pending(&js_bytes(v, "pending entry")?)?)))
+        .collect()
+}
+
+/// The event row at `seq`, if there is one.
+pub(crate) async fn read_row(st: &ObjectStore<'_>, seq: u64) -> Result<Option<Row>> {
+    match get(st, seq_js(seq), "read event").await? {
+        Some(v) => Ok(Some(decode_row(&js_bytes(&v, "event row")?)?)),
+        None => Ok(None),
+    }
+}
