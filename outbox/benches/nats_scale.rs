@@ -10,7 +10,7 @@
 //! 3. end-to-end latency commit → message seen on NATS, a forwarder woken
 //!    by LISTEN/NOTIFY, against publishing straight to JetStream.
 //!
-//! `cargo bench -p outbox-sink-nats --bench scale`. Env: `ROUNDS` (5).
+//! `cargo bench -p outbox --all-features --bench nats_scale`. Env: `ROUNDS` (5).
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::HashMap;

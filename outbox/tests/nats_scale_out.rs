@@ -19,6 +19,7 @@
 // #[test] functions, where an unwrap is the test failing.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../outbox-sink-nats/tests/common/mod.rs"]
 mod common;
 
 use std::collections::{HashMap, HashSet};
