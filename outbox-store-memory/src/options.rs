@@ -10,7 +10,7 @@ use crate::schema::{Inner, MemoryBacking};
 /// The full store contract, in memory.
 ///
 /// Not durable: everything is gone when the value is dropped. It reports
-/// `durable: false` in its [`Capabilities`] and logs a warning when made.
+/// `durable: false` in its [`Capabilities`](outbox_core::Capabilities) and logs a warning when made.
 /// Cloning is not offered; share it with `Arc`.
 #[derive(Debug)]
 pub struct MemoryStore {
