@@ -18,14 +18,14 @@ pub use commit::{Commit, InboxMark, Limits, StateWrite};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use event::{Envelope, Headers, NewEvent, Payload, PayloadKind};
 pub use id::{ActorId, ConsumerId, Epoch, EventId, OrderingKey};
-pub use retry::{Backoff, RetryPolicy, SplitMix64};
+pub use retry::{Backoff, GiveUp, RetryLimits, RetryPolicy, SplitMix64};
 pub use schedule::KeyScheduler;
 pub use sink::{Outcome, Sink};
 pub use state::{StateSnapshot, Version};
 pub use store::{
-    Capabilities, ClaimRequest, CommitReceipt, DeliveryStore, DurableStore, DurableStoreExt, InboxStore,
-    InspectStore, LeaderGrant, LeaderStore, LeadershipMode, MaybeSendSync, StateStore, StoreStats,
-    async_trait,
+    Attempt, Capabilities, ClaimRequest, CommitReceipt, DeliveryStore, DurableStore, DurableStoreExt,
+    InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode, MaybeSendSync, StateStore,
+    StoreStats, async_trait,
 };
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 

@@ -1,6 +1,7 @@
 //! Retry math: exponential backoff with full jitter and a cap, and the
 //! retry horizon that inbox retention is derived from.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How long a claimed event stays leased by default (the forwarder's
@@ -25,9 +26,9 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 100 ms base, 30 s cap.
+    /// 100 ms base, 60 s cap.
     fn default() -> Self {
-        Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(30) }
+        Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(60) }
     }
 }
 
@@ -48,38 +49,179 @@ impl Backoff {
     }
 }
 
-/// When to give up on an event.
+/// When to give up on an event that keeps failing with a transient error.
+/// The default gives up never: both limits are opt-in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RetryLimits {
+    /// Counted attempts (the first included) after which the event is
+    /// dead-lettered. Attempts made while the circuit breaker is open or
+    /// the platform is offline are not counted.
+    pub max_attempts: Option<u32>,
+    /// Age (since commit) after which a failing event is dead-lettered.
+    pub max_age: Option<Duration>,
+}
+
+impl RetryLimits {
+    /// No limit: retry until delivered (the default).
+    pub const NEVER: RetryLimits = RetryLimits { max_attempts: None, max_age: None };
+
+    /// Gives up after `n` counted attempts.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// Gives up on events older than `age`.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Why an event with `attempts` counted attempts, `age` old, is given
+    /// up on, or `None` if it may be retried.
+    pub fn exceeded(&self, attempts: u32, age: Duration) -> Option<GiveUp> {
+        if let Some(max) = self.max_attempts
+            && attempts >= max
+        {
+            return Some(GiveUp::Attempts(max));
+        }
+        if let Some(max) = self.max_age
+            && age >= max
+        {
+            return Some(GiveUp::Age(max));
+        }
+        None
+    }
+
+    /// How long an event can keep being retried after its first attempt
+    /// under these limits (`None`: without bound).
+    fn horizon(&self, backoff: &Backoff, lease: Duration) -> Option<Duration> {
+        let by_attempts = self.max_attempts.map(|n| {
+            let n = n.max(1);
+            let waits = (1..n).fold(Duration::ZERO, |acc, f| acc.saturating_add(backoff.ceiling(f)));
+            waits.saturating_add(lease.saturating_mul(n))
+        });
+        let by_age = self.max_age.map(|a| a.saturating_add(backoff.cap).saturating_add(lease));
+        match (by_attempts, by_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Which opt-in limit an event reached.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GiveUp {
+    /// `max_attempts` counted attempts were made.
+    Attempts(u32),
+    /// The event is older than `max_age`.
+    Age(Duration),
+}
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GiveUp::Attempts(n) => write!(f, "gave up after {n} attempts"),
+            GiveUp::Age(a) => write!(f, "gave up: older than {a:?}"),
+        }
+    }
+}
+
+/// How failed deliveries are retried, and when (if ever) an event is
+/// given up on.
+///
+/// The default retries transient failures (`Retriable`, `RetryAfter`)
+/// until delivered, with full-jitter backoff from 100 ms capped at 60 s;
+/// only `NonRetriable` dead-letters. Limits are opt-in, for all events or
+/// per event type:
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox_core::retry::{RetryLimits, RetryPolicy};
+///
+/// let policy = RetryPolicy::default()
+///     .cap(Duration::from_secs(30))
+///     // A typing indicator is worthless after a minute...
+///     .for_type("TYPING", RetryLimits::default().max_age(Duration::from_secs(60)))
+///     // ...an order is retried until delivered (the default).
+///     ;
+/// assert_eq!(policy.limits_for("TYPING").max_age, Some(Duration::from_secs(60)));
+/// assert_eq!(policy.limits_for("ORDER_PLACED"), RetryLimits::NEVER);
+/// ```
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct RetryPolicy {
     /// The delays between attempts.
     pub backoff: Backoff,
-    /// Attempts (the first included) before an event is dead-lettered.
-    pub max_attempts: u32,
-}
-
-impl Default for RetryPolicy {
-    /// [`Backoff::default`], 10 attempts.
-    fn default() -> Self {
-        RetryPolicy { backoff: Backoff::default(), max_attempts: 10 }
-    }
+    /// The limits of every event type without its own.
+    pub limits: RetryLimits,
+    /// Limits of particular event types.
+    pub per_type: BTreeMap<String, RetryLimits>,
 }
 
 impl RetryPolicy {
-    /// Whether an event that has made `attempts` attempts may have another.
-    pub fn may_retry(&self, attempts: u32) -> bool {
-        attempts < self.max_attempts
+    /// Retries until delivered with `backoff`.
+    pub fn new(backoff: Backoff) -> Self {
+        RetryPolicy { backoff, ..RetryPolicy::default() }
+    }
+
+    /// Sets the backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets the longest delay between attempts.
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.backoff.cap = cap;
+        self
+    }
+
+    /// Opt-in: dead-letter an event after `n` counted attempts (for event
+    /// types without their own limits).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.limits.max_attempts = Some(n);
+        self
+    }
+
+    /// Opt-in: dead-letter a failing event older than `age` (for event
+    /// types without their own limits).
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.limits.max_age = Some(age);
+        self
+    }
+
+    /// Limits for events of `event_type` ([`RetryLimits::NEVER`]: retried
+    /// until delivered, whatever the default limits say).
+    pub fn for_type(mut self, event_type: impl Into<String>, limits: RetryLimits) -> Self {
+        self.per_type.insert(event_type.into(), limits);
+        self
+    }
+
+    /// The limits that apply to `event_type`.
+    pub fn limits_for(&self, event_type: &str) -> RetryLimits {
+        self.per_type.get(event_type).copied().unwrap_or(self.limits)
+    }
+
+    /// Whether an event of `event_type` that has made `attempts` counted
+    /// attempts and is `age` old is given up on, and why.
+    pub fn gives_up(&self, event_type: &str, attempts: u32, age: Duration) -> Option<GiveUp> {
+        self.limits_for(event_type).exceeded(attempts, age)
     }
 
     /// The longest an event can stay undelivered-but-retrying after its
-    /// first attempt: every backoff ceiling plus one `lease` per attempt
-    /// (an attempt may hold its lease to the end before failing).
+    /// first attempt: for an attempt limit, every backoff ceiling plus one
+    /// `lease` per attempt (an attempt may hold its lease to the end before
+    /// failing); for an age limit, the age plus the cap and a lease. `None`
+    /// when some events are retried without bound (the default).
     ///
     /// A consumer must keep its inbox marks at least this long after
     /// processing; a redelivery later than this cannot come from retries.
-    pub fn horizon(&self, lease: Duration) -> Duration {
-        let n = self.max_attempts.max(1);
-        let waits = (1..n).fold(Duration::ZERO, |acc, f| acc.saturating_add(self.backoff.ceiling(f)));
-        waits.saturating_add(lease.saturating_mul(n))
+    pub fn horizon(&self, lease: Duration) -> Option<Duration> {
+        let mut worst = self.limits.horizon(&self.backoff, lease)?;
+        for limits in self.per_type.values() {
+            worst = worst.max(limits.horizon(&self.backoff, lease)?);
+        }
+        Some(worst)
     }
 }
 
@@ -141,11 +283,36 @@ mod tests {
 
     #[test]
     fn horizon_sums_ceilings_and_leases() {
-        let p = RetryPolicy { backoff: Backoff { base: ms(100), cap: ms(300) }, max_attempts: 4 };
+        let p = RetryPolicy::new(Backoff { base: ms(100), cap: ms(300) }).max_attempts(4);
         // waits after failures 1..=3: 100 + 200 + 300; leases: 4 x 50
-        assert_eq!(p.horizon(ms(50)), ms(600 + 200));
-        assert!(p.may_retry(3));
-        assert!(!p.may_retry(4));
+        assert_eq!(p.horizon(ms(50)), Some(ms(600 + 200)));
+        assert_eq!(p.gives_up("T", 3, ms(0)), None);
+        assert_eq!(p.gives_up("T", 4, ms(0)), Some(GiveUp::Attempts(4)));
+    }
+
+    #[test]
+    fn the_default_never_gives_up_and_has_no_horizon() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.gives_up("T", u32::MAX, Duration::MAX), None);
+        assert_eq!(p.horizon(ms(50)), None);
+        assert_eq!(p.backoff.cap, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn per_type_limits_override_the_default() {
+        let p = RetryPolicy::default()
+            .max_attempts(3)
+            .for_type("FOREVER", RetryLimits::NEVER)
+            .for_type("SHORT", RetryLimits::default().max_age(ms(1_000)));
+        assert_eq!(p.gives_up("OTHER", 3, ms(0)), Some(GiveUp::Attempts(3)));
+        assert_eq!(p.gives_up("FOREVER", 1_000, Duration::MAX), None);
+        assert_eq!(p.gives_up("SHORT", 1_000, ms(999)), None);
+        assert_eq!(p.gives_up("SHORT", 1, ms(1_000)), Some(GiveUp::Age(ms(1_000))));
+        assert_eq!(p.horizon(ms(10)), None, "FOREVER is unbounded");
+        let bounded = RetryPolicy::default()
+            .max_attempts(1)
+            .for_type("SHORT", RetryLimits::default().max_age(ms(1_000)));
+        assert_eq!(bounded.horizon(ms(10)), Some(ms(1_000) + Duration::from_secs(60) + ms(10)));
     }
 
     #[test]

@@ -27,9 +27,13 @@ pub enum ClaimEntry {
         /// Earliest time of the next attempt.
         next_attempt_at: Timestamp,
     },
-    /// Dead-lettered.
+    /// Dead-lettered (and not skipped): parks its key when the claim
+    /// parks dead keys.
     Dead,
-    /// Delivered (acked).
+    /// Dead-lettered and skipped ([`InspectStore::skip_dead`](crate::InspectStore::skip_dead)):
+    /// never claimed, never parks its key.
+    Skipped,
+    /// Delivered (acked) or discarded.
     Delivered,
 }
 
@@ -105,7 +109,7 @@ impl<K: Eq + Hash + Clone> ClaimPlan<K> {
             return false;
         }
         match entry {
-            ClaimEntry::Delivered => false,
+            ClaimEntry::Delivered | ClaimEntry::Skipped => false,
             ClaimEntry::Dead => {
                 self.dead(key, seq);
                 false
@@ -227,6 +231,13 @@ mod tests {
         let mut q = plan(10, false);
         assert!(!q.offer(&"a", 1, ClaimEntry::Dead));
         assert!(q.offer(&"a", 2, due()));
+    }
+
+    #[test]
+    fn skipped_dead_events_never_hold_their_key() {
+        let mut p = plan(10, true);
+        assert!(!p.offer(&"a", 1, ClaimEntry::Skipped));
+        assert!(p.offer(&"a", 2, due()));
     }
 
     #[test]

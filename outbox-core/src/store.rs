@@ -223,22 +223,60 @@ pub trait DeliveryStore: MaybeSendSync {
     /// [`DeliveryStore::ack`]; delivered, dead or unknown ids are skipped.
     async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()>;
 
-    /// Puts a claimed event back, due at `at`, recording `error`.
+    /// Puts a claimed event back, due at `at`, recording `error`; with
+    /// [`Attempt::Uncounted`] the attempt its claim counted is taken back.
     ///
     /// # Contract
     ///
-    /// The event is not claimable before `at`; its lease ends now. Fenced
-    /// as [`DeliveryStore::ack`]; a delivered or unknown id is a no-op.
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()>;
+    /// The event is not claimable before `at`; its lease ends now; its
+    /// `last_error` is `error`. [`Attempt::Counted`] leaves `attempts` as
+    /// the claim made it, [`Attempt::Uncounted`] sets it back to what it
+    /// was before the claim. Fenced as [`DeliveryStore::ack`]; a delivered
+    /// or unknown id is a no-op.
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()>;
+
+    /// Makes every event waiting for a retry due now (the network is back:
+    /// no need to sit out the backoff). Returns how many were due later.
+    ///
+    /// # Contract
+    ///
+    /// Affects exactly the pending events that have a `last_error` (a
+    /// failed attempt) and a `next_attempt_at` after now: their
+    /// `next_attempt_at` becomes now. Events scheduled for later by
+    /// [`NewEvent::not_before`](crate::NewEvent::not_before) that never
+    /// failed keep their time; leases are untouched. Fenced as
+    /// [`DeliveryStore::ack`] (the grant must be current, for an exclusive
+    /// store).
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64>;
 
     /// Moves a claimed event to the dead letters, recording `error`.
     ///
     /// # Contract
     ///
     /// A dead event is never claimed, is listed by
-    /// [`InspectStore::list_dead`], and stays until requeued. Fenced as
+    /// [`InspectStore::list_dead`], and stays until requeued, discarded
+    /// or (as a skipped dead letter, still listed) pruned never. Fenced as
     /// [`DeliveryStore::ack`]; a delivered or unknown id is a no-op.
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()>;
+}
+
+/// Whether a failed attempt counts toward a
+/// [`RetryLimits::max_attempts`](crate::RetryLimits::max_attempts).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Attempt {
+    /// The sink was reachable and failed this event: it counts.
+    Counted,
+    /// The sink (or the network) was down, not this event: it does not
+    /// count (attempts made while the circuit breaker is open or the
+    /// platform is offline).
+    Uncounted,
 }
 
 /// Counts over the outbox.
@@ -252,6 +290,8 @@ pub struct StoreStats {
     pub dead: u64,
     /// Delivered events not yet pruned.
     pub delivered: u64,
+    /// Discarded dead letters not yet pruned.
+    pub discarded: u64,
     /// Commit time of the oldest pending event.
     pub oldest_pending_at: Option<Timestamp>,
 }
@@ -270,16 +310,39 @@ pub trait InspectStore: MaybeSendSync {
     /// `last_error`.
     async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>>;
 
-    /// Moves the named dead events back to pending, due now, attempts reset
-    /// to zero. Returns how many moved; ids that are not dead are skipped.
-    async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64>;
-
-    /// Deletes up to `limit` delivered events acked before `before`.
+    /// Moves the named dead events (skipped ones included) back to
+    /// pending, due now, attempts reset to zero. Returns how many moved;
+    /// ids that are not dead are passed over.
     ///
     /// # Contract
     ///
-    /// Never deletes a pending or dead event, nor one acked at or after
-    /// `before`. Returns how many were deleted.
+    /// A requeued event keeps its place in its key's commit order: it is
+    /// claimed before its key's later pending events.
+    async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64>;
+
+    /// Gives up on the named dead events: they become `discarded`, are
+    /// never claimed or requeued again, no longer park their key, are no
+    /// longer listed by [`InspectStore::list_dead`], are counted in
+    /// [`StoreStats::discarded`], and are kept (for audit) until
+    /// [`InspectStore::prune_delivered`] removes them like delivered
+    /// events (by discard time). Returns how many were discarded; ids that
+    /// are not dead are passed over.
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64>;
+
+    /// Lets the keys parked behind the named dead events flow: the events
+    /// stay dead (listed by [`InspectStore::list_dead`], counted in
+    /// [`StoreStats::dead`], requeueable) but no longer hold back the later
+    /// events of their key when a claim parks dead keys. Returns how many
+    /// were not skipped before; ids that are not dead are passed over.
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64>;
+
+    /// Deletes up to `limit` delivered events acked, and discarded events
+    /// discarded, before `before`.
+    ///
+    /// # Contract
+    ///
+    /// Never deletes a pending or dead event, nor one acked or discarded
+    /// at or after `before`. Returns how many were deleted.
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64>;
 }
 

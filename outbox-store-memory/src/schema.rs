@@ -38,8 +38,13 @@ pub(crate) struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
     Pending,
-    Dead,
+    /// Dead-lettered; `skipped`: no longer parks its key.
+    Dead {
+        skipped: bool,
+    },
     Delivered(Timestamp),
+    /// Given up on by an operator, at the time given.
+    Discarded(Timestamp),
 }
 
 #[derive(Debug)]
@@ -63,13 +68,20 @@ impl Row {
                 lease_until: self.lease_until,
                 next_attempt_at: self.env.next_attempt_at,
             },
-            Status::Dead => ClaimEntry::Dead,
-            Status::Delivered(_) => ClaimEntry::Delivered,
+            Status::Dead { skipped: false } => ClaimEntry::Dead,
+            Status::Dead { skipped: true } => ClaimEntry::Skipped,
+            Status::Delivered(_) | Status::Discarded(_) => ClaimEntry::Delivered,
         }
     }
 }
 
 impl Inner {
+    /// The row of event `id` if it is dead.
+    pub(crate) fn dead_mut(&mut self, id: &EventId) -> Option<&mut Row> {
+        let seq = *self.by_id.get(id)?;
+        self.events.get_mut(&seq).filter(|r| matches!(r.status, Status::Dead { .. }))
+    }
+
     pub(crate) fn check_fence(&self, grant: &LeaderGrant) -> Result<()> {
         rules::check_fence(grant, self.leader.as_ref().map(|g| g.epoch))
     }

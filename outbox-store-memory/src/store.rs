@@ -6,9 +6,9 @@ use crate::schema::{Row, Status};
 use outbox_core::rules::{self, ClaimPlan};
 
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Epoch, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result, StateSnapshot,
-    StateStore, StoreStats, Timestamp, Version, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, Epoch, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result,
+    StateSnapshot, StateStore, StoreStats, Timestamp, Version, async_trait,
 };
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
@@ -162,10 +162,20 @@ impl DeliveryStore for MemoryStore {
         Ok(())
     }
 
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
         let mut inner = self.lock();
         for seq in inner.settleable(grant, &[id])? {
             if let Some(row) = inner.events.get_mut(&seq) {
+                if attempt == Attempt::Uncounted && row.lease_until.is_some() {
+                    row.env.attempts = row.env.attempts.saturating_sub(1);
+                }
                 row.env.next_attempt_at = at;
                 row.env.last_error = Some(error.to_owned());
                 row.lease_until = None;
@@ -174,11 +184,26 @@ impl DeliveryStore for MemoryStore {
         Ok(())
     }
 
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.check_fence(grant)?;
+        let mut n = 0;
+        for row in inner.events.values_mut() {
+            if row.status == Status::Pending && row.env.last_error.is_some() && row.env.next_attempt_at > now
+            {
+                row.env.next_attempt_at = now;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
         let mut inner = self.lock();
         for seq in inner.settleable(grant, &[id])? {
             if let Some(row) = inner.events.get_mut(&seq) {
-                row.status = Status::Dead;
+                row.status = Status::Dead { skipped: false };
                 row.env.last_error = Some(error.to_owned());
                 row.lease_until = None;
             }
@@ -204,8 +229,9 @@ impl InspectStore for MemoryStore {
                     let at = row.env.created_at;
                     s.oldest_pending_at = Some(s.oldest_pending_at.map_or(at, |o| o.min(at)));
                 }
-                Status::Dead => s.dead += 1,
+                Status::Dead { .. } => s.dead += 1,
                 Status::Delivered(_) => s.delivered += 1,
+                Status::Discarded(_) => s.discarded += 1,
             }
         }
         Ok(s)
@@ -227,7 +253,7 @@ impl InspectStore for MemoryStore {
         Ok(inner
             .events
             .values()
-            .filter(|r| r.status == Status::Dead)
+            .filter(|r| matches!(r.status, Status::Dead { .. }))
             .take(limit)
             .map(|r| r.env.clone())
             .collect())
@@ -238,10 +264,7 @@ impl InspectStore for MemoryStore {
         let mut inner = self.lock();
         let mut moved = 0;
         for id in ids {
-            let Some(&seq) = inner.by_id.get(id) else { continue };
-            if let Some(row) = inner.events.get_mut(&seq)
-                && row.status == Status::Dead
-            {
+            if let Some(row) = inner.dead_mut(id) {
                 row.status = Status::Pending;
                 row.env.attempts = 0;
                 row.env.next_attempt_at = now;
@@ -253,12 +276,39 @@ impl InspectStore for MemoryStore {
         Ok(moved)
     }
 
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let mut moved = 0;
+        for id in ids {
+            if let Some(row) = inner.dead_mut(id) {
+                row.status = Status::Discarded(now);
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let mut inner = self.lock();
+        let mut moved = 0;
+        for id in ids {
+            if let Some(row) = inner.dead_mut(id)
+                && row.status == (Status::Dead { skipped: false })
+            {
+                row.status = Status::Dead { skipped: true };
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         let mut inner = self.lock();
         let doomed: Vec<(u64, EventId)> = inner
             .events
             .iter()
-            .filter(|(_, r)| matches!(r.status, Status::Delivered(at) if at < before))
+            .filter(|(_, r)| matches!(r.status, Status::Delivered(at) | Status::Discarded(at) if at < before))
             .take(limit)
             .map(|(seq, r)| (*seq, r.env.id))
             .collect();

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{
-    ActorId, ClaimRequest, Commit, ConsumerId, DurableStore, DurableStoreExt, Envelope, ErrorKind, EventId,
-    InboxMark, LeaderGrant, LeadershipMode, ManualClock, NewEvent, OrderingKey, Payload, Result, SharedClock,
-    StoreStats, Timestamp, Version,
+    ActorId, Attempt, ClaimRequest, Commit, ConsumerId, DurableStore, DurableStoreExt, Envelope, ErrorKind,
+    EventId, InboxMark, LeaderGrant, LeadershipMode, ManualClock, NewEvent, OrderingKey, Payload, Result,
+    SharedClock, StoreStats, Timestamp, Version,
 };
 
 use crate::StoreFactory;
@@ -394,7 +394,7 @@ pub async fn key_waits_for_its_leased_or_retrying_predecessor<F: StoreFactory>(f
     ctx.store.ack(&g, &[b1.id]).await.expect("ack b1");
 
     ctx.store
-        .retry_later(&g, a1.id, T0.saturating_add(Duration::from_secs(60)), "sink down")
+        .retry_later(&g, a1.id, T0.saturating_add(Duration::from_secs(60)), "sink down", Attempt::Counted)
         .await
         .expect("retry_later");
     ctx.advance(Duration::from_secs(30));
@@ -488,7 +488,7 @@ pub async fn retry_later_not_claimable_before_its_time<F: StoreFactory>(factory:
     let g = ctx.lead("l").await;
     assert_eq!(ids(&ctx.claim(&g, 1).await), vec![e.id]);
     let at = T0.saturating_add(Duration::from_secs(5));
-    ctx.store.retry_later(&g, e.id, at, "503 from sink").await.expect("retry_later");
+    ctx.store.retry_later(&g, e.id, at, "503 from sink", Attempt::Counted).await.expect("retry_later");
     assert_eq!(ctx.stats().await.in_flight, 0, "retry_later ends the lease");
     ctx.advance(Duration::from_millis(4_999));
     assert!(ctx.claim(&g, 1).await.is_empty(), "not before its time");
@@ -497,6 +497,142 @@ pub async fn retry_later_not_claimable_before_its_time<F: StoreFactory>(factory:
     assert_eq!(ids(&back), vec![e.id]);
     assert_eq!((back[0].attempts, back[0].last_error.as_deref()), (2, Some("503 from sink")));
     assert_eq!(back[0].next_attempt_at, at);
+}
+
+/// `retry_later` with [`Attempt::Uncounted`] (the sink was down, not the
+/// event) takes back the attempt the claim counted, and still records the
+/// error and the time.
+pub async fn retry_later_uncounted_takes_the_attempt_back<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let e = event(&actor("a"), 1);
+    ctx.commit_events(vec![e.clone()]).await;
+    let g = ctx.lead("l").await;
+    assert_eq!(ctx.claim(&g, 1).await[0].attempts, 1);
+    let at = T0.saturating_add(Duration::from_secs(1));
+    ctx.store.retry_later(&g, e.id, at, "circuit open", Attempt::Uncounted).await.expect("retry_later");
+    assert!(ctx.claim(&g, 1).await.is_empty(), "not before its time");
+    ctx.advance(Duration::from_secs(1));
+    let back = ctx.claim(&g, 1).await;
+    assert_eq!(back[0].attempts, 1, "the uncounted attempt was taken back");
+    assert_eq!(back[0].last_error.as_deref(), Some("circuit open"));
+    ctx.store.retry_later(&g, e.id, at, "500", Attempt::Counted).await.expect("retry_later");
+    assert_eq!(ctx.claim(&g, 1).await[0].attempts, 2, "a counted attempt stays counted");
+}
+
+/// `retry_now` makes events waiting for a retry due at once, and leaves
+/// events scheduled with `not_before` (that never failed) alone.
+pub async fn retry_now_makes_backed_off_events_due<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (a, b, c) = (actor("a"), actor("b"), actor("c"));
+    let (a1, b1) = (event(&a, 1), event(&b, 1));
+    let c1 = event(&c, 1).not_before(T0.saturating_add(Duration::from_secs(600)));
+    ctx.commit_events(vec![a1.clone(), b1.clone(), c1.clone()]).await;
+    let g = ctx.lead("l").await;
+    assert_eq!(ids(&ctx.claim(&g, 10).await), vec![a1.id, b1.id]);
+    let hour = T0.saturating_add(Duration::from_secs(3600));
+    ctx.store.retry_later(&g, a1.id, hour, "offline", Attempt::Counted).await.expect("retry_later");
+    ctx.store.retry_later(&g, b1.id, hour, "offline", Attempt::Uncounted).await.expect("retry_later");
+    assert!(ctx.claim(&g, 10).await.is_empty());
+    assert_eq!(ctx.store.retry_now(&g).await.expect("retry_now"), 2, "the two backed-off events");
+    let due = ctx.claim(&g, 10).await;
+    assert_eq!(ids(&due), vec![a1.id, b1.id], "due at once; the scheduled event still waits");
+    assert!(due.iter().all(|e| e.next_attempt_at <= T0));
+    assert_eq!(ctx.store.retry_now(&g).await.expect("retry_now"), 0, "leased events are not due later");
+    ctx.advance(TTL.max(LEASE) + Duration::from_secs(1));
+    let g2 = ctx.lead("m").await;
+    if ctx.store.capabilities().leadership == LeadershipMode::Exclusive {
+        assert_eq!(kind_of(ctx.store.retry_now(&g).await), ErrorKind::Fenced, "a stale grant is fenced");
+    }
+    assert_eq!(ctx.store.retry_now(&g2).await.expect("retry_now"), 0);
+}
+
+/// Dead-letters `a1` of `a1, a2, a3` (one key) and `b1`, under park: the
+/// start of the one-by-one dead letter properties.
+async fn one_dead_parks<F: StoreFactory>(ctx: &Ctx<'_, F>) -> (LeaderGrant, Vec<NewEvent>, NewEvent) {
+    let (a, b) = (actor("a"), actor("b"));
+    let evs: Vec<_> = (1..=3).map(|i| event(&a, i)).collect();
+    let b1 = event(&b, 1);
+    let mut all = evs.clone();
+    all.push(b1.clone());
+    ctx.commit_events(all).await;
+    let g = ctx.lead("l").await;
+    assert_eq!(ids(&ctx.store.claim(&g, ClaimRequest::new(1, LEASE)).await.expect("claim")), vec![evs[0].id]);
+    ctx.store.dead_letter(&g, evs[0].id, "NonRetriable: 422").await.expect("dead_letter");
+    let park = ClaimRequest::new(10, LEASE).park_dead_keys(true);
+    let got = ctx.store.claim(&g, park).await.expect("claim");
+    assert_eq!(ids(&got), vec![b1.id], "a is parked behind its dead letter, b flows");
+    ctx.store.ack(&g, &[b1.id]).await.expect("ack");
+    (g, evs, b1)
+}
+
+fn park(limit: usize) -> ClaimRequest {
+    ClaimRequest::new(limit, LEASE).park_dead_keys(true)
+}
+
+/// Requeueing one dead event: it is delivered first, then its key's later
+/// events, in commit order; the other dead letters stay dead.
+pub async fn requeue_one_keeps_key_order<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (g, evs, _) = one_dead_parks(&ctx).await;
+    let c1 = event(&actor("c"), 1);
+    ctx.commit_events(vec![c1.clone()]).await;
+    assert_eq!(ids(&ctx.store.claim(&g, park(1)).await.expect("claim")), vec![c1.id]);
+    ctx.store.dead_letter(&g, c1.id, "other").await.expect("dead_letter");
+    assert_eq!(ctx.store.requeue_dead(&[evs[0].id]).await.expect("requeue"), 1, "one moved");
+    assert_eq!(ids(&ctx.store.list_dead(10).await.expect("list_dead")), vec![c1.id], "the other stays dead");
+    let first = ctx.store.claim(&g, park(1)).await.expect("claim");
+    assert_eq!(ids(&first), vec![evs[0].id], "the requeued event goes first");
+    assert!(ctx.store.claim(&g, park(10)).await.expect("claim").is_empty(), "its key waits for it");
+    ctx.store.ack(&g, &[evs[0].id]).await.expect("ack");
+    assert_eq!(ids(&ctx.store.claim(&g, park(10)).await.expect("claim")), vec![evs[1].id, evs[2].id]);
+    assert_eq!(
+        ctx.store.requeue_dead(&[evs[0].id]).await.expect("requeue"),
+        0,
+        "a delivered event is not dead"
+    );
+}
+
+/// Discarding one dead event: it is never delivered, its key flows on in
+/// order, it is kept as `discarded` (not dead, not pending) until pruning
+/// removes it by discard time, and it cannot be requeued.
+pub async fn discard_one_lets_its_key_flow<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (g, evs, _) = one_dead_parks(&ctx).await;
+    ctx.advance(Duration::from_secs(60));
+    assert_eq!(ctx.store.discard_dead(&[evs[0].id, evs[1].id, EventId::new()]).await.expect("discard"), 1);
+    let s = ctx.stats().await;
+    assert_eq!((s.dead, s.discarded, s.pending, s.delivered), (0, 1, 2, 1));
+    assert!(ctx.store.list_dead(10).await.expect("list_dead").is_empty(), "no longer a dead letter");
+    assert_eq!(ids(&ctx.store.claim(&g, park(10)).await.expect("claim")), vec![evs[1].id, evs[2].id]);
+    assert_eq!(ctx.store.requeue_dead(&[evs[0].id]).await.expect("requeue"), 0, "discarded is final");
+    ctx.advance(Duration::from_secs(10));
+    ctx.store.ack(&g, &[evs[1].id, evs[2].id]).await.expect("ack");
+    let discarded_at = T0.saturating_add(Duration::from_secs(60));
+    assert_eq!(ctx.store.prune_delivered(discarded_at, 100).await.expect("prune"), 1, "b1, acked at T0");
+    assert_eq!(ctx.stats().await.discarded, 1, "kept until retention passes its discard time");
+    let later = discarded_at.saturating_add(Duration::from_millis(1));
+    assert_eq!(ctx.store.prune_delivered(later, 100).await.expect("prune"), 1, "the discarded event only");
+    let s = ctx.stats().await;
+    assert_eq!((s.discarded, s.delivered), (0, 2));
+}
+
+/// Skipping one dead event: its key flows on in order while it stays dead
+/// (listed, counted, requeueable).
+pub async fn skip_one_lets_its_key_flow_and_stays_dead<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (g, evs, _) = one_dead_parks(&ctx).await;
+    assert_eq!(ctx.store.skip_dead(&[evs[0].id, evs[1].id]).await.expect("skip"), 1, "only dead ids");
+    assert_eq!(ctx.store.skip_dead(&[evs[0].id]).await.expect("skip"), 0, "already skipped");
+    let got = ctx.store.claim(&g, park(1)).await.expect("claim");
+    assert_eq!(ids(&got), vec![evs[1].id], "the key flows, in order");
+    ctx.store.ack(&g, &[evs[1].id]).await.expect("ack");
+    assert_eq!(ids(&ctx.store.claim(&g, park(10)).await.expect("claim")), vec![evs[2].id]);
+    ctx.store.ack(&g, &[evs[2].id]).await.expect("ack");
+    let dead = ctx.store.list_dead(10).await.expect("list_dead");
+    assert_eq!(ids(&dead), vec![evs[0].id], "still a dead letter");
+    assert_eq!(ctx.stats().await.dead, 1);
+    assert_eq!(ctx.store.requeue_dead(&[evs[0].id]).await.expect("requeue"), 1, "still requeueable");
+    assert_eq!(ids(&ctx.store.claim(&g, park(10)).await.expect("claim")), vec![evs[0].id]);
 }
 
 /// An event committed with `not_before` is not delivered before then.
@@ -617,6 +753,7 @@ pub async fn stats_count_by_status<F: StoreFactory>(factory: &F) {
             in_flight: 1,
             dead: 1,
             delivered: 1,
+            discarded: 0,
             oldest_pending_at: Some(T0.saturating_add(Duration::from_secs(5)))
         }
     );
@@ -736,7 +873,11 @@ pub async fn stale_leader_ack_rejected<F: StoreFactory>(factory: &F) {
     let id0 = evs[0].id;
     assert_eq!(kind_of(ctx.store.ack(&old, &[id0]).await), ErrorKind::Fenced, "stale ack");
     let later = ctx.clock.now().saturating_add(Duration::from_secs(999));
-    assert_eq!(kind_of(ctx.store.retry_later(&old, id0, later, "x").await), ErrorKind::Fenced, "stale retry");
+    assert_eq!(
+        kind_of(ctx.store.retry_later(&old, id0, later, "x", Attempt::Counted).await),
+        ErrorKind::Fenced,
+        "stale retry"
+    );
     assert_eq!(kind_of(ctx.store.dead_letter(&old, id0, "x").await), ErrorKind::Fenced, "stale dead-letter");
     let s = ctx.stats().await;
     assert_eq!(

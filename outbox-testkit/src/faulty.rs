@@ -4,9 +4,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result, StateSnapshot,
-    StateStore, StoreStats, Timestamp, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result,
+    StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
 };
 
 /// Where an injected fault strikes.
@@ -163,8 +163,18 @@ impl DeliveryStore for FaultyStore {
     async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         faulty!(self, "release", self.inner.release(grant, ids))
     }
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
-        faulty!(self, "retry_later", self.inner.retry_later(grant, id, at, error))
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
+        faulty!(self, "retry_later", self.inner.retry_later(grant, id, at, error, attempt))
+    }
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        faulty!(self, "retry_now", self.inner.retry_now(grant))
     }
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
         faulty!(self, "dead_letter", self.inner.dead_letter(grant, id, error))
@@ -185,6 +195,12 @@ impl InspectStore for FaultyStore {
     }
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         faulty!(self, "requeue_dead", self.inner.requeue_dead(ids))
+    }
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        faulty!(self, "discard_dead", self.inner.discard_dead(ids))
+    }
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        faulty!(self, "skip_dead", self.inner.skip_dead(ids))
     }
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         faulty!(self, "prune_delivered", self.inner.prune_delivered(before, limit))

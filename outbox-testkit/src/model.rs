@@ -339,7 +339,13 @@ pub async fn run<F: StoreFactory>(factory: &F, ops: Vec<Op>) {
                 let i = held[pick as usize % held.len()];
                 let at = m.now + delay_ms as i64;
                 store
-                    .retry_later(&grant, m.events[i].id, Timestamp::from_millis(at), "model retry")
+                    .retry_later(
+                        &grant,
+                        m.events[i].id,
+                        Timestamp::from_millis(at),
+                        "model retry",
+                        outbox_core::Attempt::Counted,
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("{ctx}: retry_later: {e}"));
                 let e = &mut m.events[i];
