@@ -10,8 +10,8 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use outbox::consumer::{Delivery, Handler, HandlerError, Tx, once_per_event};
 use outbox::prelude::*;
 use outbox::{
-    Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, NewEvent, OutboxConfig, Outcome,
-    Sink, SqliteStore, StoreChoice, Topic, configure_outbox,
+    Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, OutboxConfig, Outcome, Sink,
+    SqliteStore, StoreChoice, Topic, configure_outbox,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,31 +57,42 @@ enum Form {
     },
 }
 
+#[derive(Clone)]
 enum FormMsg {
     Edit(String),
     Save,
 }
 
+/// The form's own refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("nothing to save")]
+struct NothingToSave;
+
 struct FormActor;
 
+#[outbox::async_trait]
 impl Actor for FormActor {
     type State = Form;
     type Message = FormMsg;
-    type Error = String;
+    type Error = NothingToSave;
 
-    fn handle(&mut self, state: &mut Form, msg: FormMsg, ctx: &mut Context) -> Result<Vec<NewEvent>, String> {
+    async fn handle(
+        &mut self,
+        state: &mut Form,
+        msg: FormMsg,
+        ctx: &mut Context,
+    ) -> Result<(), NothingToSave> {
         match msg {
             FormMsg::Edit(title) => {
                 *state = Form::Draft { title };
-                Ok(vec![])
+                Ok(())
             }
             FormMsg::Save => {
-                let Form::Draft { title } = state.clone() else { return Err("nothing to save".into()) };
+                let Form::Draft { title } = state.clone() else { return Err(NothingToSave) };
                 *state = Form::Saved { title: title.clone() };
-                ctx.emit("FORM_SAVED", &serde_json::json!({ "title": title })).map_err(|e| e.to_string())?;
-                ctx.emit("EMAIL_REQUESTED", &serde_json::json!({ "to": "owner@example.com" }))
-                    .map_err(|e| e.to_string())?;
-                Ok(vec![])
+                ctx.emit("FORM_SAVED", &serde_json::json!({ "title": title }));
+                ctx.emit("EMAIL_REQUESTED", &serde_json::json!({ "to": "owner@example.com" }));
+                Ok(())
             }
         }
     }
@@ -168,7 +179,7 @@ async fn offline_phase(path: &Path) -> outbox::Result<()> {
     std::process::abort();
 }
 
-fn to_error(e: outbox::ActorError) -> outbox::Error {
+fn to_error(e: outbox::ActorError<NothingToSave>) -> outbox::Error {
     match e {
         outbox::ActorError::Store(e) => e,
         other => outbox::Error::internal(other.to_string()),

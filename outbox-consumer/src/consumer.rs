@@ -104,10 +104,20 @@ impl InboxConfig {
     /// plus a lease per attempt, [`RetryPolicy::horizon`](outbox_core::RetryPolicy::horizon)),
     /// while the event is still in the outbox, which keeps delivered events
     /// for its `retention`. Marks are kept for the sum of the two.
+    ///
+    /// A producer that retries without bound (the default
+    /// [`RetryPolicy`]: transient failures never give up) can redeliver
+    /// after any outage, so its consumers keep their marks for ever
+    /// (`Duration::MAX`: nothing is pruned, no event is refused as
+    /// expired). To bound the inbox, bound the producer's retries with an
+    /// opt-in `max_age` or `max_attempts`.
     pub fn for_delivery(retry: &RetryPolicy, lease: Duration, retention: Option<Duration>) -> Self {
-        let horizon = retry.horizon(lease);
+        let keep = match retry.horizon(lease) {
+            Some(horizon) => horizon.saturating_add(retention.unwrap_or(Duration::ZERO)),
+            None => Duration::MAX,
+        };
         InboxConfig {
-            retention: horizon.saturating_add(retention.unwrap_or(Duration::ZERO)),
+            retention: keep,
             prune_batch: 500,
             expired: ExpiredPolicy::Report,
             clock_skew: Duration::from_secs(60),

@@ -10,8 +10,8 @@ use outbox_consumer::{
 };
 use outbox_core::prelude::*;
 use outbox_core::{
-    ActorId, Clock, Commit, ConsumerId, Envelope, EventId, ManualClock, NewEvent, SharedClock, SystemClock,
-    Timestamp, Version,
+    ActorId, Clock, Commit, ConsumerId, Envelope, EventId, ManualClock, NewEvent, RetryPolicy, SharedClock,
+    SystemClock, Timestamp, Version,
 };
 use outbox_forwarder::{ChannelSink, Forwarder, ForwarderConfig, Outcome, Sink};
 use outbox_store_memory::MemoryStore;
@@ -172,16 +172,16 @@ async fn outside_effects_are_at_least_once_with_a_stable_idempotency_key() {
 fn retention_is_derived_from_the_forwarder_config() {
     let fwd = ForwarderConfig::default();
     let inbox = InboxConfig::for_delivery(&fwd.retry, fwd.lease, fwd.retention);
-    assert_eq!(inbox.retention, fwd.retry.horizon(fwd.lease) + fwd.retention.unwrap());
-    let short = ForwarderConfig::default().retention(None);
+    assert_eq!(inbox.retention, Duration::MAX, "retries without bound: marks are kept for ever");
+    let bounded = ForwarderConfig::default().retry(RetryPolicy::default().max_attempts(10));
+    let horizon = bounded.retry.horizon(bounded.lease).unwrap();
     assert_eq!(
-        InboxConfig::for_delivery(&short.retry, short.lease, short.retention).retention,
-        short.retry.horizon(short.lease)
+        InboxConfig::for_delivery(&bounded.retry, bounded.lease, bounded.retention).retention,
+        horizon + bounded.retention.unwrap()
     );
-    assert!(
-        InboxConfig::for_delivery(&short.retry, short.lease, short.retention).retention
-            >= short.lease * short.retry.max_attempts
-    );
+    let short = bounded.retention(None);
+    assert_eq!(InboxConfig::for_delivery(&short.retry, short.lease, short.retention).retention, horizon);
+    assert!(horizon >= short.lease * 10);
 }
 
 fn id_at(t: Timestamp) -> EventId {

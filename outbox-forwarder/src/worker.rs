@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outbox_core::{
-    ClaimRequest, DurableStore, Envelope, ErrorKind, EventId, KeyScheduler, LeaderGrant, OrderingKey, Result,
-    SplitMix64, Timestamp,
+    Attempt, ClaimRequest, DurableStore, Envelope, ErrorKind, EventId, KeyScheduler, LeaderGrant,
+    OrderingKey, Result, SplitMix64, Timestamp,
 };
 use tokio::sync::Notify;
 #[cfg(not(target_arch = "wasm32"))]
@@ -26,6 +26,7 @@ use outbox_core::{Outcome, Sink};
 struct WakeInner {
     notify: Notify,
     online: AtomicBool,
+    offline: AtomicBool,
 }
 
 /// Wakes a forwarder: after a commit ([`Wake::wake`]) or when the sink is
@@ -42,11 +43,25 @@ impl Wake {
         self.inner.notify.notify_one();
     }
 
-    /// The sink (or the network) is back: close the circuit breaker to a
-    /// probe and look now.
+    /// The sink (or the network) is back: every event waiting out a
+    /// backoff is due at once, the circuit breaker goes to a probe, and the
+    /// forwarder looks now.
     pub fn notify_online(&self) {
+        self.inner.offline.store(false, Ordering::SeqCst);
         self.inner.online.store(true, Ordering::SeqCst);
         self.inner.notify.notify_one();
+    }
+
+    /// The platform says it is offline (a browser's `offline` event): until
+    /// [`Wake::notify_online`], failed attempts do not count toward an
+    /// opt-in [`RetryLimits::max_attempts`](outbox_core::RetryLimits).
+    pub fn notify_offline(&self) {
+        self.inner.offline.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the platform last said it was offline.
+    pub fn is_offline(&self) -> bool {
+        self.inner.offline.load(Ordering::SeqCst)
     }
 }
 
@@ -116,6 +131,9 @@ pub struct Forwarder<S: DurableStore + ?Sized = dyn DurableStore> {
     rng: SplitMix64,
     breaker: CircuitBreaker,
     grant: Option<LeaderGrant>,
+    /// `notify_online` was called: backed-off events are to be made due
+    /// (done once leadership is held).
+    expedite: bool,
     next_due: Option<Timestamp>,
     last_prune: Option<Timestamp>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -171,6 +189,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             cfg,
             wake: Wake::default(),
             grant: None,
+            expedite: false,
             next_due: None,
             last_prune: None,
             last_stats: None,
@@ -297,6 +316,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         let mut report = CycleReport::default();
         if self.wake.inner.online.swap(false, Ordering::SeqCst) {
             self.breaker.online();
+            self.expedite = true;
         }
         if self.next_due.is_some_and(|t| t <= now) {
             self.next_due = None;
@@ -310,6 +330,22 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                 return Err(e);
             }
         };
+        if leader
+            && self.expedite
+            && let Some(g) = &self.grant
+        {
+            match self.store.retry_now(g).await {
+                Ok(n) => {
+                    self.expedite = false;
+                    if n > 0 {
+                        tracing::info!(target: "outbox", events = n, "back online: backed-off events are due now");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(target: "outbox", error = %e, "making backed-off events due failed; will try again")
+                }
+            }
+        }
         // A prefetched batch is used only under the grant that claimed it
         // and while the circuit is closed.
         let permit = if leader { Some(self.breaker.permit(now)) } else { None };
@@ -547,20 +583,29 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
     ) -> Result<()> {
         obs::counter(m::FAILED, 1);
         self.breaker.on_failure(now);
-        if !self.cfg.retry.may_retry(e.attempts) {
-            let msg = format!("gave up after {} attempts: {msg}", e.attempts);
+        // While the circuit is open, or the platform says it is offline,
+        // the sink is down, not this event: the attempt does not count.
+        let down = self.breaker.is_open() || self.wake.is_offline();
+        let (attempt, attempts) = if down {
+            (Attempt::Uncounted, e.attempts.saturating_sub(1))
+        } else {
+            (Attempt::Counted, e.attempts)
+        };
+        if let Some(why) = self.cfg.retry.gives_up(&e.event_type, attempts, now.duration_since(e.created_at))
+        {
+            let msg = format!("{why}: {msg}");
             return self.dead(grant, e, &msg, sched, release, report).await;
         }
-        // While the circuit is open the sink is down, not this event: the
-        // breaker paces the probes, and the event is due again as soon as
-        // the circuit closes (a RetryAfter is still honoured).
+        // The breaker paces the probes while the circuit is open, and the
+        // event is due again as soon as it closes (a RetryAfter is still
+        // honoured).
         let delay = match after {
             Some(d) => d,
             None if self.breaker.is_open() => Duration::ZERO,
-            None => self.cfg.retry.backoff.delay(e.attempts, self.rng.next_unit()),
+            None => self.cfg.retry.backoff.delay(attempts, self.rng.next_unit()),
         };
         let at = now.saturating_add(delay);
-        self.store.retry_later(grant, e.id, at, msg).await?;
+        self.store.retry_later(grant, e.id, at, msg, attempt).await?;
         report.retried += 1;
         self.next_due = Some(self.next_due.map_or(at, |t| t.min(at)));
         // The key's later events in this batch wait for this one.
@@ -577,7 +622,11 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         release: &mut Vec<Envelope>,
         report: &mut CycleReport,
     ) -> Result<()> {
-        tracing::warn!(target: "outbox", event = %e.id, key = %e.key, error = msg, "event dead-lettered");
+        let parks = self.cfg.dead_letters == DeadLetterPolicy::Park;
+        tracing::warn!(target: "outbox", event = %e.id, event_type = %e.event_type, key = %e.key, error = msg,
+            parks_key = parks,
+            "event dead-lettered{}",
+            if parks { "; its key is parked until it is requeued, discarded or skipped" } else { "" });
         self.store.dead_letter(grant, e.id, msg).await?;
         report.dead_lettered += 1;
         if let Some(cb) = &self.cfg.on_error {

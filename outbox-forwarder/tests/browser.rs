@@ -214,13 +214,10 @@ async fn the_online_event_closes_the_breaker_and_delivers() {
             max_open_for: std::time::Duration::from_secs(60),
             ..Default::default()
         })
-        .retry(outbox_core::RetryPolicy {
-            backoff: outbox_core::Backoff {
-                base: std::time::Duration::from_secs(60),
-                cap: std::time::Duration::from_secs(60),
-            },
-            max_attempts: 100,
-        });
+        .retry(outbox_core::RetryPolicy::new(outbox_core::Backoff {
+            base: std::time::Duration::from_secs(60),
+            cap: std::time::Duration::from_secs(60),
+        }));
     let tab = start(&store, sink.clone(), cfg);
     wait_until("tab leads", 5_000, || tab.role() == TabRole::Leader).await;
     // The sink is down: the first event fails and opens the circuit.

@@ -120,7 +120,7 @@ async fn backoff_schedule_is_full_jitter_with_a_cap() {
     let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_millis(400) };
     let cfg = rig
         .config()
-        .retry(RetryPolicy { backoff, max_attempts: 100 })
+        .retry(RetryPolicy::new(backoff).max_attempts(100))
         .breaker(BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() });
     let mut f = rig.forwarder(cfg);
     let mut rng = SplitMix64::new(42);
@@ -179,10 +179,10 @@ async fn max_attempts_dead_letters_and_parks_the_key_only() {
     rig.sink.script(poison("k0"));
     let cfg = rig
         .config()
-        .retry(RetryPolicy {
-            backoff: Backoff { base: Duration::from_millis(10), cap: Duration::from_millis(10) },
-            max_attempts: 3,
-        })
+        .retry(
+            RetryPolicy::new(Backoff { base: Duration::from_millis(10), cap: Duration::from_millis(10) })
+                .max_attempts(3),
+        )
         .breaker(BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() });
     let mut f = rig.forwarder(cfg);
     let mut dead = 0;
@@ -255,10 +255,8 @@ async fn circuit_breaker_opens_probes_and_closes() {
         max_open_for: Duration::from_secs(8),
         slow_call: Duration::from_secs(60),
     };
-    let retry = RetryPolicy {
-        backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
-        max_attempts: 100,
-    };
+    let retry = RetryPolicy::new(Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) })
+        .max_attempts(100);
     let mut f = rig.forwarder(rig.config().breaker(breaker).retry(retry).max_concurrency(10));
     let r = f.run_once().await.unwrap();
     assert_eq!(r.circuit, BreakerState::Open { until: T0.saturating_add(Duration::from_secs(1)) });
@@ -294,10 +292,8 @@ async fn after_an_outage_notify_online_delivers_without_waiting_for_backoffs() {
     rig.sink.script(|_| Outcome::Retriable("offline".into()));
     let breaker =
         BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(60), ..BreakerConfig::default() };
-    let retry = RetryPolicy {
-        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(30) },
-        max_attempts: 100,
-    };
+    let retry = RetryPolicy::new(Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(30) })
+        .max_attempts(100);
     let mut f = rig.forwarder(rig.config().breaker(breaker).retry(retry));
     let r = f.run_once().await.unwrap();
     assert!(matches!(r.circuit, BreakerState::Open { .. }));
@@ -307,12 +303,108 @@ async fn after_an_outage_notify_online_delivers_without_waiting_for_backoffs() {
     assert_eq!(waiting, 2, "failures 1 and 2 back off; from the 3rd the sink is known down");
     rig.sink.unscript();
     f.waker().notify_online();
-    rig.clock.advance(Duration::from_secs(30));
+    // No time passes: the backed-off events are made due at once.
     for _ in 0..3 {
         f.run_once().await.unwrap();
     }
     assert_eq!(rig.pending().await, 0, "the backlog went out right after the sink came back");
     assert_eq!(rig.delivered().len(), 200);
+}
+
+#[tokio::test]
+async fn transient_failures_never_dead_letter_by_default() {
+    let mut rig = Rig::new();
+    let committed = rig.commit(3, 2).await;
+    rig.sink.script(|_| Outcome::Retriable("connection refused".into()));
+    let mut f = rig.forwarder(rig.config());
+    // A day of failures, a cycle a minute (the default backoff cap).
+    for _ in 0..1_440 {
+        let r = f.run_once().await.unwrap();
+        assert_eq!(r.dead_lettered, 0);
+        rig.clock.advance(Duration::from_secs(60));
+    }
+    assert_eq!(rig.store.stats().await.unwrap().dead, 0);
+    rig.sink.unscript();
+    for _ in 0..10 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_secs(60));
+    }
+    assert_eq!(by_key(&rig.delivered()), by_key_new(&committed), "everything, once, in order");
+}
+
+#[tokio::test]
+async fn attempts_while_the_circuit_is_open_or_offline_do_not_count() {
+    let mut rig = Rig::new();
+    rig.commit(4, 1).await;
+    rig.sink.script(|_| Outcome::Retriable("down".into()));
+    let breaker = BreakerConfig {
+        failure_threshold: 2,
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(1),
+        ..BreakerConfig::default()
+    };
+    let retry = RetryPolicy::new(Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) })
+        .max_attempts(3);
+    let mut f = rig.forwarder(rig.config().breaker(breaker).retry(retry).max_concurrency(1));
+    // Two counted failures open the circuit; then only probes, uncounted.
+    for _ in 0..200 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_millis(500));
+    }
+    let s = rig.store.stats().await.unwrap();
+    assert_eq!(s.dead, 0, "probes of an open circuit never used up an event's attempts");
+    let attempts: u32 = rig.store.list_pending(10).await.unwrap().iter().map(|e| e.attempts).sum();
+    assert!(attempts <= 2, "only the failures before the circuit opened count: {attempts}");
+
+    // Offline: a closed circuit's failures do not count either.
+    let mut rig = Rig::new();
+    rig.commit(1, 1).await;
+    rig.sink.script(|_| Outcome::Retriable("offline".into()));
+    let never_opens = BreakerConfig { failure_threshold: 1_000_000, ..BreakerConfig::default() };
+    let retry = RetryPolicy::new(Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) })
+        .max_attempts(3);
+    let mut f = rig.forwarder(rig.config().breaker(never_opens).retry(retry));
+    f.waker().notify_offline();
+    for _ in 0..50 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_millis(5));
+    }
+    assert_eq!(rig.store.stats().await.unwrap().dead, 0);
+    assert_eq!(rig.store.list_pending(1).await.unwrap()[0].attempts, 0, "offline attempts are uncounted");
+    f.waker().notify_online();
+    for _ in 0..3 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_millis(5));
+    }
+    assert_eq!(rig.store.stats().await.unwrap().dead, 1, "online again: 3 counted failures give up");
+}
+
+#[tokio::test]
+async fn max_age_per_event_type_expires_only_that_type() {
+    let mut rig = Rig::new();
+    let a = ActorId::new("a").unwrap();
+    let typing = NewEvent::json(a.clone(), "TYPING", &1).unwrap().with_key(OrderingKey::new("t").unwrap());
+    let order = NewEvent::json(a, "ORDER_PLACED", &2).unwrap();
+    rig.store
+        .put_state_and_events(Commit::events_only().event(typing.clone()).event(order.clone()))
+        .await
+        .unwrap();
+    rig.sink.script(|_| Outcome::Retriable("down".into()));
+    let retry = RetryPolicy::default()
+        .for_type("TYPING", outbox_core::RetryLimits::default().max_age(Duration::from_secs(60)));
+    let mut f = rig.forwarder(rig.config().retry(retry));
+    for _ in 0..120 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_secs(5));
+    }
+    let dead = rig.store.list_dead(10).await.unwrap();
+    assert_eq!(dead.iter().map(|e| e.id).collect::<Vec<_>>(), vec![typing.id], "only the expiring type");
+    rig.sink.unscript();
+    for _ in 0..30 {
+        f.run_once().await.unwrap();
+        rig.clock.advance(Duration::from_secs(5));
+    }
+    assert_eq!(rig.delivered().iter().map(|e| e.id).collect::<Vec<_>>(), vec![order.id]);
 }
 
 /// A sink whose first call waits at a gate: a leader paused mid-batch.
@@ -395,10 +487,10 @@ async fn random_30_percent_failures_still_deliver_everything_in_order() {
     });
     let cfg = rig
         .config()
-        .retry(RetryPolicy {
-            backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) },
-            max_attempts: 1000,
-        })
+        .retry(
+            RetryPolicy::new(Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200) })
+                .max_attempts(1000),
+        )
         .breaker(BreakerConfig { failure_threshold: 10_000, ..BreakerConfig::default() })
         .batch_size(64)
         .max_concurrency(8);
@@ -430,10 +522,10 @@ async fn metrics_are_reported() {
     rig.sink.script(poison("k0"));
     let cfg = rig
         .config()
-        .retry(RetryPolicy {
-            backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
-            max_attempts: 2,
-        })
+        .retry(
+            RetryPolicy::new(Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) })
+                .max_attempts(2),
+        )
         .breaker(BreakerConfig { failure_threshold: 100, ..BreakerConfig::default() })
         .stats_every(Duration::ZERO);
     let mut f = rig.forwarder(cfg);

@@ -9,22 +9,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use outbox::{Actor, ActorId, Bus, Context, NewEvent, OutboxConfig, StoreChoice, Topic, configure_outbox};
+use outbox::{Actor, ActorId, Bus, Context, OutboxConfig, StoreChoice, Topic, configure_outbox};
 #[path = "../../outbox-store-sqlite/benches/common/baseline.rs"]
 mod baseline;
 use outbox_testkit::bench::median;
 
 struct Counter;
 
+#[outbox::async_trait]
 impl Actor for Counter {
     type State = u64;
     type Message = ();
-    type Error = String;
+    type Error = std::convert::Infallible;
 
-    fn handle(&mut self, state: &mut u64, _m: (), ctx: &mut Context) -> Result<Vec<NewEvent>, String> {
+    async fn handle(&mut self, state: &mut u64, _m: (), ctx: &mut Context) -> Result<(), Self::Error> {
         *state += 1;
-        ctx.emit("COUNTED", &*state).map_err(|e| e.to_string())?;
-        Ok(vec![])
+        ctx.emit("COUNTED", &*state);
+        Ok(())
     }
 }
 

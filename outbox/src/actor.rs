@@ -4,18 +4,21 @@
 use std::fmt;
 use std::sync::Arc;
 
-use outbox_core::{ActorId, Commit, Error, ErrorKind, NewEvent, Version};
+use outbox_core::{ActorId, Commit, Error, ErrorKind, MaybeSendSync, NewEvent, Version, async_trait};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::runtime::Outbox;
 
-/// What a handler gets besides the state: who it is, and `emit`.
+/// What a handler gets besides the state: who it is, and
+/// [`Context::emit`], the one way to announce what happened.
 #[derive(Debug)]
 pub struct Context {
     actor: ActorId,
     events: Vec<NewEvent>,
+    /// The first payload that failed to serialize: the commit is refused.
+    refused: Option<Error>,
 }
 
 impl Context {
@@ -25,57 +28,125 @@ impl Context {
     }
 
     /// Emits an event of `event_type` with `payload` as JSON, from this
-    /// actor. A payload that cannot be serialized is an
-    /// [`Error::Serialization`] (return it from the handler).
-    pub fn emit<T: Serialize + ?Sized>(&mut self, event_type: &str, payload: &T) -> Result<(), Error> {
-        self.events.push(NewEvent::json(self.actor.clone(), event_type, payload)?);
-        Ok(())
+    /// actor, keyed by the actor (its events are delivered in order). It
+    /// is committed with the state when the handler returns `Ok`.
+    ///
+    /// A payload that cannot be serialized fails the message with
+    /// [`ActorError::Store`] of kind
+    /// [`Serialization`](outbox_core::ErrorKind::Serialization), and
+    /// nothing is committed.
+    pub fn emit<T: Serialize + ?Sized>(&mut self, event_type: &str, payload: &T) {
+        match NewEvent::json(self.actor.clone(), event_type, payload) {
+            Ok(e) => self.events.push(e),
+            Err(e) => {
+                self.refused.get_or_insert(e);
+            }
+        }
     }
 
-    /// Emits a ready-made event.
+    /// Emits a ready-made event (another ordering key, headers, bytes, a
+    /// `not_before` time).
     pub fn emit_event(&mut self, event: NewEvent) {
         self.events.push(event);
     }
 }
 
 /// An actor: a serde-serializable state (a state-machine enum is the usual
-/// case) and a message handler. That is all the developer writes.
+/// case) and an `async` message handler. That is all the developer writes.
 ///
 /// The handler gets a *draft* of the state and a [`Context`]; it changes
-/// the draft, emits events (or returns them). If it returns `Ok`, the new
-/// state and every event commit atomically; only then do watchers see the
-/// new state and the forwarder wake. If it returns `Err`, or the commit
-/// fails, the draft and the events are discarded.
-pub trait Actor: Send + 'static {
+/// the draft and emits events, and may `await` (a backend call, a file
+/// read) on the way. If it returns `Ok`, the new state and every event
+/// commit atomically; only then do watchers see the new state and the
+/// forwarder wake. If it returns `Err`, or the commit fails, the draft and
+/// the events are discarded.
+///
+/// # The single-writer rule
+///
+/// An actor id should be driven by one running actor at a time: the
+/// runtime holds its state in memory between messages. If another process
+/// (or another actor value with the same id) commits it in between, the
+/// commit fails with a version conflict; the runtime then reloads the
+/// state and runs the handler again on it, up to
+/// [`OutboxConfig::conflict_retries`](crate::OutboxConfig::conflict_retries)
+/// times (default 3), before reporting the conflict. A handler that may be
+/// rerun should keep what it does outside the draft idempotent.
+///
+/// ```
+/// use outbox::{Actor, Context, async_trait};
+///
+/// struct Backend;
+/// impl Backend {
+///     async fn save(&self, _data: &str) -> Result<(), std::io::Error> { Ok(()) }
+/// }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum FormError {
+///     #[error("the backend refused the form")]
+///     Backend(#[from] std::io::Error),
+///     #[error("nothing to save")]
+///     Empty,
+/// }
+///
+/// struct Form { backend: Backend }
+///
+/// #[async_trait]
+/// impl Actor for Form {
+///     type State = Option<String>;
+///     type Message = String;
+///     type Error = FormError;
+///
+///     async fn handle(&mut self, draft: &mut Option<String>, data: String, ctx: &mut Context) -> Result<(), FormError> {
+///         if data.is_empty() {
+///             return Err(FormError::Empty);
+///         }
+///         self.backend.save(&data).await?;
+///         ctx.emit("FORM_SAVED", &data);
+///         *draft = Some(data);
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// On `wasm32` the trait takes `#[async_trait(?Send)]` and needs no `Send`
+/// bounds: actors run on the page's event loop.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Actor: MaybeSendSync + 'static {
     /// The state.
-    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
-    /// The messages it handles.
-    type Message: Send + 'static;
-    /// The handler's error.
-    type Error: fmt::Display + Send + 'static;
+    type State: Serialize + DeserializeOwned + Default + Clone + MaybeSendSync + 'static;
+    /// The messages it handles. `Clone`, so that a message can be handled
+    /// again after a version conflict.
+    type Message: Clone + MaybeSendSync + 'static;
+    /// The handler's own error, returned to the sender inside
+    /// [`ActorError::Handler`] (and as its [`source`](std::error::Error::source)).
+    type Error: std::error::Error + MaybeSendSync + 'static;
 
-    /// Handles one message on a draft of the state; may return events as
-    /// well as emit them.
-    fn handle(
+    /// Handles one message on a draft of the state.
+    async fn handle(
         &mut self,
         state: &mut Self::State,
         message: Self::Message,
         ctx: &mut Context,
-    ) -> Result<Vec<NewEvent>, Self::Error>;
+    ) -> Result<(), Self::Error>;
 }
 
 /// Why a message did not take effect. Nothing of it was committed.
-#[derive(Debug)]
-pub enum ActorError {
-    /// The handler returned an error.
-    Handler(String),
-    /// The commit failed (the store's error kind says why).
-    Store(Error),
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError<E: std::error::Error + 'static> {
+    /// The handler returned its own error.
+    #[error("the actor's handler returned an error")]
+    Handler(#[source] E),
+    /// The commit failed (the store's error kind says why), or an emitted
+    /// payload could not be serialized.
+    #[error("the commit failed")]
+    Store(#[source] Error),
     /// The actor has stopped.
+    #[error("the actor has stopped")]
     Stopped,
 }
 
-impl ActorError {
+impl<E: std::error::Error + 'static> ActorError<E> {
     /// The store error's kind, for a failed commit.
     pub fn store_kind(&self) -> Option<ErrorKind> {
         match self {
@@ -83,26 +154,22 @@ impl ActorError {
             _ => None,
         }
     }
-}
 
-impl fmt::Display for ActorError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The handler's error, if that is what failed.
+    pub fn handler_error(&self) -> Option<&E> {
         match self {
-            ActorError::Handler(m) => write!(f, "handler failed: {m}"),
-            ActorError::Store(e) => write!(f, "commit failed: {e}"),
-            ActorError::Stopped => f.write_str("actor stopped"),
+            ActorError::Handler(e) => Some(e),
+            _ => None,
         }
     }
 }
 
-impl std::error::Error for ActorError {}
-
-type Reply = oneshot::Sender<Result<Version, ActorError>>;
+type Reply<A> = oneshot::Sender<Result<Version, ActorError<<A as Actor>::Error>>>;
 
 /// A handle to a running actor: send it messages, watch its state.
 pub struct ActorRef<A: Actor> {
     id: ActorId,
-    tx: mpsc::Sender<(A::Message, Reply)>,
+    tx: mpsc::Sender<(A::Message, Reply<A>)>,
     state: watch::Receiver<Arc<A::State>>,
 }
 
@@ -126,7 +193,7 @@ impl<A: Actor> ActorRef<A> {
 
     /// Sends `message` and waits until it is committed (the new version)
     /// or discarded.
-    pub async fn send(&self, message: A::Message) -> Result<Version, ActorError> {
+    pub async fn send(&self, message: A::Message) -> Result<Version, ActorError<A::Error>> {
         let (reply, rx) = oneshot::channel();
         self.tx.send((message, reply)).await.map_err(|_| ActorError::Stopped)?;
         rx.await.map_err(|_| ActorError::Stopped)?
@@ -144,49 +211,69 @@ impl<A: Actor> ActorRef<A> {
     }
 }
 
+/// One actor's loop: its mailbox, its committed state and version.
+struct Running<A: Actor> {
+    outbox: Outbox,
+    id: ActorId,
+    actor: A,
+    version: Version,
+    state: watch::Sender<Arc<A::State>>,
+}
+
+impl<A: Actor> Running<A> {
+    async fn run(mut self, mut rx: mpsc::Receiver<(A::Message, Reply<A>)>) {
+        while let Some((message, reply)) = rx.recv().await {
+            let result = self.handle(message).await;
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Handles `message`, rerunning it on the reloaded state after a
+    /// version conflict, up to the configured number of times.
+    async fn handle(&mut self, message: A::Message) -> Result<Version, ActorError<A::Error>> {
+        let mut retries = self.outbox.conflict_retries();
+        loop {
+            let mut draft: A::State = (**self.state.borrow()).clone();
+            let mut ctx = Context { actor: self.id.clone(), events: Vec::new(), refused: None };
+            self.actor.handle(&mut draft, message.clone(), &mut ctx).await.map_err(ActorError::Handler)?;
+            if let Some(e) = ctx.refused {
+                return Err(ActorError::Store(e));
+            }
+            match commit(&self.outbox, &self.id, self.version, &draft, ctx.events).await {
+                Ok(v) => {
+                    self.version = v;
+                    self.state.send_replace(Arc::new(draft));
+                    return Ok(v);
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    // Someone else committed this actor (another process):
+                    // pick up what they committed, then try again.
+                    let (s, v) = load::<A>(&self.outbox, &self.id).await.map_err(ActorError::Store)?;
+                    self.version = v;
+                    self.state.send_replace(Arc::new(s));
+                    if retries == 0 {
+                        return Err(ActorError::Store(e));
+                    }
+                    retries -= 1;
+                    tracing::debug!(target: "outbox", actor = %self.id, "version conflict: handling the message again on the reloaded state");
+                }
+                Err(e) => return Err(ActorError::Store(e)),
+            }
+        }
+    }
+}
+
 impl Outbox {
-    /// Starts `actor` as `id` on the current Tokio runtime, restoring its
-    /// last committed state (or `State::default()`). It handles one message
-    /// at a time; many actors run concurrently.
+    /// Starts `actor` as `id`, restoring its last committed state (or
+    /// `State::default()`): on the current Tokio runtime natively, on the
+    /// page's event loop on `wasm32`. It handles one message at a time;
+    /// many actors run concurrently.
     pub async fn spawn_actor<A: Actor>(&self, id: ActorId, actor: A) -> Result<ActorRef<A>, Error> {
         let (state, version) = load::<A>(self, &id).await?;
-        let (tx, mut rx) = mpsc::channel::<(A::Message, Reply)>(64);
+        let (tx, rx) = mpsc::channel::<(A::Message, Reply<A>)>(64);
         let (state_tx, state_rx) = watch::channel(Arc::new(state));
-        let outbox = self.clone();
-        let actor_id = id.clone();
-        tokio::spawn(async move {
-            let mut actor = actor;
-            let mut version = version;
-            while let Some((message, reply)) = rx.recv().await {
-                let mut draft: A::State = (**state_tx.borrow()).clone();
-                let mut ctx = Context { actor: actor_id.clone(), events: Vec::new() };
-                let result = match actor.handle(&mut draft, message, &mut ctx) {
-                    Err(e) => Err(ActorError::Handler(e.to_string())),
-                    Ok(returned) => {
-                        ctx.events.extend(returned);
-                        commit(&outbox, &actor_id, version, &draft, ctx.events).await
-                    }
-                };
-                match result {
-                    Ok(v) => {
-                        version = v;
-                        state_tx.send_replace(Arc::new(draft));
-                        let _ = reply.send(Ok(v));
-                    }
-                    Err(e) => {
-                        // Someone else committed this actor (another
-                        // process): pick up what they committed.
-                        if e.store_kind() == Some(ErrorKind::Conflict)
-                            && let Ok((s, v)) = load::<A>(&outbox, &actor_id).await
-                        {
-                            version = v;
-                            state_tx.send_replace(Arc::new(s));
-                        }
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-        });
+        let running = Running { outbox: self.clone(), id: id.clone(), actor, version, state: state_tx };
+        tokio::spawn(running.run(rx));
         Ok(ActorRef { id, tx, state: state_rx })
     }
 }
@@ -204,11 +291,8 @@ async fn commit<S: Serialize>(
     version: Version,
     draft: &S,
     events: Vec<NewEvent>,
-) -> Result<Version, ActorError> {
-    let snapshot = serde_json::to_vec(draft).map_err(|e| ActorError::Store(e.into()))?;
-    let receipt = outbox
-        .commit(Commit::state(id.clone(), version, snapshot).events(events))
-        .await
-        .map_err(ActorError::Store)?;
-    receipt.version.ok_or_else(|| ActorError::Store(Error::internal("a state commit returned no version")))
+) -> Result<Version, Error> {
+    let snapshot = serde_json::to_vec(draft)?;
+    let receipt = outbox.commit(Commit::state(id.clone(), version, snapshot).events(events)).await?;
+    receipt.version.ok_or_else(|| Error::internal("a state commit returned no version"))
 }

@@ -17,10 +17,11 @@ use outbox_forwarder::ForwarderConfig;
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[non_exhaustive]
 pub enum Durability {
-    /// The store named by [`StoreChoice`]; for [`StoreChoice::Auto`], the
-    /// SQLite file [`DEFAULT_SQLITE_PATH`](crate::DEFAULT_SQLITE_PATH)
-    /// with the `sqlite` feature (the default), and the in-memory store
-    /// with a warning when no durable store is compiled in.
+    /// The store named by [`StoreChoice`]; for [`StoreChoice::Auto`], a
+    /// SQLite file in the platform's data directory
+    /// ([`default_sqlite_path`](crate::default_sqlite_path)) with the
+    /// `sqlite` feature (the default), and the in-memory store with a
+    /// warning when no durable store is compiled in.
     #[default]
     Auto,
     /// In memory only: lost when the process ends. Reported as
@@ -87,7 +88,7 @@ impl fmt::Debug for StoreChoice {
 ///     .on_error(|event, error| eprintln!("outbox: {error} ({:?})", event.map(|e| e.id)));
 /// assert_eq!(config.forwarder.flush_interval, Duration::from_millis(50));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct OutboxConfig {
     /// How durable commits must be.
@@ -97,9 +98,51 @@ pub struct OutboxConfig {
     /// The forwarder's settings (flush interval, error callback, clock,
     /// retries, ...).
     pub forwarder: ForwarderConfig,
+    /// The application's name: where [`StoreChoice::Auto`] keeps its file
+    /// (`<data dir>/<app name>/outbox.db`). `None`: the executable's name.
+    pub app_name: Option<String>,
+    /// How many times an actor handles a message again after a version
+    /// conflict (another writer committed the actor in between) before
+    /// reporting it.
+    pub conflict_retries: u32,
+}
+
+impl Default for OutboxConfig {
+    /// Durability and store `Auto`, the forwarder's defaults, no app name,
+    /// 3 conflict retries.
+    fn default() -> Self {
+        OutboxConfig {
+            durability: Durability::Auto,
+            store: StoreChoice::Auto,
+            forwarder: ForwarderConfig::default(),
+            app_name: None,
+            conflict_retries: 3,
+        }
+    }
 }
 
 impl OutboxConfig {
+    /// Sets the application's name (where [`StoreChoice::Auto`] keeps its
+    /// file: `<data dir>/<name>/outbox.db`).
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.app_name = Some(name.into());
+        self
+    }
+
+    /// Sets how many times an actor handles a message again after a
+    /// version conflict.
+    pub fn conflict_retries(mut self, n: u32) -> Self {
+        self.conflict_retries = n;
+        self
+    }
+
+    /// Sets the forwarder's retry policy (the default retries transient
+    /// failures until delivered; limits are opt-in).
+    pub fn retry(mut self, policy: outbox_core::RetryPolicy) -> Self {
+        self.forwarder.retry = policy;
+        self
+    }
+
     /// Sets the durability.
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
@@ -158,10 +201,6 @@ impl OutboxConfig {
         let f = &self.forwarder;
         outbox_consumer::InboxConfig::for_delivery(&f.retry, f.lease, f.retention)
     }
-
-    pub(crate) fn into_parts(self) -> (Durability, StoreChoice, ForwarderConfig) {
-        (self.durability, self.store, self.forwarder)
-    }
 }
 
 impl fmt::Debug for OutboxConfig {
@@ -170,6 +209,8 @@ impl fmt::Debug for OutboxConfig {
             .field("durability", &self.durability)
             .field("store", &self.store)
             .field("forwarder", &self.forwarder)
+            .field("app_name", &self.app_name)
+            .field("conflict_retries", &self.conflict_retries)
             .finish()
     }
 }

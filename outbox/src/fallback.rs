@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Error, ErrorKind, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result,
-    SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, Error, ErrorKind, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore,
+    Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
 };
 use outbox_store_memory::MemoryStore;
 
@@ -204,13 +204,30 @@ impl DeliveryStore for FallbackStore {
         self.primary.release(grant, &durable).await
     }
 
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
         if let Some(mg) = self.grant_if_claimed_here(id) {
-            self.memory.retry_later(&mg, id, at, error).await?;
+            self.memory.retry_later(&mg, id, at, error, attempt).await?;
             self.settled(&[id]);
             return Ok(());
         }
-        self.primary.retry_later(grant, id, at, error).await
+        self.primary.retry_later(grant, id, at, error, attempt).await
+    }
+
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        let mut n = self.primary.retry_now(grant).await?;
+        if self.is_fallen()
+            && let Some(mg) = self.memory_grant().await?
+        {
+            n += self.memory.retry_now(&mg).await?;
+        }
+        Ok(n)
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
@@ -240,6 +257,7 @@ impl InspectStore for FallbackStore {
             in_flight: a.in_flight + b.in_flight,
             dead: a.dead + b.dead,
             delivered: a.delivered + b.delivered,
+            discarded: a.discarded + b.discarded,
             oldest_pending_at: oldest,
         })
     }
@@ -259,6 +277,12 @@ impl InspectStore for FallbackStore {
     }
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         Ok(self.primary.requeue_dead(ids).await? + self.memory.requeue_dead(ids).await?)
+    }
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        Ok(self.primary.discard_dead(ids).await? + self.memory.discard_dead(ids).await?)
+    }
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        Ok(self.primary.skip_dead(ids).await? + self.memory.skip_dead(ids).await?)
     }
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         let n = self.primary.prune_delivered(before, limit).await?;

@@ -7,14 +7,17 @@ mod runtime;
 
 pub use actor::{Actor, ActorError, ActorRef, Context};
 pub use config::{Durability, OutboxConfig, StoreChoice};
-pub use runtime::{DEFAULT_SQLITE_PATH, Outbox, configure_outbox, system_clock};
+pub use runtime::{Outbox, configure_outbox, default_sqlite_path, system_clock};
 
 pub use outbox_consumer as consumer;
 pub use outbox_core::{
-    ActorId, Commit, CommitReceipt, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, NewEvent,
-    Outcome, Payload, Result, Sink, Version, prelude,
+    ActorId, Backoff, Commit, CommitReceipt, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId,
+    GiveUp, NewEvent, OrderingKey, Outcome, Payload, Result, RetryLimits, RetryPolicy, SharedClock, Sink,
+    StoreStats, Timestamp, Version, async_trait, prelude,
 };
-pub use outbox_forwarder::{Bus, DeadLetterPolicy, ErrorCallback, ForwarderConfig, Subscription, Topic};
+pub use outbox_forwarder::{
+    BreakerConfig, Bus, DeadLetterPolicy, ErrorCallback, ForwarderConfig, Subscription, Topic, metrics,
+};
 #[cfg(feature = "nats")]
 pub use outbox_sink_nats::NatsSink;
 pub use outbox_store_memory::MemoryStore;

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Once};
 
 use outbox_core::{
-    Commit, CommitReceipt, DurableStore, Envelope, Error, Outcome, Result, SharedClock, Sink, SystemClock,
+    Commit, CommitReceipt, DurableStore, Envelope, Error, EventId, Outcome, Result, SharedClock, Sink,
+    SystemClock,
 };
 use outbox_forwarder::{ErrorCallback, Forwarder, ForwarderHandle, Wake};
 use outbox_store_memory::MemoryStore;
@@ -15,12 +16,45 @@ use crate::fallback::FallbackStore;
 static MEMORY_WARNING: Once = Once::new();
 static OFF_WARNING: Once = Once::new();
 
-/// The default SQLite file when [`StoreChoice::Auto`] picks SQLite:
-/// `outbox.db` in the working directory.
-pub const DEFAULT_SQLITE_PATH: &str = "outbox.db";
+/// Where [`StoreChoice::Auto`] keeps its SQLite file:
+/// `<data dir>/<app>/outbox.db`, with `app` the name given (or the
+/// executable's name) and the data directory the platform's
+/// (`$XDG_DATA_HOME` or `~/.local/share` on Linux and other Unix systems,
+/// `~/Library/Application Support` on macOS, `%LOCALAPPDATA%` on Windows).
+/// `None` when the platform names no data directory (no home directory).
+pub fn default_sqlite_path(app: Option<&str>) -> Option<std::path::PathBuf> {
+    let app = match app {
+        Some(a) => a.to_owned(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "outbox".to_owned()),
+    };
+    Some(data_dir()?.join(app).join("outbox.db"))
+}
+
+fn env_dir(var: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(std::path::PathBuf::from).filter(|p| p.is_absolute())
+}
+
+#[cfg(target_os = "windows")]
+fn data_dir() -> Option<std::path::PathBuf> {
+    env_dir("LOCALAPPDATA")
+}
+
+#[cfg(target_os = "macos")]
+fn data_dir() -> Option<std::path::PathBuf> {
+    Some(env_dir("HOME")?.join("Library").join("Application Support"))
+}
+
+#[cfg(not(any(target_os = "windows", target_os = "macos")))]
+fn data_dir() -> Option<std::path::PathBuf> {
+    env_dir("XDG_DATA_HOME").or_else(|| Some(env_dir("HOME")?.join(".local").join("share")))
+}
 
 struct Inner {
     store: Arc<dyn DurableStore>,
+    conflict_retries: u32,
     fallback: Option<Arc<FallbackStore>>,
     forwarder: Mutex<Option<ForwarderHandle>>,
     wake: Option<Wake>,
@@ -46,12 +80,31 @@ impl fmt::Debug for Outbox {
     }
 }
 
-async fn open_durable(choice: &StoreChoice, clock: &SharedClock) -> Result<Arc<dyn DurableStore>> {
+async fn open_durable(
+    choice: &StoreChoice,
+    app: Option<&str>,
+    clock: &SharedClock,
+) -> Result<Arc<dyn DurableStore>> {
     match choice {
         StoreChoice::Custom(s) => Ok(s.clone()),
         StoreChoice::Memory => Ok(Arc::new(MemoryStore::unannounced(clock.clone()))),
         #[cfg(feature = "sqlite")]
-        StoreChoice::Auto => open_sqlite(std::path::Path::new(DEFAULT_SQLITE_PATH), clock),
+        StoreChoice::Auto => {
+            let path = match default_sqlite_path(app) {
+                Some(p) => p,
+                None => {
+                    tracing::warn!(target: "outbox",
+                        "outbox: the platform names no data directory; using outbox.db in the working directory");
+                    std::path::PathBuf::from("outbox.db")
+                }
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::unavailable(format!("creating {}", dir.display()), e))?;
+            }
+            tracing::info!(target: "outbox", path = %path.display(), "outbox: SQLite store");
+            open_sqlite(&path, clock)
+        }
         #[cfg(not(feature = "sqlite"))]
         StoreChoice::Auto => Ok(Arc::new(MemoryStore::unannounced(clock.clone()))),
         #[cfg(feature = "sqlite")]
@@ -75,21 +128,23 @@ fn open_sqlite(path: &std::path::Path, clock: &SharedClock) -> Result<Arc<dyn Du
 /// Starts an outbox that delivers to `sink`, as `config` says:
 ///
 /// - [`Durability::Auto`]: the store named by `config.store`; for
-///   [`StoreChoice::Auto`], SQLite (`outbox.db` in the working directory)
-///   when the `sqlite` feature is on (the default), memory (with a warning)
-///   otherwise. A durable store that fills up falls back to memory for new
+///   [`StoreChoice::Auto`], SQLite (`<data dir>/<app>/outbox.db`, see
+///   [`default_sqlite_path`]) when the `sqlite` feature is on (the
+///   default), memory (with a warning) otherwise. A durable store that fills up falls back to memory for new
 ///   commits (`outbox.durable` drops to 0, `on_error` is called once).
 /// - [`Durability::Memory`]: the in-memory store, whatever `config.store`
 ///   says; warns once, `outbox.durable = 0`.
-/// - [`Durability::Off`]: no outbox. State is kept in memory and events go
-///   straight to the sink as they are committed; an event the sink refuses
-///   is lost (reported to `on_error`). Warns once. Development only.
+/// - [`Durability::Off`]: no outbox. State is kept in memory (one snapshot
+///   per actor) and events go straight to the sink as they are committed,
+///   and are not kept; an event the sink refuses is lost (reported to
+///   `on_error`). Warns once. Development only.
 ///
 /// A forwarder with `config.forwarder`'s settings is started on the
 /// current Tokio runtime (not for `Off`); the store reads time from the
 /// same clock.
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
-    let (durability, store_choice, fwd) = config.into_parts();
+    let OutboxConfig { durability, store: store_choice, forwarder: fwd, app_name, conflict_retries, .. } =
+        config;
     let clock = fwd.clock.clone();
     let (store, fallback): (Arc<dyn DurableStore>, Option<Arc<FallbackStore>>) = match durability {
         Durability::Off => {
@@ -104,7 +159,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
             (Arc::new(MemoryStore::unannounced(clock.clone())), None)
         }
         _ => {
-            let primary = open_durable(&store_choice, &clock).await?;
+            let primary = open_durable(&store_choice, app_name.as_deref(), &clock).await?;
             if !primary.capabilities().durable {
                 warn_memory();
                 (primary, None)
@@ -136,6 +191,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
     Ok(Outbox {
         inner: Arc::new(Inner {
             store,
+            conflict_retries,
             fallback,
             forwarder: Mutex::new(forwarder),
             wake,
@@ -159,7 +215,10 @@ impl Outbox {
     /// sink right after the commit instead.
     pub async fn commit(&self, commit: Commit) -> Result<CommitReceipt> {
         if self.inner.durability == Durability::Off {
-            let events: Vec<_> = commit.events.clone();
+            // Nothing is kept of the events: they go to the sink now.
+            let mut commit = commit;
+            commit.validate(&self.inner.store.capabilities().limits)?;
+            let events = std::mem::take(&mut commit.events);
             let receipt = self.inner.store.put_state_and_events(commit).await?;
             let envelopes: Vec<Envelope> =
                 events.into_iter().map(|e| Envelope::committed(e, receipt.committed_at)).collect();
@@ -183,6 +242,63 @@ impl Outbox {
             w.wake();
         }
         Ok(receipt)
+    }
+
+    /// Dead-lettered events (oldest first), at most `limit`, with their
+    /// last error. Under the default [`DeadLetterPolicy::Park`](outbox_forwarder::DeadLetterPolicy)
+    /// each parks its ordering key (by default its origin actor): the
+    /// key's later events wait until it is requeued, discarded or skipped.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
+        self.inner.store.list_dead(limit).await
+    }
+
+    /// Moves dead event `id` back to pending (attempts reset), to be
+    /// delivered before its key's later events. Returns whether it was
+    /// dead.
+    pub async fn requeue(&self, id: EventId) -> Result<bool> {
+        let moved = self.inner.store.requeue_dead(&[id]).await? > 0;
+        self.wake();
+        Ok(moved)
+    }
+
+    /// Requeues every dead event; returns how many.
+    pub async fn requeue_all(&self) -> Result<u64> {
+        let mut moved = 0;
+        loop {
+            let dead: Vec<EventId> = self.inner.store.list_dead(500).await?.iter().map(|e| e.id).collect();
+            if dead.is_empty() {
+                break;
+            }
+            let n = self.inner.store.requeue_dead(&dead).await?;
+            moved += n;
+            if n == 0 {
+                break;
+            }
+        }
+        self.wake();
+        Ok(moved)
+    }
+
+    /// Gives up on dead event `id`: it is kept as `discarded` (for audit,
+    /// until retention prunes it) and never delivered; its key flows on.
+    /// Returns whether it was dead.
+    pub async fn discard(&self, id: EventId) -> Result<bool> {
+        let moved = self.inner.store.discard_dead(&[id]).await? > 0;
+        self.wake();
+        Ok(moved)
+    }
+
+    /// Lets the key parked behind dead event `id` flow past it: the event
+    /// stays dead (listed, requeueable) but no longer holds its key back.
+    /// Returns whether it changed.
+    pub async fn skip(&self, id: EventId) -> Result<bool> {
+        let moved = self.inner.store.skip_dead(&[id]).await? > 0;
+        self.wake();
+        Ok(moved)
+    }
+
+    pub(crate) fn conflict_retries(&self) -> u32 {
+        self.inner.conflict_retries
     }
 
     /// The store (for inspection, consumers, custom use).

@@ -157,7 +157,7 @@ fn child(arg: &str) {
             .flush_interval(Duration::from_millis(20))
             .max_idle_interval(Duration::from_millis(500))
             // A broker outage must not dead-letter anything.
-            .retry(RetryPolicy { max_attempts: 10_000, ..Default::default() })
+            .retry(RetryPolicy::default().max_attempts(10_000))
             .breaker(BreakerConfig { max_open_for: Duration::from_secs(1), ..Default::default() })
             .retention(None);
         let fwd = Forwarder::new(Arc::new(store.clone()), sink, cfg);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use outbox::consumer::{Delivery, Handler, HandlerError, Tx, once_per_event};
 use outbox::prelude::*;
 use outbox::{
-    Actor, ActorError, ActorId, Bus, ConsumerId, Context, Durability, Envelope, ErrorKind, NewEvent,
-    OutboxConfig, SqliteStore, StoreChoice, Topic, Version, configure_outbox,
+    Actor, ActorError, ActorId, Bus, ConsumerId, Context, Durability, Envelope, ErrorKind, OutboxConfig,
+    SqliteStore, StoreChoice, Topic, Version, configure_outbox,
 };
 use outbox_testkit::{FaultMode, FaultyStore};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ enum Form {
     },
 }
 
+#[derive(Clone)]
 enum Msg {
     Edit(String),
     Save,
@@ -32,34 +33,43 @@ enum Msg {
     Broken,
 }
 
+/// The handler's own errors.
+#[derive(Debug, thiserror::Error)]
+enum FormError {
+    #[error("nothing to save")]
+    NothingToSave,
+    #[error("broken on purpose")]
+    Broken(#[source] std::io::Error),
+}
+
 struct FormActor;
 
+#[outbox::async_trait]
 impl Actor for FormActor {
     type State = Form;
     type Message = Msg;
-    type Error = String;
+    type Error = FormError;
 
-    fn handle(&mut self, state: &mut Form, msg: Msg, ctx: &mut Context) -> Result<Vec<NewEvent>, String> {
+    async fn handle(&mut self, state: &mut Form, msg: Msg, ctx: &mut Context) -> Result<(), FormError> {
         match msg {
             Msg::Edit(title) => {
                 *state = Form::Draft { title: title.clone() };
-                ctx.emit("FORM_EDITED", &title).map_err(|e| e.to_string())?;
-                Ok(vec![])
+                ctx.emit("FORM_EDITED", &title);
+                Ok(())
             }
             Msg::Save => {
-                let Form::Draft { title } = state.clone() else { return Err("nothing to save".into()) };
+                let Form::Draft { title } = state.clone() else { return Err(FormError::NothingToSave) };
+                // An async handler: the draft is committed when it returns.
+                tokio::task::yield_now().await;
                 *state = Form::Saved { title: title.clone() };
-                ctx.emit("FORM_SAVED", &title).map_err(|e| e.to_string())?;
-                // Handlers may return events as well as emit them.
-                Ok(vec![
-                    NewEvent::json(ctx.actor_id().clone(), "FORM_AUDIT", &"saved")
-                        .map_err(|e| e.to_string())?,
-                ])
+                ctx.emit("FORM_SAVED", &title);
+                ctx.emit("FORM_AUDIT", &"saved");
+                Ok(())
             }
             Msg::Broken => {
                 *state = Form::Saved { title: "never".into() };
-                ctx.emit("FORM_SAVED", &"never").map_err(|e| e.to_string())?;
-                Err("broken".into())
+                ctx.emit("FORM_SAVED", &"never");
+                Err(FormError::Broken(std::io::Error::other("disk on fire")))
             }
         }
     }
@@ -93,7 +103,10 @@ async fn commits_atomically_and_publishes_only_committed_state() {
 
     // A failing handler: the draft and its event are discarded, watchers
     // see nothing.
-    assert!(matches!(form.send(Msg::Broken).await, Err(ActorError::Handler(_))));
+    let err = form.send(Msg::Broken).await.unwrap_err();
+    assert!(matches!(err, ActorError::Handler(FormError::Broken(_))), "the handler's own typed error");
+    let source = std::error::Error::source(&err).expect("the handler's error is the source");
+    assert!(source.downcast_ref::<FormError>().is_some());
     assert!(!watch.has_changed().unwrap(), "no uncommitted state published");
     assert_eq!(*form.state(), Form::Draft { title: "Hi".into() });
 
@@ -103,11 +116,7 @@ async fn commits_atomically_and_publishes_only_committed_state() {
         .into_iter()
         .map(|e| e.event_type)
         .collect();
-    assert_eq!(
-        types,
-        vec!["FORM_EDITED", "FORM_SAVED", "FORM_AUDIT"],
-        "emitted and returned events, in order"
-    );
+    assert_eq!(types, vec!["FORM_EDITED", "FORM_SAVED", "FORM_AUDIT"], "emitted events, in order");
     let stored = outbox.store().load_state(&ActorId::new("form-1").unwrap()).await.unwrap().unwrap();
     assert_eq!(stored.version, Version(2));
     outbox.shutdown().await;
@@ -233,11 +242,7 @@ async fn off_sends_events_straight_to_the_sink() {
     form.send(Msg::Edit("now".into())).await.unwrap();
     let e = all.try_recv().expect("published during the commit, no forwarder involved");
     assert_eq!(e.event_type, "FORM_EDITED");
-    assert_eq!(
-        outbox.store().stats().await.unwrap().pending,
-        1,
-        "nothing delivers from the store in Off mode"
-    );
+    assert_eq!(outbox.store().stats().await.unwrap().pending, 0, "Off keeps nothing of the events");
 }
 
 #[tokio::test]
@@ -343,4 +348,68 @@ async fn the_runtime_runs_on_postgres() {
         }
     }
     outbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_conflict_reloads_the_state_and_handles_the_message_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::new();
+    let mut all = bus.subscribe(Topic::All);
+    let outbox = configure_outbox(sqlite(&dir), Arc::new(bus.sink())).await.unwrap();
+    let id = ActorId::new("form-c").unwrap();
+    let form = outbox.spawn_actor(id.clone(), FormActor).await.unwrap();
+    form.send(Msg::Edit("mine".into())).await.unwrap();
+    // Another writer (another process, say) commits the same actor.
+    let theirs = serde_json::to_vec(&Form::Draft { title: "theirs".into() }).unwrap();
+    outbox.commit(outbox::Commit::state(id.clone(), Version(1), theirs)).await.unwrap();
+    // Save runs on the stale draft, conflicts, reloads "theirs", runs again.
+    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(3));
+    assert_eq!(*form.state(), Form::Saved { title: "theirs".into() });
+    let saved: Vec<Envelope> = vec![next(&mut all).await, next(&mut all).await, next(&mut all).await];
+    assert_eq!(saved[1].event_type, "FORM_SAVED");
+    assert_eq!(saved[1].payload.decode_json::<String>().unwrap(), "theirs", "only the rerun's events commit");
+    outbox.shutdown().await;
+
+    // With no retries the conflict is reported, and the state reloaded.
+    let outbox =
+        configure_outbox(sqlite(&dir).conflict_retries(0), Arc::new(Bus::new().sink())).await.unwrap();
+    let form = outbox.spawn_actor(id.clone(), FormActor).await.unwrap();
+    let newer = serde_json::to_vec(&Form::Draft { title: "newer".into() }).unwrap();
+    outbox.commit(outbox::Commit::state(id.clone(), Version(3), newer)).await.unwrap();
+    let err = form.send(Msg::Edit("lost".into())).await.unwrap_err();
+    assert_eq!(err.store_kind(), Some(ErrorKind::Conflict));
+    assert_eq!(*form.state(), Form::Draft { title: "newer".into() }, "reloaded for the next message");
+    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(5));
+    outbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn durability_off_keeps_no_events_in_memory() {
+    let bus = Bus::new();
+    let mut all = bus.subscribe(Topic::All);
+    let outbox = configure_outbox(OutboxConfig::default().durability(Durability::Off), Arc::new(bus.sink()))
+        .await
+        .unwrap();
+    let form = outbox.spawn_actor(ActorId::new("off").unwrap(), FormActor).await.unwrap();
+    for i in 0..200 {
+        form.send(Msg::Edit(format!("{i}"))).await.unwrap();
+    }
+    for _ in 0..200 {
+        next(&mut all).await;
+    }
+    let s = outbox.store().stats().await.unwrap();
+    assert_eq!((s.pending, s.delivered, s.dead), (0, 0, 0), "nothing kept of the events");
+    assert_eq!(form.state().as_ref(), &Form::Draft { title: "199".into() });
+}
+
+#[test]
+fn auto_keeps_its_file_in_the_platform_data_directory() {
+    let Some(path) = outbox::default_sqlite_path(Some("todo-app")) else {
+        panic!("this machine has a home directory, so a data directory");
+    };
+    assert!(path.is_absolute(), "{}", path.display());
+    assert!(path.ends_with("todo-app/outbox.db"));
+    assert_ne!(path.parent().and_then(|p| p.parent()), Some(std::env::current_dir().unwrap().as_path()));
+    let by_exe = outbox::default_sqlite_path(None).unwrap();
+    assert!(by_exe.ends_with("outbox.db") && by_exe.is_absolute());
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use outbox::consumer::{Handler, HandlerError, Tx, once_per_event};
 use outbox::prelude::*;
 use outbox::{
-    Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, NewEvent, OutboxConfig, Outcome,
-    Sink, StoreChoice, Topic, configure_outbox,
+    Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, OutboxConfig, Outcome, Sink,
+    StoreChoice, Topic, configure_outbox,
 };
 use outbox_testkit::crash;
 use serde::{Deserialize, Serialize};
@@ -36,22 +36,23 @@ struct FormActor {
     hang: bool,
 }
 
+#[outbox::async_trait]
 impl Actor for FormActor {
     type State = Form;
     type Message = ();
-    type Error = String;
+    type Error = std::convert::Infallible;
 
-    fn handle(&mut self, state: &mut Form, _msg: (), ctx: &mut Context) -> Result<Vec<NewEvent>, String> {
+    async fn handle(&mut self, state: &mut Form, _msg: (), ctx: &mut Context) -> Result<(), Self::Error> {
         *state = Form::Saved;
-        ctx.emit("FORM_SAVED", &serde_json::json!({ "form": ctx.actor_id().as_str() }))
-            .map_err(|e| e.to_string())?;
+        let form = ctx.actor_id().as_str().to_owned();
+        ctx.emit("FORM_SAVED", &serde_json::json!({ "form": form }));
         if self.hang {
             println!("IN_HANDLER");
             loop {
                 std::thread::park();
             }
         }
-        Ok(vec![])
+        Ok(())
     }
 }
 

@@ -62,9 +62,11 @@ pub fn lock_name(db: &str) -> String {
 ///   for the lease ttl.
 /// - **Wake-ups:** the leader listens on the `BroadcastChannel` named
 ///   `commits`, where the store posts after each commit with events in any
-///   tab; it also wakes on the `online` event (closing its circuit breaker
-///   to a probe) and when its page becomes visible, instead of waiting for
-///   its next tick.
+///   tab; it also wakes on the `online` event (making every backed-off
+///   event due and closing its circuit breaker to a probe) and when its
+///   page becomes visible, instead of waiting for its next tick. While the
+///   browser says it is offline (`navigator.onLine`, the `offline` event),
+///   failed attempts do not count toward an opt-in attempt limit.
 #[derive(Debug)]
 pub struct TabForwarder {
     cancel: CancellationToken,
@@ -122,6 +124,11 @@ impl TabForwarder {
             let _commits = Channel::listen(&commits, move |_| w.wake());
             let w = task_wake.clone();
             let _online = GlobalListener::on("online", move |_| w.notify_online());
+            let w = task_wake.clone();
+            let _offline = GlobalListener::on("offline", move |_| w.notify_offline());
+            if platform::navigator_offline() {
+                task_wake.notify_offline();
+            }
             let w = task_wake;
             let _visible = GlobalListener::on("visibilitychange", move |_| w.wake());
             fwd.run(task_cancel).await;

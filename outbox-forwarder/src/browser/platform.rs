@@ -1,6 +1,6 @@
 //! Browser APIs reached through the global object, so the same code runs
 //! in a window and in a worker: `navigator.locks`, `BroadcastChannel`
-//! listeners, `online` and `visibilitychange`.
+//! listeners, `online`, `offline` and `visibilitychange`.
 
 use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::closure::Closure;
@@ -17,6 +17,11 @@ fn prop(target: &JsValue, name: &str) -> Option<JsValue> {
 /// The origin's lock manager, where there is one (secure contexts).
 pub(crate) fn lock_manager() -> Option<JsValue> {
     prop(&prop(&global(), "navigator")?, "locks")
+}
+
+/// Whether the browser says it is offline (`navigator.onLine === false`).
+pub(crate) fn navigator_offline() -> bool {
+    prop(&global(), "navigator").and_then(|n| prop(&n, "onLine")).and_then(|v| v.as_bool()) == Some(false)
 }
 
 /// An exclusive Web Lock, held until this value is dropped (or its
