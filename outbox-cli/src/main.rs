@@ -10,8 +10,8 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use outbox::consumer::{Delivery, Handler, HandlerError, Tx, once_per_event};
 use outbox::prelude::*;
 use outbox::{
-    Actor, ActorId, Bus, ConsumerId, Context, Envelope, ForwarderConfig, OutboxConfig, Outcome, Sink,
-    SqliteStore, StoreChoice, Topic, configure_outbox,
+    Actor, ActorId, Bus, ConsumerId, Context, Envelope, EventId, ForwarderConfig, OutboxConfig, Outcome,
+    Sink, SqliteStore, StoreChoice, Topic, configure_outbox,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,11 +38,44 @@ enum Cmd {
         /// The SQLite file.
         file: PathBuf,
     },
-    /// Move dead-lettered events back to pending.
+    /// Move dead-lettered events back to pending (each before its key's
+    /// later events).
     Requeue {
         /// The SQLite file.
         file: PathBuf,
+        /// The dead events to requeue.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<EventId>,
+        /// Requeue every dead event.
+        #[arg(long)]
+        all: bool,
     },
+    /// Give up on dead events: kept as `discarded` until retention prunes
+    /// them, never delivered; their keys flow on.
+    Discard {
+        /// The SQLite file.
+        file: PathBuf,
+        /// The dead events to discard.
+        #[arg(required = true)]
+        ids: Vec<EventId>,
+    },
+    /// Let the keys parked behind dead events flow past them (the events
+    /// stay dead and can still be requeued).
+    Skip {
+        /// The SQLite file.
+        file: PathBuf,
+        /// The dead events to skip.
+        #[arg(required = true)]
+        ids: Vec<EventId>,
+    },
+}
+
+/// What a dead-letter command does to each event.
+#[derive(Clone, Copy, Debug)]
+enum DeadAction {
+    Requeue,
+    Discard,
+    Skip,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -150,7 +183,10 @@ fn main() {
         }
         Cmd::Demo { file, .. } => demo(&rt, file),
         Cmd::Inspect { file } => rt.block_on(inspect(&file)),
-        Cmd::Requeue { file } => rt.block_on(requeue(&file)),
+        Cmd::Requeue { file, all: true, .. } => rt.block_on(requeue_all(&file)),
+        Cmd::Requeue { file, ids, .. } => rt.block_on(dead_letters(&file, &ids, DeadAction::Requeue)),
+        Cmd::Discard { file, ids } => rt.block_on(dead_letters(&file, &ids, DeadAction::Discard)),
+        Cmd::Skip { file, ids } => rt.block_on(dead_letters(&file, &ids, DeadAction::Skip)),
     };
     if let Err(e) = result {
         fail(&format!("{e} ({:?})", e.kind()));
@@ -290,12 +326,13 @@ async fn inspect(file: &Path) -> outbox::Result<()> {
     let store = SqliteStore::open(file)?;
     let s = store.stats().await?;
     println!(
-        "{}: {} pending ({} in flight), {} dead, {} delivered",
+        "{}: {} pending ({} in flight), {} dead, {} delivered, {} discarded",
         file.display(),
         s.pending,
         s.in_flight,
         s.dead,
-        s.delivered
+        s.delivered,
+        s.discarded
     );
     for e in store.list_pending(20).await? {
         println!("  pending {:<20} id={} key={} attempts={}", e.event_type, e.id, e.key, e.attempts);
@@ -306,9 +343,43 @@ async fn inspect(file: &Path) -> outbox::Result<()> {
     Ok(())
 }
 
-async fn requeue(file: &Path) -> outbox::Result<()> {
+async fn requeue_all(file: &Path) -> outbox::Result<()> {
     let store = SqliteStore::open(file)?;
     let dead: Vec<_> = store.list_dead(usize::MAX).await?.iter().map(|e| e.id).collect();
     println!("requeued {} dead-lettered events", store.requeue_dead(&dead).await?);
+    Ok(())
+}
+
+/// Requeues, discards or skips the dead events `ids`, one by one; an id
+/// that is not a dead event (unknown, pending, delivered, or already
+/// skipped for `skip`) is reported and makes the command fail.
+async fn dead_letters(file: &Path, ids: &[EventId], action: DeadAction) -> outbox::Result<()> {
+    let store = SqliteStore::open(file)?;
+    let mut missed = 0;
+    for id in ids {
+        let one = std::slice::from_ref(id);
+        let n = match action {
+            DeadAction::Requeue => store.requeue_dead(one).await?,
+            DeadAction::Discard => store.discard_dead(one).await?,
+            DeadAction::Skip => store.skip_dead(one).await?,
+        };
+        let verb = match action {
+            DeadAction::Requeue => "requeued",
+            DeadAction::Discard => "discarded",
+            DeadAction::Skip => "skipped",
+        };
+        if n > 0 {
+            println!("{verb} {id}");
+        } else {
+            println!("not a dead event (or already {verb}): {id}");
+            missed += 1;
+        }
+    }
+    if missed > 0 {
+        return Err(outbox::Error::invalid_input(format!(
+            "{missed} of {} ids were not dead events",
+            ids.len()
+        )));
+    }
     Ok(())
 }
