@@ -3,14 +3,16 @@
 
 use indexed_db_futures::prelude::*;
 use js_sys::Array;
-use outbox_core::codec::{PendingEntry, Row, Status, encode_pending, encode_row};
+use outbox_core::codec::encode_pending;
 use outbox_core::{
     ActorId, Commit, CommitReceipt, Envelope, Error, EventId, InboxMark, Limits, Result, StateSnapshot,
     Timestamp, Version,
 };
 use wasm_bindgen::JsValue;
 
-use crate::codec::{bytes_js, decode_state, encode_state, id_js, inbox_js, js_bytes, js_u64, num, seq_js};
+use crate::codec::{
+    Event, bytes_js, decode_state, encode_state, id_js, inbox_js, js_bytes, js_u64, num, seq_js,
+};
 use crate::error::{is, map};
 use crate::schema::{EVENTS, IDS, INBOX, INBOX_AT, META, NEXT_SEQ, PENDING, STATE};
 use crate::tx::{Db, finish, get, put, store};
@@ -36,9 +38,8 @@ pub(crate) async fn commit(
         .events
         .iter()
         .map(|e| {
-            let env = Envelope::committed(e.clone(), now);
-            let row = Row { env, status: Status::Pending, claimed_by: None, lease_until: None };
-            (e.id, bytes_js(&encode_row(&row)), bytes_js(&encode_pending(&PendingEntry::of(&row))))
+            let row = Event::pending(Envelope::committed(e.clone(), now));
+            (e.id, bytes_js(&row.encode()), bytes_js(&encode_pending(&row.pending_entry())))
         })
         .collect();
     let marks: Vec<(&InboxMark, JsValue)> =

@@ -1,20 +1,26 @@
 //! Delivery: the claim (a plan over the dead index and the pending index
-//! in seq order) and settling claimed events (ack, release, retry, dead
-//! letter), each one transaction fenced by the leader's epoch.
+//! in seq order), settling claimed events (ack, release, retry, dead
+//! letter) and making backed-off events due (retry now), each one
+//! transaction fenced by the leader's epoch.
 
-use outbox_core::codec::{PendingEntry, Row, Status, corrupt, encode_pending, encode_row};
+use outbox_core::codec::{PendingEntry, corrupt, encode_pending};
 use outbox_core::rules::{ClaimEntry, ClaimPlan, check_claim_holder, check_fence};
-use outbox_core::{ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, Timestamp};
+use outbox_core::{
+    ClaimRequest, Envelope, Epoch, Error, EventId, LeaderGrant, OrderingKey, Result, Timestamp,
+};
 
-use crate::codec::{bytes_js, id_js, js_u64, seq_js, time_seq_js};
+use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, time_seq_js};
 use crate::leader::current_epoch;
 use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING};
-use crate::tx::{Db, Tx, delete, finish, get, get_all, get_all_keys, pending_after, put, read_row, store};
+use crate::tx::{
+    Db, Tx, delete, finish, get, get_all, get_all_keys, pending_after, pending_entries, put, read_row, store,
+};
 
 /// Claims up to `request.limit` due events under `grant` (see
-/// [`ClaimPlan`]): dead events first from the dead index (when parking),
-/// then the pending index in seq order, read in chunks until the plan is
-/// full, so a claim reads about what it takes, not the backlog.
+/// [`ClaimPlan`]): dead events first from the dead index (when parking;
+/// a skipped one is [`ClaimEntry::Skipped`] and parks nothing), then the
+/// pending index in seq order, read in chunks until the plan is full, so
+/// a claim reads about what it takes, not the backlog.
 pub(crate) async fn claim(
     db: &Db,
     now: Timestamp,
@@ -35,11 +41,11 @@ pub(crate) async fn claim(
         let values = get_all(&dead, "scan dead").await?;
         for (k, v) in keys.iter().zip(&values) {
             let seq = js_u64(k, "dead key")?;
-            let key = v
-                .as_string()
-                .and_then(|s| OrderingKey::new(s).ok())
-                .ok_or_else(|| corrupt("dead index key is invalid"))?;
-            plan.dead(&key, seq);
+            // A skipped one (`ClaimEntry::Skipped`) parks nothing, and is
+            // never claimed: it is not in the pending index.
+            if let (key, ClaimEntry::Dead) = js_dead(v)? {
+                plan.dead(&key, seq);
+            }
         }
     }
     let chunk = u32::try_from(request.limit.clamp(64, 4096)).unwrap_or(4096);
@@ -70,13 +76,13 @@ pub(crate) async fn claim(
     for (seq, entry) in picked {
         let mut row =
             read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
-        row.env.attempts = row.env.attempts.saturating_add(1);
-        row.claimed_by = Some(grant.epoch.0);
-        row.lease_until = Some(lease_until);
+        let env = row.env_mut();
+        env.attempts = env.attempts.saturating_add(1);
+        row.set_claim(Some(grant.epoch.0), Some(lease_until));
         let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
-        put(&ev, seq_js(seq), bytes_js(&encode_row(&row)), what)?;
+        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
         put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
-        out.push(row.env);
+        out.push(row.into_env());
     }
     finish(tx, what).await?;
     Ok(out)
@@ -91,7 +97,7 @@ pub(crate) async fn settle(
     what: &str,
     grant: &LeaderGrant,
     ids: &[EventId],
-    change: impl Fn(&mut Row),
+    change: impl Fn(&mut Event),
 ) -> Result<()> {
     let tx = db.tx(&[META, IDS, EVENTS, PENDING, DEAD, DELIVERED], true)?;
     let mut rows = settleable(&tx, grant, ids).await?;
@@ -102,7 +108,7 @@ pub(crate) async fn settle(
 }
 
 /// The rows `grant` may settle (read inside `tx`).
-async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<(u64, Row)>> {
+async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<(u64, Event)>> {
     let meta = store(tx, META, "settle")?;
     check_fence(grant, current_epoch(&meta).await?)?;
     let id_st = store(tx, IDS, "settle")?;
@@ -112,34 +118,66 @@ async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Result
         let Some(s) = get(&id_st, id_js(*id), "read id").await? else { continue };
         let seq = js_u64(&s, "id index")?;
         let Some(row) = read_row(&ev, seq).await? else { continue };
-        if row.status != Status::Pending {
+        if row.status() != Status::Pending {
             continue;
         }
-        check_claim_holder(grant, row.claimed_by.map(Epoch))?;
+        check_claim_holder(grant, row.claimed_by().map(Epoch))?;
         out.push((seq, row));
     }
     Ok(out)
 }
 
 /// Writes back settled rows (in `tx`) and commits.
-async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Row)]) -> Result<()> {
+async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Event)]) -> Result<()> {
     let (ev, pending) = (store(&tx, EVENTS, what)?, store(&tx, PENDING, what)?);
     let (dead, delivered) = (store(&tx, DEAD, what)?, store(&tx, DELIVERED, what)?);
     for (seq, row) in rows {
-        put(&ev, seq_js(*seq), bytes_js(&encode_row(row)), what)?;
-        match row.status {
+        put(&ev, seq_js(*seq), bytes_js(&row.encode()), what)?;
+        match row.status() {
             Status::Pending => {
-                put(&pending, seq_js(*seq), bytes_js(&encode_pending(&PendingEntry::of(row))), what)?
+                put(&pending, seq_js(*seq), bytes_js(&encode_pending(&row.pending_entry())), what)?
             }
-            Status::Dead => {
+            Status::Dead { skipped } => {
                 delete(&pending, seq_js(*seq), what)?;
-                put(&dead, seq_js(*seq), row.env.key.as_str().into(), what)?;
+                put(&dead, seq_js(*seq), dead_js(&row.env().key, skipped), what)?;
             }
             Status::Delivered(at) => {
                 delete(&pending, seq_js(*seq), what)?;
                 put(&delivered, time_seq_js(at, *seq), seq_js(*seq), what)?;
             }
+            // Settling starts from a pending event: only an operator
+            // discards, and only dead ones.
+            Status::Discarded(_) => return Err(Error::internal("a claimed event cannot be discarded")),
         }
     }
     finish(tx, what).await
+}
+
+/// Makes every pending event that failed an attempt and is due after
+/// `now` due at `now` (leases untouched), under `grant`; returns how many.
+pub(crate) async fn retry_now(db: &Db, now: Timestamp, grant: &LeaderGrant) -> Result<u64> {
+    let what = "retry now";
+    let tx = db.tx(&[META, PENDING, EVENTS], true)?;
+    let (meta, pending, ev) =
+        (store(&tx, META, what)?, store(&tx, PENDING, what)?, store(&tx, EVENTS, what)?);
+    check_fence(grant, current_epoch(&meta).await?)?;
+    let mut n = 0;
+    for (seq, entry) in pending_entries(&pending).await? {
+        if entry.next_attempt_at <= now {
+            continue;
+        }
+        let mut row =
+            read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
+        if row.env().last_error.is_none() {
+            // Scheduled by `not_before`, never failed.
+            continue;
+        }
+        row.env_mut().next_attempt_at = now;
+        let entry = PendingEntry { next_attempt_at: now, ..entry };
+        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
+        put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
+        n += 1;
+    }
+    finish(tx, what).await?;
+    Ok(n)
 }

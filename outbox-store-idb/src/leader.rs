@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use indexed_db_futures::object_store::ObjectStore;
-use outbox_core::codec::{PendingEntry, corrupt, encode_pending, encode_row};
+use outbox_core::codec::{PendingEntry, corrupt, encode_pending};
 use outbox_core::rules::check_fence;
 use outbox_core::{Epoch, LeaderGrant, Result, Timestamp};
 
@@ -55,11 +55,11 @@ pub(crate) async fn acquire(
                 let mut row = read_row(&ev, seq)
                     .await?
                     .ok_or_else(|| corrupt("pending index names a missing event"))?;
-                if row.claimed_by != Some(cur.epoch.0) {
+                if row.claimed_by() != Some(cur.epoch.0) {
                     continue;
                 }
-                row.lease_until = None;
-                put(&ev, seq_js(seq), bytes_js(&encode_row(&row)), what)?;
+                row.end_lease();
+                put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
                 let entry = PendingEntry { lease_until: None, ..entry };
                 put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
             }

@@ -9,17 +9,17 @@ use std::time::Duration;
 use indexed_db_futures::database::Database;
 use outbox_core::rules::{check_lease, check_ttl};
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode, Limits, Result,
-    SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode,
+    Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
 };
 
+use crate::codec::Status;
 use crate::error::{map, map_open};
 use crate::options::{Durability, IdbOptions};
 use crate::platform::{Channel, channel_name};
 use crate::tx::Db;
 use crate::{commit, delivery, inbox, inspect, leader};
-use outbox_core::codec::Status;
 
 /// The outbox in IndexedDB: state, events, inbox marks and leadership in
 /// one database, each commit one `readwrite` transaction over the object
@@ -166,36 +166,55 @@ impl DeliveryStore for IdbStore {
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         let now = self.now();
         delivery::settle(&self.db, "ack", grant, ids, |row| {
-            row.status = Status::Delivered(now);
-            row.lease_until = None;
+            row.set_status(Status::Delivered(now));
+            row.end_lease();
         })
         .await
     }
 
     async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         delivery::settle(&self.db, "release", grant, ids, |row| {
-            if row.lease_until.is_some() {
-                row.env.attempts = row.env.attempts.saturating_sub(1);
-                row.lease_until = None;
+            if row.lease_until().is_some() {
+                let env = row.env_mut();
+                env.attempts = env.attempts.saturating_sub(1);
+                row.end_lease();
             }
         })
         .await
     }
 
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
         delivery::settle(&self.db, "retry later", grant, &[id], |row| {
-            row.env.next_attempt_at = at;
-            row.env.last_error = Some(error.to_owned());
-            row.lease_until = None;
+            // Uncounted: take back the attempt the claim counted (as
+            // `release` does), if the event is claimed.
+            let take_back = attempt == Attempt::Uncounted && row.lease_until().is_some();
+            let env = row.env_mut();
+            if take_back {
+                env.attempts = env.attempts.saturating_sub(1);
+            }
+            env.next_attempt_at = at;
+            env.last_error = Some(error.to_owned());
+            row.end_lease();
         })
         .await
     }
 
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        delivery::retry_now(&self.db, self.now(), grant).await
+    }
+
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
         delivery::settle(&self.db, "dead letter", grant, &[id], |row| {
-            row.status = Status::Dead;
-            row.env.last_error = Some(error.to_owned());
-            row.lease_until = None;
+            row.set_status(Status::Dead { skipped: false });
+            row.env_mut().last_error = Some(error.to_owned());
+            row.end_lease();
         })
         .await
     }
@@ -217,6 +236,14 @@ impl InspectStore for IdbStore {
 
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         inspect::requeue_dead(&self.db, self.now(), ids).await
+    }
+
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        inspect::discard_dead(&self.db, self.now(), ids).await
+    }
+
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        inspect::skip_dead(&self.db, ids).await
     }
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {

@@ -13,10 +13,10 @@ use indexed_db_futures::transaction::{
     Transaction, TransactionDurability, TransactionMode, TransactionOptions,
 };
 use outbox_core::Result;
-use outbox_core::codec::{PendingEntry, Row, corrupt, decode_pending, decode_row};
+use outbox_core::codec::{PendingEntry, corrupt, decode_pending};
 use wasm_bindgen::JsValue;
 
-use crate::codec::{js_bytes, js_u64, seq_js};
+use crate::codec::{Event, js_bytes, js_u64, seq_js};
 use crate::error::map;
 use crate::options::Durability;
 
@@ -134,9 +134,9 @@ pub(crate) async fn pending_after(
 }
 
 /// The event row at `seq`, if there is one.
-pub(crate) async fn read_row(st: &ObjectStore<'_>, seq: u64) -> Result<Option<Row>> {
+pub(crate) async fn read_row(st: &ObjectStore<'_>, seq: u64) -> Result<Option<Event>> {
     match get(st, seq_js(seq), "read event").await? {
-        Some(v) => Ok(Some(decode_row(&js_bytes(&v, "event row")?)?)),
+        Some(v) => Ok(Some(Event::decode(js_bytes(&v, "event row")?)?)),
         None => Ok(None),
     }
 }

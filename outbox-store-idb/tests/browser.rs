@@ -8,9 +8,11 @@ use common::unique;
 use indexed_db_futures::database::Database;
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::TransactionMode;
+use outbox_core::codec::{PendingEntry, Row, Status, Writer, encode_pending, encode_row, time_bytes};
 use outbox_core::prelude::*;
 use outbox_core::{
-    ActorId, ClaimRequest, Commit, DurableStore, ErrorKind, EventId, InboxMark, NewEvent, Version,
+    ActorId, ClaimRequest, Commit, DurableStore, Envelope, ErrorKind, EventId, InboxMark, ManualClock,
+    NewEvent, Timestamp, Version,
 };
 use outbox_store_idb::{IdbStore, SCHEMA_VERSION};
 use wasm_bindgen::JsValue;
@@ -99,6 +101,256 @@ async fn a_newer_database_is_refused_and_left_untouched() {
     assert_eq!(db.version() as u32, newer);
     assert!(db.object_store_names().any(|n| n == "future"), "left untouched");
     db.close();
+}
+
+/// Puts `(key, value)` pairs into the object store `st` of the raw
+/// database `db`, in one transaction.
+async fn put_raw(db: &Database, st: &str, pairs: Vec<(JsValue, JsValue)>) {
+    let tx = db.transaction(st).with_mode(TransactionMode::Readwrite).build().expect("tx");
+    let s = tx.object_store(st).expect("store");
+    for (k, v) in pairs {
+        s.put(v).with_key(k).primitive().expect("put").await.expect("put");
+    }
+    tx.commit().await.expect("commit");
+}
+
+fn bytes(b: &[u8]) -> JsValue {
+    js_sys::Uint8Array::from(b).into()
+}
+
+fn num(n: i64) -> JsValue {
+    JsValue::from_f64(n as f64)
+}
+
+/// The object stores of schema version 1.
+const V1_STORES: [&str; 9] =
+    ["meta", "state", "events", "ids", "pending", "dead", "delivered", "inbox", "inbox_at"];
+
+/// A database as a version-1 build left it, written by hand: the nine
+/// object stores of version 1, event rows in `outbox_core::codec`'s
+/// layout (statuses pending, dead, delivered), the dead index holding
+/// ordering keys, the delivered index `[ack time, seq]`.
+async fn create_version_1(name: &str, rows: &[Row], state: (&ActorId, u64, &[u8]), mark: &InboxMark) {
+    let db = Database::open(name)
+        .with_version(1u32)
+        .with_on_upgrade_needed(|_, db| {
+            for st in V1_STORES {
+                db.create_object_store(st).build()?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("create a version-1 database");
+    let (mut events, mut ids, mut pending, mut dead, mut delivered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, row) in rows.iter().enumerate() {
+        let seq = num(i as i64 + 1);
+        events.push((seq.clone(), bytes(&encode_row(row))));
+        ids.push((bytes(&row.env.id.to_bytes()), seq.clone()));
+        match row.status {
+            Status::Pending => pending.push((seq, bytes(&encode_pending(&PendingEntry::of(row))))),
+            Status::Dead => dead.push((seq, row.env.key.as_str().into())),
+            Status::Delivered(at) => {
+                delivered.push((js_sys::Array::of2(&num(at.as_millis()), &seq).into(), seq))
+            }
+        }
+    }
+    put_raw(&db, "events", events).await;
+    put_raw(&db, "ids", ids).await;
+    put_raw(&db, "pending", pending).await;
+    put_raw(&db, "dead", dead).await;
+    put_raw(&db, "delivered", delivered).await;
+    let meta = vec![("next_seq".into(), num(rows.len() as i64 + 1)), ("last_epoch".into(), num(4))];
+    put_raw(&db, "meta", meta).await;
+    // A snapshot: version, time, bytes.
+    let mut w = Writer::default();
+    w.u64(state.1);
+    w.time(T0);
+    w.bytes(state.2);
+    put_raw(&db, "state", vec![(state.0.as_str().into(), bytes(&w.0))]).await;
+    let (c, o, id) = (mark.consumer.as_str(), mark.origin.as_str(), bytes(&mark.event_id.to_bytes()));
+    let key = js_sys::Array::of3(&c.into(), &o.into(), &id).into();
+    put_raw(&db, "inbox", vec![(key, num(T0.as_millis()))]).await;
+    let at_key = js_sys::Array::of4(&num(T0.as_millis()), &c.into(), &o.into(), &id).into();
+    put_raw(&db, "inbox_at", vec![(at_key, num(0))]).await;
+    db.close();
+}
+
+const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+fn at(secs: u64) -> Timestamp {
+    T0.saturating_add(std::time::Duration::from_secs(secs))
+}
+
+/// A stored row as a version-1 build wrote it.
+fn row(origin: &ActorId, n: u64, status: Status) -> Row {
+    let env = Envelope::committed(event(origin, n), T0.saturating_add(std::time::Duration::from_millis(n)));
+    Row { env, status, claimed_by: None, lease_until: None }
+}
+
+fn env_ids(envs: &[Envelope]) -> Vec<EventId> {
+    envs.iter().map(|e| e.id).collect()
+}
+
+/// A database written by a version-1 build (events pending, backed off,
+/// dead under two keys, delivered; a state; an inbox mark) opens with
+/// this build: it is upgraded to [`SCHEMA_VERSION`] in place, everything
+/// is there, and the operations of the new version work on the old rows
+/// (retry now, skip, discard, prune), with each key's order kept.
+#[wasm_bindgen_test]
+async fn a_version_1_database_opens_upgraded_and_keeps_working() {
+    let name = unique("v1");
+    let (a, b, c) = (actor("a"), actor("b"), actor("c"));
+    let mut a1 = row(&a, 1, Status::Dead);
+    (a1.env.attempts, a1.env.last_error) = (3, Some("NonRetriable: 422".into()));
+    let mut b2 = row(&b, 5, Status::Pending);
+    (b2.env.attempts, b2.env.last_error, b2.env.next_attempt_at) = (1, Some("503".into()), at(3600));
+    b2.claimed_by = Some(4);
+    let rows = vec![
+        a1,
+        row(&a, 2, Status::Pending),
+        row(&a, 3, Status::Pending),
+        row(&b, 4, Status::Delivered(at(1))),
+        b2,
+        row(&c, 6, Status::Dead),
+    ];
+    let id: Vec<EventId> = rows.iter().map(|r| r.env.id).collect();
+    let consumer = outbox_core::ConsumerId::new("consumer").expect("consumer");
+    let mark = InboxMark { consumer: consumer.clone(), origin: b.clone(), event_id: id[3] };
+    create_version_1(&name, &rows, (&a, 2, b"draft"), &mark).await;
+
+    let clock = ManualClock::new(at(10));
+    let store = IdbStore::options(name.as_str()).clock(clock.clone()).open().await.expect("open");
+    let raw = Database::open(name.as_str()).await.expect("raw open");
+    assert_eq!(raw.version() as u32, SCHEMA_VERSION, "upgraded in place");
+    assert!(raw.object_store_names().any(|n| n == "discarded"));
+    raw.close();
+
+    // Everything is there.
+    let state = store.load_state(&a).await.expect("load").expect("a state");
+    assert_eq!((state.version, state.bytes.as_slice()), (Version(2), &b"draft"[..]));
+    assert!(store.is_processed(&consumer, &b, id[3]).await.expect("inbox"));
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight, s.dead, s.delivered, s.discarded), (3, 0, 2, 1, 0));
+    assert_eq!(s.oldest_pending_at, Some(rows[1].env.created_at));
+    assert_eq!(env_ids(&store.list_pending(10).await.expect("pending")), vec![id[1], id[2], id[4]]);
+    let dead = store.list_dead(10).await.expect("dead");
+    assert_eq!(env_ids(&dead), vec![id[0], id[5]]);
+    assert_eq!((dead[0].attempts, dead[0].last_error.as_deref()), (3, Some("NonRetriable: 422")));
+
+    // The epoch goes on from the stored one; the dead letter parks "a",
+    // the backed-off event waits for its time, until retry_now.
+    let ttl = std::time::Duration::from_secs(60);
+    let g = store.acquire_leadership("l", ttl).await.expect("acquire").expect("granted");
+    assert_eq!(g.epoch.0, 5);
+    let park = |n| ClaimRequest::new(n, ttl).park_dead_keys(true);
+    assert!(store.claim(&g, park(10)).await.expect("claim").is_empty());
+    assert_eq!(store.retry_now(&g).await.expect("retry now"), 1);
+    let got = store.claim(&g, park(10)).await.expect("claim");
+    assert_eq!((env_ids(&got), got[0].attempts), (vec![id[4]], 2));
+    store.ack(&g, &[id[4]]).await.expect("ack");
+
+    // Skip the old dead letter: its key flows in order, it stays dead.
+    assert_eq!(store.skip_dead(&[id[0], id[1]]).await.expect("skip"), 1);
+    assert_eq!(env_ids(&store.claim(&g, park(10)).await.expect("claim")), vec![id[1], id[2]]);
+    store.ack(&g, &[id[1], id[2]]).await.expect("ack");
+    assert_eq!(env_ids(&store.list_dead(10).await.expect("dead")), vec![id[0], id[5]]);
+
+    // New commits go on after the old seqs.
+    let a4 = event(&a, 7);
+    store.put_state_and_events(Commit::events_only().event(a4.clone())).await.expect("commit");
+    assert_eq!(env_ids(&store.claim(&g, park(10)).await.expect("claim")), vec![a4.id]);
+    store.ack(&g, &[a4.id]).await.expect("ack");
+
+    // Discard both old dead letters (skipped or not), then prune them by
+    // discard time with the delivered ones.
+    clock.advance(std::time::Duration::from_secs(10));
+    assert_eq!(store.discard_dead(&[id[0], id[5]]).await.expect("discard"), 2);
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (0, 0, 5, 2));
+    assert_eq!(store.prune_delivered(at(20), 100).await.expect("prune"), 5, "acked before the discards");
+    assert_eq!(store.prune_delivered(at(21), 100).await.expect("prune"), 2, "the discarded ones");
+    assert_eq!(store.stats().await.expect("stats"), outbox_core::StoreStats::default());
+
+    // Reopening the upgraded database runs no upgrade and finds it as left.
+    drop(store);
+    let store = IdbStore::open(&name).await.expect("reopen");
+    assert!(store.load_state(&a).await.expect("load").is_some());
+    assert_eq!(store.stats().await.expect("stats"), outbox_core::StoreStats::default());
+}
+
+/// A version-1 database of that name that is not an outbox is
+/// `Corrupted` and not upgraded: its version and object stores stay.
+#[wasm_bindgen_test]
+async fn a_foreign_version_1_database_is_not_upgraded() {
+    let name = unique("foreign-v1");
+    let db = Database::open(name.as_str())
+        .with_version(1u32)
+        .with_on_upgrade_needed(|_, db| {
+            db.create_object_store("someone-else").build()?;
+            Ok(())
+        })
+        .await
+        .expect("create");
+    db.close();
+    assert_eq!(kind(IdbStore::open(&name).await), ErrorKind::Corrupted);
+    let db = Database::open(name.as_str()).await.expect("reopen");
+    assert_eq!(db.version() as u32, 1, "not upgraded");
+    assert_eq!(db.object_store_names().collect::<Vec<_>>(), vec!["someone-else".to_owned()]);
+    db.close();
+}
+
+/// The stored status of an event row (its first byte, then a time): a
+/// delivered row keeps its ack time, a discarded one its discard time in
+/// the same place; a skipped dead row has a status of its own, and the
+/// dead index says it no longer parks its key.
+#[wasm_bindgen_test]
+async fn rows_keep_the_discard_time_and_the_skip_in_their_status() {
+    let name = unique("rows");
+    let clock = ManualClock::new(T0);
+    let store = IdbStore::options(name.as_str()).clock(clock.clone()).open().await.expect("open");
+    let (a, b) = (actor("a"), actor("b"));
+    let evs = [event(&a, 1), event(&b, 1), event(&b, 2)];
+    store.put_state_and_events(Commit::events_only().events(evs.to_vec())).await.expect("commit");
+    let ttl = std::time::Duration::from_secs(60);
+    let g = store.acquire_leadership("l", ttl).await.expect("acquire").expect("granted");
+    assert_eq!(store.claim(&g, ClaimRequest::new(10, ttl)).await.expect("claim").len(), 3);
+    clock.set(at(1));
+    store.ack(&g, &[evs[0].id]).await.expect("ack");
+    store.dead_letter(&g, evs[1].id, "x").await.expect("dead");
+    store.dead_letter(&g, evs[2].id, "y").await.expect("dead");
+    clock.set(at(2));
+    assert_eq!(store.discard_dead(&[evs[1].id]).await.expect("discard"), 1);
+    assert_eq!(store.skip_dead(&[evs[2].id]).await.expect("skip"), 1);
+
+    let raw = Database::open(name.as_str()).await.expect("raw open");
+    let tx = raw.transaction(["events", "dead", "discarded"]).build().expect("tx");
+    let get = |st: &'static str, key: JsValue| {
+        let s = tx.object_store(st).expect("store");
+        async move {
+            s.get::<JsValue, JsValue, JsValue>(key)
+                .primitive()
+                .expect("get")
+                .await
+                .expect("get")
+                .expect("there")
+        }
+    };
+    let row = |v: JsValue| js_sys::Uint8Array::new(&v).to_vec();
+    let (delivered, discarded, skipped) = (
+        row(get("events", num(1)).await),
+        row(get("events", num(2)).await),
+        row(get("events", num(3)).await),
+    );
+    assert_eq!((delivered[0], &delivered[1..9]), (2, &time_bytes(at(1))[..]), "delivered, ack time");
+    assert_eq!((discarded[0], &discarded[1..9]), (3, &time_bytes(at(2))[..]), "discarded, discard time");
+    assert_eq!(skipped[0], 4, "dead and skipped");
+    let by_time = js_sys::Array::of2(&num(at(2).as_millis()), &num(2)).into();
+    assert_eq!(get("discarded", by_time).await.as_f64(), Some(2.0), "the discarded index, by discard time");
+    let dead: js_sys::Array = get("dead", num(3)).await.into();
+    assert_eq!((dead.get(0).as_string().as_deref(), dead.get(1)), (Some("b"), JsValue::TRUE));
+    drop(tx);
+    raw.close();
 }
 
 /// A database of that name that is not an outbox is `Corrupted`, not a

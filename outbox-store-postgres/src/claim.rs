@@ -70,9 +70,10 @@ pub(crate) async fn claim(
         i64::MAX
     };
     // 2. A fresh snapshot (READ COMMITTED). If no locked key has a
-    //    second not-done event within the bound, the batch is the
-    //    heads; otherwise, within the locked keys, the prefix of each
-    //    key's not-done events that is claimable now. (A key's later
+    //    second pending or dead event within the bound, the batch is
+    //    the heads; otherwise, within the locked keys, the prefix of each
+    //    key's pending events (and, when parking, dead events not
+    //    skipped) that is claimable now. (A key's later
     //    commits take sequence numbers after its earlier ones, since
     //    committers hold the key's lock, so an event committed since the
     //    heads walk can only extend a key's run, never precede its head.)

@@ -1,6 +1,7 @@
 //! The fencing checks run inside a settling transaction (ack, release,
 //! retry, dead letter): the grant is live, and each event is still claimed
-//! under it ([`check_claim_holder`]). Shared leadership has no single
+//! under it ([`check_claim_holder`]). `retry_now`, which settles no claim,
+//! checks the grant only. Shared leadership has no single
 //! current epoch to compare with, so the grant check is a query.
 
 use outbox_core::rules::check_claim_holder;

@@ -4,8 +4,13 @@
 
 /// `outbox_events.status` of an event waiting for delivery.
 pub(crate) const STATUS_PENDING: i16 = 0;
-/// `outbox_events.status` of a dead-lettered event.
+/// `outbox_events.status` of a dead-lettered event (skipped or not; a
+/// skipped one has `skipped` set and does not park its key).
 pub(crate) const STATUS_DEAD: i16 = 1;
+// Status 2 is a delivered event and 3 a discarded dead letter: both are
+// settled, never claimed, never park their key, and have their settled-at
+// time (ack or discard) in `delivered_at`. The SQL below spells them as
+// literals.
 
 /// Creates an actor's state row at version 1 (a commit expecting no
 /// state); no row when one exists.
@@ -61,7 +66,8 @@ pub(crate) const SQL_LOCK_EVENTS: &str = "SELECT id, claimed_epoch FROM outbox_e
 /// Marks delivered the ids `$1` still pending under a claim of epoch `$3`.
 pub(crate) const SQL_ACK: &str = "UPDATE outbox_events SET status = 2, delivered_at = $2, lease_until = NULL
      WHERE id = ANY($1) AND status + 0 = 0 AND claimed_epoch = $3";
-/// The first `$2` claimable key heads (a key's first not-done event, due
+/// The first `$2` claimable key heads (a key's first event that holds it
+/// back: pending, or, when `$3` parks dead keys, dead and not skipped; due
 /// and not leased), in commit order, their keys' advisory locks taken (the
 /// `CASE` makes the lock the last test, so only heads are locked); keys
 /// held by another claim or a commit in flight are skipped and the scan
@@ -75,16 +81,20 @@ pub(crate) const SQL_ACK: &str = "UPDATE outbox_events SET status = 2, delivered
 /// 2-3 ms for walking the pending index in order and stopping at `$2`.
 ///
 /// Each head comes with its id and the sequence number of its key's next
-/// not-done event (`NULL` if none), which tells the claim (`claim.rs`)
-/// whether a key can add more than its head to the batch.
+/// pending or dead event (`NULL` if none), which tells the claim
+/// (`claim.rs`) whether a key can add more than its head to the batch.
+/// Discarded events (status 3) stay in the by-key index (its predicate is
+/// `status <> 2`) until pruned; these lookups pass over them.
 pub(crate) const SQL_CLAIM_KEYS: &str = "SELECT e.key, e.seq, e.id,
-            (SELECT p.seq FROM outbox_events p WHERE p.key = e.key AND p.status <> 2 AND p.seq > e.seq
+            (SELECT p.seq FROM outbox_events p WHERE p.key = e.key AND p.status <> 2 AND p.status <> 3
+                                               AND p.seq > e.seq
              ORDER BY p.key, p.seq LIMIT 1)
      FROM outbox_events e
      WHERE e.status = 0
        AND CASE WHEN e.next_attempt_at <= $1 AND (e.lease_until IS NULL OR e.lease_until <= $1)
                      AND e.seq = (SELECT p.seq FROM outbox_events p
-                                  WHERE p.key = e.key AND p.status <> 2 AND (p.status = 0 OR $3)
+                                  WHERE p.key = e.key AND p.status <> 2
+                                    AND (p.status = 0 OR ($3 AND p.status = 1 AND NOT p.skipped))
                                   ORDER BY p.key, p.seq LIMIT 1)
                 THEN pg_try_advisory_xact_lock(hashtext(current_schema()), hashtext(e.key))
                 ELSE false END
@@ -117,7 +127,8 @@ pub(crate) static SQL_CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::
                  SELECT seq, id, key,
                         (status = 0 AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)) AS ok
                  FROM outbox_events
-                 WHERE key = k.key AND status <> 2 AND (status = 0 OR ($3 AND status = 1)) AND seq <= $7
+                 WHERE key = k.key AND status <> 2 AND (status = 0 OR ($3 AND status = 1 AND NOT skipped))
+                   AND seq <= $7
                  ORDER BY seq LIMIT $4) o),
          runs AS (
              SELECT seq, id, sum(CASE WHEN ok THEN 0 ELSE 1 END) OVER (PARTITION BY key ORDER BY seq) AS bad

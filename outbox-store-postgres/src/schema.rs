@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::error::map;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -95,6 +95,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox_events DROP CONSTRAINT outbox_events_id_key;
     ALTER TABLE outbox_events ADD CONSTRAINT outbox_events_id_key PRIMARY KEY (id);
     DROP INDEX outbox_events_delivered;
+",
+    "
+    -- Dead letters handled one by one. Status 3 is a discarded dead
+    -- letter: settled like a delivered event (never claimed, never parks
+    -- its key), its discard time in `delivered_at` (the settled-at time:
+    -- ack or discard), pruned with the delivered events. `skipped` marks
+    -- a dead letter (status 1) that no longer parks its key; it is false
+    -- in every other status. The status codes are now 0 pending, 1 dead,
+    -- 2 delivered, 3 discarded. No rewrite: the new column's default is a
+    -- constant, and the new check only scans the table.
+    ALTER TABLE outbox_events DROP CONSTRAINT outbox_events_status_check;
+    ALTER TABLE outbox_events ADD CONSTRAINT outbox_events_status_check CHECK (status IN (0, 1, 2, 3));
+    ALTER TABLE outbox_events ADD COLUMN skipped boolean NOT NULL DEFAULT false;
 ",
 ];
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use outbox_core::rules::{check_lease, check_ttl};
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode,
-    Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, Version, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore,
+    LeadershipMode, Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, Version,
+    async_trait,
 };
 use tokio_postgres::Config;
 use uuid::Uuid;
@@ -344,17 +345,53 @@ impl DeliveryStore for PostgresStore {
         tx.commit().await.map_err(|e| map("commit release", e))
     }
 
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
+        let uncounted = attempt == Attempt::Uncounted;
         let mut conn = self.inner.pool.get().await?;
         let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
         let ids = fence::settleable(&tx, grant, &[id]).await?;
+        // An uncounted attempt takes back what the claim counted, as
+        // `release` does: only for an event under a lease.
         tx.execute(
-            "UPDATE outbox_events SET next_attempt_at = $2, last_error = $3, lease_until = NULL WHERE id = ANY($1)",
-            &[&ids, &millis(at), &error],
+            "UPDATE outbox_events SET next_attempt_at = $2, last_error = $3, lease_until = NULL,
+                    attempts = CASE WHEN $4 AND lease_until IS NOT NULL THEN greatest(attempts - 1, 0)
+                                    ELSE attempts END
+             WHERE id = ANY($1)",
+            &[&ids, &millis(at), &error, &uncounted],
         )
         .await
         .map_err(|e| map("retry later", e))?;
         tx.commit().await.map_err(|e| map("commit retry", e))
+    }
+
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        let now = millis(self.now());
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client().transaction().await.map_err(|e| map("begin", e))?;
+        // Shared leadership: any live grant may (the events are not the
+        // grant's own, and the update takes no lease).
+        fence::check_grant(&tx, grant).await?;
+        let n = tx
+            .execute(
+                "UPDATE outbox_events SET next_attempt_at = $1
+                 WHERE status = 0 AND last_error IS NOT NULL AND next_attempt_at > $1",
+                &[&now],
+            )
+            .await
+            .map_err(|e| map("retry now", e))?;
+        tx.commit().await.map_err(|e| map("commit retry now", e))?;
+        if n > 0 {
+            // Due now for every forwarder, not only the caller.
+            self.inner.notifier.notify();
+        }
+        Ok(n)
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
@@ -383,6 +420,7 @@ impl InspectStore for PostgresStore {
                         count(*) FILTER (WHERE status = 0 AND lease_until > $1),
                         count(*) FILTER (WHERE status = 1),
                         count(*) FILTER (WHERE status = 2),
+                        count(*) FILTER (WHERE status = 3),
                         min(created_at) FILTER (WHERE status = 0)
                  FROM outbox_events",
                 &[&now],
@@ -394,7 +432,8 @@ impl InspectStore for PostgresStore {
             in_flight: r.get::<_, i64>(1) as u64,
             dead: r.get::<_, i64>(2) as u64,
             delivered: r.get::<_, i64>(3) as u64,
-            oldest_pending_at: r.get::<_, Option<i64>>(4).map(Timestamp::from_millis),
+            discarded: r.get::<_, i64>(4) as u64,
+            oldest_pending_at: r.get::<_, Option<i64>>(5).map(Timestamp::from_millis),
         })
     }
 
@@ -413,22 +452,50 @@ impl InspectStore for PostgresStore {
         conn.client()
             .execute(
                 "UPDATE outbox_events SET status = 0, attempts = 0, next_attempt_at = $2, claimed_epoch = NULL,
-                 lease_until = NULL WHERE id = ANY($1) AND status + 0 = 1",
+                 lease_until = NULL, skipped = false WHERE id = ANY($1) AND status + 0 = 1",
                 &[&ids, &now],
             )
             .await
             .map_err(|e| map("requeue", e))
     }
 
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let now = millis(self.now());
+        let ids: Vec<Uuid> = ids.iter().map(|i| uuid(*i)).collect();
+        let mut conn = self.inner.pool.get().await?;
+        conn.client()
+            .execute(
+                // Status 3, the discard time where an ack puts its time.
+                "UPDATE outbox_events SET status = 3, delivered_at = $2, skipped = false, lease_until = NULL
+                 WHERE id = ANY($1) AND status + 0 = 1",
+                &[&ids, &now],
+            )
+            .await
+            .map_err(|e| map("discard", e))
+    }
+
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let ids: Vec<Uuid> = ids.iter().map(|i| uuid(*i)).collect();
+        let mut conn = self.inner.pool.get().await?;
+        conn.client()
+            .execute(
+                "UPDATE outbox_events SET skipped = true WHERE id = ANY($1) AND status + 0 = 1 AND NOT skipped",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| map("skip", e))
+    }
+
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         let mut conn = self.inner.pool.get().await?;
         conn.client()
             .execute(
-                // No index on the delivered time (an ack would write to
+                // No index on the settled time (an ack would write to
                 // it): the inner scan walks the table, where the oldest
-                // rows, the first delivered, come first.
+                // rows, the first settled, come first. Delivered (2) and
+                // discarded (3) events, by ack or discard time.
                 "DELETE FROM outbox_events WHERE id = ANY(ARRAY(
-                     SELECT id FROM outbox_events WHERE status = 2 AND delivered_at < $1 LIMIT $2))",
+                     SELECT id FROM outbox_events WHERE status IN (2, 3) AND delivered_at < $1 LIMIT $2))",
                 &[&millis(before), &limit_i64(limit)],
             )
             .await

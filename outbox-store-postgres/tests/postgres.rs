@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use outbox_core::prelude::*;
-use outbox_core::{ActorId, ClaimRequest, Commit, ErrorKind, NewEvent, OrderingKey, Timestamp, Version};
+use outbox_core::{
+    ActorId, ClaimRequest, Clock, Commit, ErrorKind, NewEvent, OrderingKey, Timestamp, Version,
+};
 use outbox_store_postgres::PostgresStore;
 
 fn url() -> Option<String> {
@@ -320,6 +322,90 @@ async fn a_schema_3_database_upgrades_to_id_primary_key() {
     assert_eq!(pruned, 2, "both delivered events");
 }
 
+/// A schema 4 database (statuses pending, dead and delivered only, no
+/// `skipped` column) holding pending, backed-off and dead events is
+/// migrated in place: everything is kept, and retry now, skip, discard
+/// (and pruning it), and requeue work on what it held.
+#[tokio::test]
+async fn a_schema_4_database_upgrades_to_discard_and_skip() {
+    let Some(url) = url() else { return };
+    let schema = schema("upgrade4");
+    let t0 = Timestamp::from_millis(1_700_000_000_000);
+    let clock = outbox_core::ManualClock::new(t0);
+    let open = || PostgresStore::options(&url).schema(&schema).clock(clock.clone()).open();
+    let origin = ActorId::new("src").unwrap();
+    let on = |k: &str| {
+        NewEvent::new(origin.clone(), "t", outbox_core::Payload::bytes(k.as_bytes().to_vec()))
+            .with_key(OrderingKey::new(k).unwrap())
+    };
+    let (a1, a2, a3, b1, c1) = (on("a"), on("a"), on("a"), on("b"), on("c"));
+    let lease = Duration::from_secs(30);
+    let park = |n| ClaimRequest::new(n, lease).park_dead_keys(true);
+    let ids = |v: &[outbox_core::Envelope]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+
+    // Written as schema 4 code writes it: a1 and c1 dead, b1 backed off
+    // for an hour, a2 and a3 parked behind a1.
+    let store = open().await.unwrap();
+    let events = vec![a1.clone(), a2.clone(), a3.clone(), b1.clone(), c1.clone()];
+    store.put_state_and_events(Commit::events_only().events(events)).await.unwrap();
+    let g = store.acquire_leadership("f", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(ids(&store.claim(&g, park(1)).await.unwrap()), vec![a1.id]);
+    store.dead_letter(&g, a1.id, "422").await.unwrap();
+    assert_eq!(ids(&store.claim(&g, park(10)).await.unwrap()), vec![b1.id, c1.id]);
+    let hour = t0.saturating_add(Duration::from_secs(3600));
+    store.retry_later(&g, b1.id, hour, "offline", outbox_core::Attempt::Counted).await.unwrap();
+    store.dead_letter(&g, c1.id, "400").await.unwrap();
+    store.release_leadership(&g).await.unwrap();
+    drop(store);
+    let client = admin(&url).await;
+    client
+        .batch_execute(&format!(
+            "{} UPDATE \"{schema}\".outbox_schema SET version = 4",
+            schema_4_events(&schema)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_shape(&client, &schema).await,
+        (false, "CHECK ((status = ANY (ARRAY[0, 1, 2])))".to_owned()),
+        "a schema 4 table"
+    );
+
+    let store = open().await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT version FROM \"{schema}\".outbox_schema"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, outbox_store_postgres::SCHEMA_VERSION);
+    assert_eq!(
+        status_shape(&client, &schema).await,
+        (true, "CHECK ((status = ANY (ARRAY[0, 1, 2, 3])))".to_owned())
+    );
+    assert_eq!(ids(&store.list_dead(10).await.unwrap()), vec![a1.id, c1.id], "the dead letters are kept");
+    let s = store.stats().await.unwrap();
+    assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (3, 2, 0, 0));
+
+    let g = store.acquire_leadership("f", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert!(store.claim(&g, park(10)).await.unwrap().is_empty(), "a parked, b backed off");
+    assert_eq!(store.retry_now(&g).await.unwrap(), 1, "b1");
+    assert_eq!(ids(&store.claim(&g, park(10)).await.unwrap()), vec![b1.id]);
+    store.ack(&g, &[b1.id]).await.unwrap();
+
+    assert_eq!(store.skip_dead(&[a1.id]).await.unwrap(), 1);
+    assert_eq!(ids(&store.claim(&g, park(10)).await.unwrap()), vec![a2.id, a3.id], "a flows past a1");
+    store.ack(&g, &[a2.id, a3.id]).await.unwrap();
+
+    assert_eq!(store.discard_dead(&[c1.id]).await.unwrap(), 1);
+    let s = store.stats().await.unwrap();
+    assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (0, 1, 3, 1));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(store.prune_delivered(clock.now(), 10).await.unwrap(), 4, "delivered and discarded");
+
+    assert_eq!(store.requeue_dead(&[a1.id]).await.unwrap(), 1, "a skipped dead letter is requeueable");
+    assert_eq!(ids(&store.claim(&g, park(10)).await.unwrap()), vec![a1.id]);
+}
+
 /// Opens `schema` (at the current version) and commits three events on
 /// keys `b`, `a`, `b`; returns them as committed.
 async fn three_events_committed(url: &str, schema: &str) -> Vec<NewEvent> {
@@ -343,14 +429,42 @@ async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// SQL that gives a schema 4 events table the schema 3 keys and indexes.
+/// SQL that takes a schema 5 events table back to schema 4: no
+/// `skipped` column, statuses 0 to 2 only.
+fn schema_4_events(schema: &str) -> String {
+    format!(
+        "ALTER TABLE \"{schema}\".outbox_events DROP COLUMN skipped;
+         ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_status_check;
+         ALTER TABLE \"{schema}\".outbox_events
+             ADD CONSTRAINT outbox_events_status_check CHECK (status IN (0, 1, 2));"
+    )
+}
+
+/// SQL that gives a schema 5 events table the schema 3 columns, keys and
+/// indexes.
 fn schema_3_indexes(schema: &str) -> String {
     format!(
-        "ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_id_key;
+        "{}
+         ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_id_key;
          ALTER TABLE \"{schema}\".outbox_events ADD CONSTRAINT outbox_events_pkey PRIMARY KEY (seq);
          ALTER TABLE \"{schema}\".outbox_events ADD CONSTRAINT outbox_events_id_key UNIQUE (id);
-         CREATE INDEX outbox_events_delivered ON \"{schema}\".outbox_events (delivered_at) WHERE status = 2;"
+         CREATE INDEX outbox_events_delivered ON \"{schema}\".outbox_events (delivered_at) WHERE status = 2;",
+        schema_4_events(schema)
     )
+}
+
+/// Whether the events table has the `skipped` column, and its status
+/// check.
+async fn status_shape(client: &tokio_postgres::Client, schema: &str) -> (bool, String) {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+                        AND table_name = 'outbox_events' AND column_name = 'skipped'),
+                (SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = '\"{schema}\".outbox_events'::regclass
+                   AND conname = 'outbox_events_status_check')"
+    );
+    let r = client.query_one(&sql, &[]).await.unwrap();
+    (r.get(0), r.get(1))
 }
 
 /// The events table's primary key column and whether it has a
