@@ -8,7 +8,7 @@ use outbox_core::{
 };
 
 use crate::codec::{
-    PendingEntry, Row, Status, decode_state, encode_pending, encode_row, encode_state, time_bytes,
+    Row, Status, decode_state, encode_pending, encode_row, encode_state, pending_of, time_bytes,
 };
 use crate::error::{SledError, map};
 use crate::schema::{
@@ -40,7 +40,7 @@ fn prepare(commit: &Commit, now: Timestamp, seq0: u64, marks: Vec<Vec<u8>>) -> W
                 claimed_by: None,
                 lease_until: None,
             };
-            (seq0 + i as u64, e.id, encode_row(&row), encode_pending(&PendingEntry::of(&row)))
+            (seq0 + i as u64, e.id, encode_row(&row), encode_pending(&pending_of(&row)))
         })
         .collect();
     Write { state, events, marks }

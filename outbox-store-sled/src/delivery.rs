@@ -1,20 +1,21 @@
 //! Leadership and delivery on the worker: grants and their epochs, the
-//! claim (planned by [`rules::ClaimPlan`] over the pending index) and
-//! settling claimed events, every step fenced by the grant's epoch.
+//! claim (planned by [`rules::ClaimPlan`] over the pending index),
+//! settling claimed events and making backed-off events due, every step
+//! fenced by the grant's epoch.
 
 use std::time::Duration;
 
 use outbox_core::rules::{self, ClaimEntry, ClaimPlan};
-use outbox_core::{ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, Timestamp};
+use outbox_core::{
+    Attempt, ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, Timestamp,
+};
 
 use crate::codec::{
     PendingEntry, Row, Status, corrupt, decode_pending, decode_row, encode_pending, encode_row,
 };
 use crate::error::map;
-use crate::schema::{
-    DEAD, DELIVERED, EPOCH_KEY, EVENTS, HELD_KEY, IDS, META, PENDING, seq_key, seq_of, time_seq_key,
-};
-use crate::worker::{Worker, put_row};
+use crate::schema::{DEAD, EPOCH_KEY, EVENTS, HELD_KEY, IDS, META, PENDING, seq_key, seq_of};
+use crate::worker::{Worker, put_indexed};
 
 impl Worker {
     /// Grants leadership to `holder` unless another holder's grant is
@@ -68,7 +69,8 @@ impl Worker {
         let now = self.now();
         let mut plan: ClaimPlan<OrderingKey> = ClaimPlan::new(&request, now);
         // Dead events hold their key only when parking, so the dead index
-        // is not read otherwise.
+        // is not read otherwise. It holds only the dead letters that park
+        // their key: skipped ones are indexed apart.
         if request.park_dead_keys {
             for item in self.all[DEAD].iter() {
                 let (k, v) = item.map_err(|e| map("scan dead", e))?;
@@ -138,26 +140,13 @@ impl Worker {
         Ok(out)
     }
 
-    /// Writes back settled rows: pending ones update the claim index,
-    /// others leave it for the dead or delivered index.
+    /// Writes back settled rows (pending ones, as [`Worker::settleable`]
+    /// read them): pending ones update the claim index, others leave it
+    /// for the index of their new status.
     pub(crate) fn write_settled(&self, what: &'static str, rows: &[(u64, Row)]) -> Result<()> {
         self.tx(what, |v| {
             for (seq, row) in rows {
-                put_row(v, *seq, row)?;
-                let k = seq_key(*seq);
-                match row.status {
-                    Status::Pending => {
-                        v[PENDING].insert(&k, encode_pending(&PendingEntry::of(row)))?;
-                    }
-                    Status::Dead => {
-                        v[PENDING].remove(&k)?;
-                        v[DEAD].insert(&k, row.env.key.as_str().as_bytes())?;
-                    }
-                    Status::Delivered(at) => {
-                        v[PENDING].remove(&k)?;
-                        v[DELIVERED].insert(&time_seq_key(at, *seq), &[])?;
-                    }
-                }
+                put_indexed(v, *seq, Status::Pending, row)?;
             }
             Ok(())
         })
@@ -183,15 +172,22 @@ impl Worker {
         self.write_settled("release", &rows)
     }
 
+    /// Puts event `id` back, due at `at`; an [`Attempt::Uncounted`] takes
+    /// back the attempt its claim counted (if it is leased, as
+    /// [`Worker::release`] does).
     pub(crate) fn retry_later(
         &self,
         grant: &LeaderGrant,
         id: EventId,
         at: Timestamp,
         error: &str,
+        attempt: Attempt,
     ) -> Result<()> {
         let mut rows = self.settleable(grant, &[id])?;
         for (_, row) in &mut rows {
+            if attempt == Attempt::Uncounted && row.lease_until.is_some() {
+                row.env.attempts = row.env.attempts.saturating_sub(1);
+            }
             row.env.next_attempt_at = at;
             row.env.last_error = Some(error.to_owned());
             row.lease_until = None;
@@ -202,10 +198,37 @@ impl Worker {
     pub(crate) fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
         let mut rows = self.settleable(grant, &[id])?;
         for (_, row) in &mut rows {
-            row.status = Status::Dead;
+            row.status = Status::DEAD;
             row.env.last_error = Some(error.to_owned());
             row.lease_until = None;
         }
         self.write_settled("dead letter", &rows)
+    }
+
+    /// Makes every pending event that failed and waits for a later retry
+    /// due now; says how many. Leases are left alone.
+    pub(crate) fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        self.check_fence(grant)?;
+        let now = self.now();
+        let mut rows = Vec::new();
+        for item in self.all[PENDING].iter() {
+            let (k, v) = item.map_err(|e| map("scan pending", e))?;
+            if decode_pending(&v)?.next_attempt_at <= now {
+                continue;
+            }
+            // Due later: backed off after a failure, or committed with
+            // `not_before` (no error: left alone).
+            let b = self.all[EVENTS]
+                .get(&k)
+                .map_err(|e| map("read event", e))?
+                .ok_or_else(|| corrupt("pending index names a missing event"))?;
+            let mut row = decode_row(&b)?;
+            if row.env.last_error.is_some() {
+                row.env.next_attempt_at = now;
+                rows.push((seq_of(&k)?, row));
+            }
+        }
+        self.write_settled("retry now", &rows)?;
+        Ok(rows.len() as u64)
     }
 }

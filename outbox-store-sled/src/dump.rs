@@ -5,11 +5,11 @@ use std::path::Path;
 
 use outbox_core::{ActorId, Envelope, Result, StateSnapshot};
 
-use crate::codec::{PendingEntry, Status, corrupt, decode_pending, decode_row};
+use crate::codec::{Status, corrupt, decode_row};
 use crate::error::map;
 use crate::options::{SledOptions, open_waiting};
-use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, PENDING, STATE, seq_of, time_seq_key};
-use crate::worker::Worker;
+use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING, SKIPPED, STATE, TREE_COUNT, seq_of};
+use crate::worker::{Worker, index_key, index_value};
 
 /// Everything in a database, read raw after checking that its indexes
 /// agree with its rows (for crash tests and debugging; see
@@ -18,7 +18,8 @@ use crate::worker::Worker;
 pub struct Contents {
     /// Every actor's state.
     pub states: Vec<(ActorId, StateSnapshot)>,
-    /// Every stored event in commit order, with whether it is delivered.
+    /// Every stored event in commit order, with whether it is delivered
+    /// (acked; a discarded event is not).
     pub events: Vec<(Envelope, bool)>,
 }
 
@@ -33,7 +34,8 @@ pub(crate) fn dump(path: &Path) -> Result<Contents> {
         let snap = w.load_state(&actor)?.ok_or_else(|| corrupt("state vanished"))?;
         c.states.push((actor, snap));
     }
-    let (mut pending, mut dead, mut delivered) = (0usize, 0usize, 0usize);
+    // How many rows each index should hold.
+    let mut counts = [0usize; TREE_COUNT];
     for item in w.all[EVENTS].iter() {
         let (k, v) = item.map_err(|e| map("scan events", e))?;
         let seq = seq_of(&k)?;
@@ -42,27 +44,17 @@ pub(crate) fn dump(path: &Path) -> Result<Contents> {
         if id_seq.as_deref() != Some(&k[..]) {
             return Err(corrupt(&format!("event {} is missing from the id index", row.env.id)));
         }
-        let in_pending = w.all[PENDING].get(&k).map_err(|e| map("read pending", e))?;
-        let in_dead = w.all[DEAD].contains_key(&k).map_err(|e| map("read dead", e))?;
-        let ok = match row.status {
-            Status::Pending => {
-                pending += 1;
-                in_pending.map(|p| decode_pending(&p)).transpose()? == Some(PendingEntry::of(&row))
-                    && !in_dead
+        // In the index its status names, with the right value, and in no
+        // other seq-keyed index (the time-keyed ones are checked by count).
+        let (index, key) = index_key(seq, row.status);
+        counts[index] += 1;
+        let in_own = w.all[index].get(&key).map_err(|e| map("read index", e))?;
+        let mut ok = in_own.as_deref() == Some(&index_value(&row)[..]);
+        for other in [PENDING, DEAD, SKIPPED] {
+            if other != index && w.all[other].contains_key(&k).map_err(|e| map("read index", e))? {
+                ok = false;
             }
-            Status::Dead => {
-                dead += 1;
-                in_pending.is_none() && in_dead
-            }
-            Status::Delivered(at) => {
-                delivered += 1;
-                in_pending.is_none()
-                    && !in_dead
-                    && w.all[DELIVERED]
-                        .contains_key(time_seq_key(at, seq))
-                        .map_err(|e| map("read delivered", e))?
-            }
-        };
+        }
         if !ok {
             return Err(corrupt(&format!(
                 "event {} ({:?}) disagrees with the indexes",
@@ -71,11 +63,10 @@ pub(crate) fn dump(path: &Path) -> Result<Contents> {
         }
         c.events.push((row.env, matches!(row.status, Status::Delivered(_))));
     }
-    if w.all[PENDING].len() != pending
-        || w.all[DEAD].len() != dead
-        || w.all[DELIVERED].len() != delivered
-        || w.all[IDS].len() != c.events.len()
-    {
+    let indexes_match = [PENDING, DEAD, SKIPPED, DELIVERED, DISCARDED]
+        .into_iter()
+        .all(|index| w.all[index].len() == counts[index]);
+    if !indexes_match || w.all[IDS].len() != c.events.len() {
         return Err(corrupt("an index names events that do not exist"));
     }
     Ok(c)

@@ -1,16 +1,17 @@
-//! Inspection, requeueing and pruning on the worker, and the inbox marks.
+//! Inspection, the operator's handling of dead letters (requeue, discard,
+//! skip), pruning, and the inbox marks.
 
 use std::collections::HashSet;
 
 use outbox_core::{ActorId, ConsumerId, Envelope, EventId, Result, StoreStats, Timestamp};
 
-use crate::codec::{PendingEntry, Status, corrupt, decode_pending, decode_row, encode_pending, time_bytes};
+use crate::codec::{Row, Status, corrupt, decode_pending, decode_row, time_bytes};
 use crate::error::map;
 use crate::schema::{
-    DEAD, DELIVERED, EVENTS, IDS, INBOX, INBOX_TIME, PENDING, inbox_key, inbox_key_of_time_key, seq_key,
-    seq_of, seq_of_time_seq,
+    DEAD, DELIVERED, DISCARDED, EVENTS, IDS, INBOX, INBOX_TIME, PENDING, SKIPPED, inbox_key,
+    inbox_key_of_time_key, seq_key, seq_of, seq_of_time_seq,
 };
-use crate::worker::{Worker, get_row, put_row};
+use crate::worker::{Worker, get_row, put_indexed};
 
 impl Worker {
     pub(crate) fn stats(&self) -> Result<StoreStats> {
@@ -25,69 +26,138 @@ impl Worker {
             }
             s.oldest_pending_at = Some(s.oldest_pending_at.map_or(p.created_at, |o| o.min(p.created_at)));
         }
-        s.dead = self.all[DEAD].len() as u64;
+        s.dead = (self.all[DEAD].len() + self.all[SKIPPED].len()) as u64;
         s.delivered = self.all[DELIVERED].len() as u64;
+        s.discarded = self.all[DISCARDED].len() as u64;
         Ok(s)
     }
 
-    /// The first `limit` events of the seq-keyed `index` (pending or dead).
-    pub(crate) fn list(&self, index: usize, limit: usize) -> Result<Vec<Envelope>> {
+    /// The event at the seq key `k`, named by an index.
+    fn indexed_event(&self, k: &[u8]) -> Result<Envelope> {
+        let b = self.all[EVENTS]
+            .get(k)
+            .map_err(|e| map("read event", e))?
+            .ok_or_else(|| corrupt("index names a missing event"))?;
+        Ok(decode_row(&b)?.env)
+    }
+
+    /// The first `limit` pending events, in commit order.
+    pub(crate) fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {
         let mut out = Vec::new();
-        for item in self.all[index].iter().take(limit) {
-            let (k, _) = item.map_err(|e| map("scan index", e))?;
-            let b = self.all[EVENTS]
-                .get(&k)
-                .map_err(|e| map("read event", e))?
-                .ok_or_else(|| corrupt("index names a missing event"))?;
-            out.push(decode_row(&b)?.env);
+        for item in self.all[PENDING].iter().take(limit) {
+            let (k, _) = item.map_err(|e| map("scan pending", e))?;
+            out.push(self.indexed_event(&k)?);
         }
         Ok(out)
     }
 
-    pub(crate) fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
-        let now = self.now();
+    /// The first `limit` dead events, skipped ones included, in commit
+    /// order: the `dead` and `skipped` indexes merged.
+    pub(crate) fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
+        let mut parked = self.all[DEAD].iter().keys().peekable();
+        let mut skipped = self.all[SKIPPED].iter().keys().peekable();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let take_parked = match (parked.peek(), skipped.peek()) {
+                (None, None) => break,
+                (Some(Ok(a)), Some(Ok(b))) => a <= b,
+                (Some(_), _) => true,
+                (None, Some(_)) => false,
+            };
+            let next = if take_parked { parked.next() } else { skipped.next() };
+            if let Some(k) = next {
+                let k = k.map_err(|e| map("scan dead", e))?;
+                out.push(self.indexed_event(&k)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dead rows among `ids` (each once) that `pick` accepts, by seq.
+    fn dead_rows(&self, ids: &[EventId], pick: impl Fn(&Row) -> bool) -> Result<Vec<(u64, Row)>> {
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
         for id in ids {
             let Some(s) = self.all[IDS].get(id.to_bytes()).map_err(|e| map("read id", e))? else { continue };
             let seq = seq_of(&s)?;
             let Some(b) = self.all[EVENTS].get(&s).map_err(|e| map("read event", e))? else { continue };
-            let mut row = decode_row(&b)?;
-            if row.status != Status::Dead || !seen.insert(seq) {
-                continue;
+            let row = decode_row(&b)?;
+            if matches!(row.status, Status::Dead { .. }) && pick(&row) && seen.insert(seq) {
+                rows.push((seq, row));
             }
-            row.status = Status::Pending;
-            row.env.attempts = 0;
-            row.env.next_attempt_at = now;
-            row.claimed_by = None;
-            row.lease_until = None;
-            rows.push((seq, row));
         }
-        self.tx("requeue", |v| {
-            for (seq, row) in &rows {
-                put_row(v, *seq, row)?;
-                v[DEAD].remove(&seq_key(*seq))?;
-                v[PENDING].insert(&seq_key(*seq), encode_pending(&PendingEntry::of(row)))?;
+        Ok(rows)
+    }
+
+    /// Gives each of `rows` (dead, as read) its new status with `change`,
+    /// in one transaction; says how many.
+    fn change_dead(
+        &self,
+        what: &'static str,
+        mut rows: Vec<(u64, Row)>,
+        change: impl Fn(&mut Row),
+    ) -> Result<u64> {
+        let was: Vec<Status> = rows.iter().map(|(_, r)| r.status).collect();
+        for (_, row) in &mut rows {
+            change(row);
+        }
+        self.tx(what, |v| {
+            for ((seq, row), was) in rows.iter().zip(&was) {
+                put_indexed(v, *seq, *was, row)?;
             }
             Ok(())
         })?;
         Ok(rows.len() as u64)
     }
 
+    /// Moves the dead events among `ids` (skipped ones included) back to
+    /// pending, due now, attempts reset.
+    pub(crate) fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let now = self.now();
+        self.change_dead("requeue", self.dead_rows(ids, |_| true)?, |row| {
+            row.status = Status::Pending;
+            row.env.attempts = 0;
+            row.env.next_attempt_at = now;
+            row.claimed_by = None;
+            row.lease_until = None;
+        })
+    }
+
+    /// Discards the dead events among `ids` (skipped ones included), now.
+    pub(crate) fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let now = self.now();
+        self.change_dead("discard", self.dead_rows(ids, |_| true)?, |row| {
+            row.status = Status::Discarded(now);
+            row.lease_until = None;
+        })
+    }
+
+    /// Skips the dead events among `ids` that are not skipped yet.
+    pub(crate) fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let rows = self.dead_rows(ids, |row| row.status == Status::DEAD)?;
+        self.change_dead("skip", rows, |row| row.status = Status::Dead { skipped: true })
+    }
+
+    /// Deletes up to `limit` events delivered or discarded before `before`,
+    /// oldest first: the `delivered` and `discarded` indexes merged.
     pub(crate) fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
-        let mut doomed: Vec<(sled::IVec, u64)> = Vec::new();
-        for item in self.all[DELIVERED].range(..time_bytes(before).to_vec()).take(limit) {
-            let (k, _) = item.map_err(|e| map("scan delivered", e))?;
-            let seq = seq_of_time_seq(&k)?;
-            doomed.push((k, seq));
+        let mut doomed: Vec<(sled::IVec, usize, u64)> = Vec::new();
+        for index in [DELIVERED, DISCARDED] {
+            for item in self.all[index].range(..time_bytes(before).to_vec()).take(limit) {
+                let (k, _) = item.map_err(|e| map("scan settled", e))?;
+                let seq = seq_of_time_seq(&k)?;
+                doomed.push((k, index, seq));
+            }
         }
+        doomed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        doomed.truncate(limit);
         self.tx("prune delivered", |v| {
-            for (k, seq) in &doomed {
+            for (k, index, seq) in &doomed {
                 if let Some(row) = get_row(&v[EVENTS], *seq)? {
                     v[IDS].remove(&row.env.id.to_bytes())?;
                 }
                 v[EVENTS].remove(&seq_key(*seq))?;
-                v[DELIVERED].remove(k)?;
+                v[*index].remove(k)?;
             }
             Ok(())
         })?;

@@ -8,18 +8,23 @@
 //! | `outbox.events` | [`seq_key`] (commit order) | event row |
 //! | `outbox.ids` | event id (16 bytes) | [`seq_key`] |
 //! | `outbox.pending` | [`seq_key`] | pending entry: the claim index |
-//! | `outbox.dead` | [`seq_key`] | ordering key |
-//! | `outbox.delivered` | [`time_seq_key`] | empty: pruning by range |
+//! | `outbox.dead` | [`seq_key`] | ordering key: dead letters that park their key |
+//! | `outbox.delivered` | [`time_seq_key`] (ack time) | empty: pruning by range |
 //! | `outbox.inbox` | [`inbox_key`] | time marked |
 //! | `outbox.inbox_time` | [`inbox_time_key`] | empty: pruning by range |
+//! | `outbox.skipped` | [`seq_key`] | ordering key: skipped dead letters (they park nothing) |
+//! | `outbox.discarded` | [`time_seq_key`] (discard time) | empty: pruning by range |
 //!
-//! Integers are big-endian so keys sort numerically; timestamps sort like
-//! the time ([`time_bytes`]). Rows and pending entries are
-//! [`outbox_core::codec`] values.
+//! Every event is in exactly one of `pending`, `dead`, `skipped`,
+//! `delivered` and `discarded`, as its row's status says. Integers are
+//! big-endian so keys sort numerically; timestamps sort like the time
+//! ([`time_bytes`]). Rows are [`codec`](crate::codec) values, pending
+//! entries [`outbox_core::codec`] values.
 //!
 //! A database without `outbox.meta` gets the trees and this build's
-//! [`LAYOUT_VERSION`]; one with a newer version is refused untouched, and
-//! one holding other trees or data is somebody else's and refused as well.
+//! [`LAYOUT_VERSION`]; an older layout is upgraded in place at open
+//! ([`open_trees`]); a newer one is refused untouched, and one holding
+//! other trees or data is somebody else's and refused as well.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -30,7 +35,10 @@ use crate::codec::{Writer, corrupt, time_bytes};
 use crate::error::{SledError, map};
 
 /// The on-disk layout version this build writes and understands.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// Layout 2 adds the `outbox.skipped` and `outbox.discarded` trees and two
+/// row status tags (a skipped dead letter, a discarded one) to layout 1.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The `meta` key holding the layout version (`u32`, big-endian).
 pub(crate) const LAYOUT_KEY: &[u8] = b"layout";
@@ -50,7 +58,7 @@ const WATERMARK_FILE: &str = "outbox.watermark";
 
 /// The trees, in the order of the indexes below (the transaction view is
 /// a slice of them in this order).
-const TREES: [&str; 9] = [
+const TREES: [&str; TREE_COUNT] = [
     "outbox.meta",
     "outbox.state",
     "outbox.events",
@@ -60,7 +68,11 @@ const TREES: [&str; 9] = [
     "outbox.delivered",
     "outbox.inbox",
     "outbox.inbox_time",
+    "outbox.skipped",
+    "outbox.discarded",
 ];
+/// How many trees there are.
+pub(crate) const TREE_COUNT: usize = 11;
 pub(crate) const META: usize = 0;
 pub(crate) const STATE: usize = 1;
 pub(crate) const EVENTS: usize = 2;
@@ -70,14 +82,17 @@ pub(crate) const DEAD: usize = 5;
 pub(crate) const DELIVERED: usize = 6;
 pub(crate) const INBOX: usize = 7;
 pub(crate) const INBOX_TIME: usize = 8;
+pub(crate) const SKIPPED: usize = 9;
+pub(crate) const DISCARDED: usize = 10;
 
 /// sled's own tree, always there.
 const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 
-/// Opens the trees of `db`, indexed by [`META`] .. [`INBOX_TIME`]. The
+/// Opens the trees of `db`, indexed by [`META`] .. [`DISCARDED`]. The
 /// layout is read before anything is written: a newer layout is
 /// `SchemaTooNew` and a foreign database `Corrupted`, both left untouched.
-/// A new database gets the trees and [`LAYOUT_VERSION`], flushed.
+/// A new database gets the trees and [`LAYOUT_VERSION`], flushed; an
+/// older one is upgraded ([`upgrade`]).
 pub(crate) fn open_trees(db: &sled::Db) -> Result<Vec<sled::Tree>> {
     let names: HashSet<Vec<u8>> = db.tree_names().into_iter().map(|n| n.to_vec()).collect();
     let found = if names.contains(TREES[META].as_bytes()) {
@@ -110,11 +125,39 @@ pub(crate) fn open_trees(db: &sled::Db) -> Result<Vec<sled::Tree>> {
     for name in TREES {
         all.push(db.open_tree(name).map_err(|e| map("open tree", e))?);
     }
-    if found.is_none() {
-        all[META].insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes()).map_err(|e| map("write layout", e))?;
-        db.flush().map_err(|e| map("flush layout", e))?;
+    match found {
+        None => {
+            all[META]
+                .insert(LAYOUT_KEY, &LAYOUT_VERSION.to_be_bytes())
+                .map_err(|e| map("write layout", e))?;
+            db.flush().map_err(|e| map("flush layout", e))?;
+        }
+        Some(v) if v < LAYOUT_VERSION => upgrade(db, &all, v)?,
+        Some(_) => {}
     }
     Ok(all)
+}
+
+/// Upgrades a database of layout `from` to [`LAYOUT_VERSION`], one step
+/// at a time, each step's version recorded (and flushed) once its data is
+/// in place: a step cut short by a crash runs again at the next open.
+///
+/// 1 -> 2: layout-1 rows are layout-2 rows as they are (their status tags
+/// keep their meaning) and the `dead` index holds exactly the dead letters
+/// that park their key, as it did; the new `skipped` and `discarded`
+/// trees start empty (opened, so created, by [`open_trees`]). Only the
+/// version changes.
+fn upgrade(db: &sled::Db, all: &[sled::Tree], from: u32) -> Result<()> {
+    for to in from + 1..=LAYOUT_VERSION {
+        match to {
+            2 => {} // nothing to move
+            _ => return Err(corrupt(&format!("no upgrade to layout {to}"))),
+        }
+        all[META].insert(LAYOUT_KEY, &to.to_be_bytes()).map_err(|e| map("write layout", e))?;
+        db.flush().map_err(|e| map("flush layout", e))?;
+        tracing::info!(target: "outbox", from = to - 1, to, "outbox: sled layout upgraded");
+    }
+    Ok(())
 }
 
 /// The `u64` under `key` in the meta tree, if any.
@@ -189,7 +232,8 @@ pub(crate) fn write_watermark(path: &Path, seq: u64) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// The key of an event in `events`, `ids` (as value), `pending`, `dead`.
+/// The key of an event in `events`, `ids` (as value), `pending`, `dead`,
+/// `skipped`.
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -200,7 +244,7 @@ pub(crate) fn seq_of(key: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
-/// `(time, seq)`: the key of the `delivered` index.
+/// `(time, seq)`: the key of the `delivered` and `discarded` indexes.
 pub(crate) fn time_seq_key(t: Timestamp, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&time_bytes(t));
@@ -232,4 +276,191 @@ pub(crate) fn inbox_time_key(t: Timestamp, inbox_key: &[u8]) -> Vec<u8> {
 /// The inbox key of an [`inbox_time_key`].
 pub(crate) fn inbox_key_of_time_key(key: &[u8]) -> &[u8] {
     key.get(8..).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    //! A database written at layout 1 (its trees, keys and rows laid out
+    //! by hand exactly as that build wrote them; its rows are the core
+    //! codec's) opens, is upgraded and keeps everything.
+
+    use std::path::Path;
+    use std::time::Duration;
+
+    use futures::executor::block_on;
+    use outbox_core::codec as v1;
+    use outbox_core::prelude::*;
+    use outbox_core::{
+        ActorId, Attempt, ClaimRequest, Clock, Commit, ConsumerId, Envelope, EventId, ManualClock, NewEvent,
+        Version,
+    };
+
+    use super::*;
+    use crate::codec::encode_state;
+    use crate::options::{SledOptions, open_waiting};
+
+    const T0: Timestamp = Timestamp::from_millis(1_000_000);
+
+    /// Layout 1's trees, in its order.
+    const V1_TREES: [&str; 9] = [
+        "outbox.meta",
+        "outbox.state",
+        "outbox.events",
+        "outbox.ids",
+        "outbox.pending",
+        "outbox.dead",
+        "outbox.delivered",
+        "outbox.inbox",
+        "outbox.inbox_time",
+    ];
+
+    fn actor(s: &str) -> ActorId {
+        ActorId::new(s).unwrap()
+    }
+
+    fn envelope(key: &str, n: u64) -> Envelope {
+        Envelope::committed(NewEvent::json(actor(key), "T", &n).unwrap(), T0)
+    }
+
+    fn ids(envs: &[Envelope]) -> Vec<EventId> {
+        envs.iter().map(|e| e.id).collect()
+    }
+
+    /// The layout version of the (closed) database at `path`.
+    fn layout_of(path: &Path) -> u32 {
+        let db = open_waiting(&sled::Config::new().path(path), path, Duration::from_secs(10)).unwrap();
+        let v = db.open_tree(TREES[META]).unwrap().get(LAYOUT_KEY).unwrap().unwrap();
+        u32::from_be_bytes(v.as_ref().try_into().unwrap())
+    }
+
+    /// Writes a layout-1 database: seq 0 dead (key a), 1 pending (a), 2
+    /// delivered (b), 3 pending (b) leased by a grant left held (a killed
+    /// leader), 4 pruned; a state and an inbox mark.
+    fn v1_database(path: &Path) -> [Envelope; 4] {
+        let db = sled::open(path).unwrap();
+        let t: Vec<sled::Tree> = V1_TREES.iter().map(|n| db.open_tree(n).unwrap()).collect();
+        t[META].insert(LAYOUT_KEY, &1u32.to_be_bytes()).unwrap();
+        t[META].insert(SEQ_KEY, &5u64.to_be_bytes()).unwrap();
+        t[META].insert(EPOCH_KEY, &1u64.to_be_bytes()).unwrap();
+        t[META].insert(HELD_KEY, &1u64.to_be_bytes()).unwrap();
+        t[STATE].insert("a", encode_state(Version(3), T0, b"ST")).unwrap();
+        let mark = inbox_key(&ConsumerId::new("c").unwrap(), &actor("p"), EventId::new());
+        t[INBOX].insert(&mark, &time_bytes(T0)).unwrap();
+        t[INBOX_TIME].insert(inbox_time_key(T0, &mark), &[]).unwrap();
+
+        let mut dead = envelope("a", 0);
+        dead.attempts = 3;
+        dead.last_error = Some("boom".into());
+        let mut leased = envelope("b", 3);
+        leased.attempts = 1;
+        let lease = T0.saturating_add(Duration::from_secs(3600));
+        let rows = [
+            v1::Row { env: dead, status: v1::Status::Dead, claimed_by: Some(1), lease_until: None },
+            v1::Row {
+                env: envelope("a", 1),
+                status: v1::Status::Pending,
+                claimed_by: None,
+                lease_until: None,
+            },
+            v1::Row {
+                env: envelope("b", 2),
+                status: v1::Status::Delivered(T0),
+                claimed_by: Some(1),
+                lease_until: None,
+            },
+            v1::Row {
+                env: leased,
+                status: v1::Status::Pending,
+                claimed_by: Some(1),
+                lease_until: Some(lease),
+            },
+        ];
+        for (seq, row) in rows.iter().enumerate() {
+            let k = seq_key(seq as u64);
+            t[EVENTS].insert(k, v1::encode_row(row)).unwrap();
+            t[IDS].insert(row.env.id.to_bytes(), &k).unwrap();
+            match row.status {
+                v1::Status::Pending => {
+                    t[PENDING].insert(k, v1::encode_pending(&v1::PendingEntry::of(row))).unwrap();
+                }
+                v1::Status::Dead => {
+                    t[DEAD].insert(k, row.env.key.as_str().as_bytes()).unwrap();
+                }
+                v1::Status::Delivered(at) => {
+                    t[DELIVERED].insert(time_seq_key(at, seq as u64), &[]).unwrap();
+                }
+            }
+        }
+        db.flush().unwrap();
+        rows.map(|r| r.env)
+    }
+
+    #[test]
+    fn a_layout_1_database_is_upgraded_and_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sled");
+        let [dead, a1, _b0, b1] = v1_database(&path);
+        assert_eq!(layout_of(&path), 1);
+
+        let clock = ManualClock::new(T0.saturating_add(Duration::from_secs(10)));
+        let open = || {
+            SledOptions::new(&path).clock(clock.clone()).lock_timeout(Duration::from_secs(10)).open().unwrap()
+        };
+        let store = open();
+
+        // Everything layout 1 held is there.
+        let s = block_on(store.stats()).unwrap();
+        assert_eq!((s.pending, s.in_flight, s.dead, s.delivered, s.discarded), (2, 0, 1, 1, 0));
+        assert_eq!(s.oldest_pending_at, Some(T0));
+        let listed = block_on(store.list_dead(10)).unwrap();
+        assert_eq!(ids(&listed), vec![dead.id]);
+        assert_eq!((listed[0].attempts, listed[0].last_error.as_deref()), (3, Some("boom")));
+        assert_eq!(block_on(store.load_state(&actor("a"))).unwrap().unwrap().bytes, b"ST");
+
+        // The new operations work on layout-1 rows.
+        let ttl = Duration::from_secs(30);
+        let g = block_on(store.acquire_leadership("new", ttl)).unwrap().unwrap();
+        let park = |n| ClaimRequest::new(n, ttl).park_dead_keys(true);
+        let got = block_on(store.claim(&g, park(10))).unwrap();
+        assert_eq!(ids(&got), vec![b1.id], "a is parked behind its dead letter; b's orphaned lease is void");
+        assert_eq!(got[0].attempts, 2);
+        block_on(store.retry_later(&g, b1.id, clock.now().saturating_add(ttl), "down", Attempt::Uncounted))
+            .unwrap();
+        assert_eq!(block_on(store.skip_dead(&[dead.id])).unwrap(), 1);
+        assert_eq!(ids(&block_on(store.claim(&g, park(10))).unwrap()), vec![a1.id], "a flows past it");
+        assert_eq!(ids(&block_on(store.list_dead(10)).unwrap()), vec![dead.id], "still dead");
+        block_on(store.ack(&g, &[a1.id])).unwrap();
+        assert_eq!(block_on(store.retry_now(&g)).unwrap(), 1);
+        let again = block_on(store.claim(&g, park(10))).unwrap();
+        assert_eq!(
+            (ids(&again), again[0].attempts),
+            (vec![b1.id], 2),
+            "the uncounted attempt was taken back"
+        );
+        block_on(store.ack(&g, &[b1.id])).unwrap();
+
+        // New events number on past the pruned seq 4.
+        let a2 = NewEvent::json(actor("a"), "T", &2).unwrap();
+        block_on(store.put_state_and_events(Commit::events_only().event(a2.clone()))).unwrap();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(block_on(store.discard_dead(&[dead.id])).unwrap(), 1);
+        let s = block_on(store.stats()).unwrap();
+        assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (1, 0, 3, 1));
+        drop(store);
+
+        assert_eq!(layout_of(&path), LAYOUT_VERSION);
+        let c = crate::dump::dump(&path).unwrap();
+        let seqs: Vec<EventId> = c.events.iter().map(|(e, _)| e.id).collect();
+        assert_eq!(seqs.len(), 5);
+        assert_eq!(seqs[4], a2.id, "after every layout-1 event");
+
+        // Reopened at the current layout: nothing is upgraded twice.
+        let store = open();
+        let later = clock.now().saturating_add(Duration::from_millis(1));
+        assert_eq!(block_on(store.prune_delivered(later, 100)).unwrap(), 4);
+        let s = block_on(store.stats()).unwrap();
+        assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (1, 0, 0, 0));
+        drop(store);
+        assert_eq!(crate::dump::dump(&path).unwrap().events.len(), 1);
+    }
 }

@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits, Result,
-    StateSnapshot, StateStore, StoreStats, Timestamp, async_trait, rules,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits,
+    Result, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait, rules,
 };
 
 use crate::error::SledError;
 use crate::options::{FlushPolicy, SledOptions};
-use crate::schema::{DEAD, PENDING};
 use crate::worker::{Counts, Finish, Job, Msg, Worker};
 
 /// How much the shared flush coalesced, since the store was opened.
@@ -226,9 +225,21 @@ impl DeliveryStore for SledStore {
         self.call(true, move |w| w.release(&grant, &ids)).await
     }
 
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
         let (grant, error) = (grant.clone(), error.to_owned());
-        self.call(true, move |w| w.retry_later(&grant, id, at, &error)).await
+        self.call(true, move |w| w.retry_later(&grant, id, at, &error, attempt)).await
+    }
+
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        let grant = grant.clone();
+        self.call(true, move |w| w.retry_now(&grant)).await
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
@@ -244,16 +255,26 @@ impl InspectStore for SledStore {
     }
 
     async fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {
-        self.call(false, move |w| w.list(PENDING, limit)).await
+        self.call(false, move |w| w.list_pending(limit)).await
     }
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
-        self.call(false, move |w| w.list(DEAD, limit)).await
+        self.call(false, move |w| w.list_dead(limit)).await
     }
 
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         let ids = ids.to_vec();
         self.call(true, move |w| w.requeue_dead(&ids)).await
+    }
+
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let ids = ids.to_vec();
+        self.call(true, move |w| w.discard_dead(&ids)).await
+    }
+
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let ids = ids.to_vec();
+        self.call(true, move |w| w.skip_dead(&ids)).await
     }
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {

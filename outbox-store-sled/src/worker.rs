@@ -15,10 +15,12 @@ use outbox_core::{Commit, CommitReceipt, Error, LeaderGrant, Result, SharedClock
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use crate::codec::{Row, decode_pending, decode_row, encode_row};
+use crate::codec::{Row, Status, decode_pending, decode_row, encode_pending, encode_row, pending_of};
 use crate::error::{SledError, map, map_tx};
 use crate::options::{FlushPolicy, SledOptions};
-use crate::schema::{self, EVENTS, HELD_KEY, META, PENDING, seq_key, seq_of};
+use crate::schema::{
+    self, DEAD, DELIVERED, DISCARDED, EVENTS, HELD_KEY, META, PENDING, SKIPPED, seq_key, seq_of, time_seq_key,
+};
 
 /// What a finished job hands the worker: whether its result waits for the
 /// flush, and how to deliver it (given the flush's error, if any).
@@ -180,6 +182,40 @@ pub(crate) fn get_row(t: &TransactionalTree, seq: u64) -> TxResult<Option<Row>> 
 /// Writes the row at `seq` in a transaction over all trees.
 pub(crate) fn put_row(v: &[TransactionalTree], seq: u64, row: &Row) -> TxResult<()> {
     v[EVENTS].insert(&seq_key(seq), encode_row(row))?;
+    Ok(())
+}
+
+/// The index entry of an event at `seq` with `status`: its tree and key.
+pub(crate) fn index_key(seq: u64, status: Status) -> (usize, Vec<u8>) {
+    match status {
+        Status::Pending => (PENDING, seq_key(seq).to_vec()),
+        Status::Dead { skipped: false } => (DEAD, seq_key(seq).to_vec()),
+        Status::Dead { skipped: true } => (SKIPPED, seq_key(seq).to_vec()),
+        Status::Delivered(at) => (DELIVERED, time_seq_key(at, seq).to_vec()),
+        Status::Discarded(at) => (DISCARDED, time_seq_key(at, seq).to_vec()),
+    }
+}
+
+/// The value of `row`'s index entry: the pending entry, the ordering key
+/// (dead letters), or nothing (delivered and discarded events).
+pub(crate) fn index_value(row: &Row) -> Vec<u8> {
+    match row.status {
+        Status::Pending => encode_pending(&pending_of(row)),
+        Status::Dead { .. } => row.env.key.as_str().as_bytes().to_vec(),
+        Status::Delivered(_) | Status::Discarded(_) => Vec::new(),
+    }
+}
+
+/// Writes `row` at `seq`, moving its index entry from where an event with
+/// status `was` has it to where `row`'s status puts it.
+pub(crate) fn put_indexed(v: &[TransactionalTree], seq: u64, was: Status, row: &Row) -> TxResult<()> {
+    put_row(v, seq, row)?;
+    let (old_tree, old_key) = index_key(seq, was);
+    let (tree, key) = index_key(seq, row.status);
+    if (old_tree, &old_key) != (tree, &key) {
+        v[old_tree].remove(old_key)?;
+    }
+    v[tree].insert(key, index_value(row))?;
     Ok(())
 }
 

@@ -1,10 +1,12 @@
 //! The delivery side's writes: claiming, settling (ack, release, retry,
-//! dead-letter) and requeueing, each one fenced transaction.
+//! dead-letter), making backed-off events due, and the operator's
+//! handling of dead letters (requeue, discard, skip), each one
+//! transaction (fenced, for the leader's writes).
 
 use std::collections::HashSet;
 
 use outbox_core::rules::{ClaimEntry, ClaimPlan, check_claim_holder, check_fence};
-use outbox_core::{ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, Result, Timestamp};
+use outbox_core::{Attempt, ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, Result, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{corrupt, map};
@@ -31,7 +33,9 @@ fn settleable(c: &Connection, grant: &LeaderGrant, id: EventId) -> Result<Option
 }
 
 /// The seqs of the events `req` takes, in commit order: the scan over the
-/// undelivered rows feeds each to the core's [`ClaimPlan`].
+/// unsettled rows (pending and dead, on their partial index) feeds each to
+/// the core's [`ClaimPlan`]; a skipped dead event is
+/// [`ClaimEntry::Skipped`].
 fn plan_claim(c: &Connection, req: &ClaimRequest, now: i64) -> Result<Vec<i64>> {
     let mut plan = ClaimPlan::<String>::new(req, Timestamp::from_millis(now));
     let mut seqs = Vec::new();
@@ -40,8 +44,8 @@ fn plan_claim(c: &Connection, req: &ClaimRequest, now: i64) -> Result<Vec<i64>> 
     }
     let mut st = c
         .prepare_cached(
-            "SELECT seq, key, status, lease_until, next_attempt_at FROM outbox_events
-             WHERE status <> 'delivered' ORDER BY seq",
+            "SELECT seq, key, status, lease_until, next_attempt_at, skipped FROM outbox_events
+             WHERE status IN ('pending', 'dead') ORDER BY seq",
         )
         .map_err(|e| map("prepare claim scan", e))?;
     let mut rows = st.query([]).map_err(|e| map("claim scan", e))?;
@@ -57,7 +61,10 @@ fn plan_claim(c: &Connection, req: &ClaimRequest, now: i64) -> Result<Vec<i64>> 
                     .map(Timestamp::from_millis),
                 next_attempt_at: Timestamp::from_millis(r.get(4).map_err(|e| map("claim scan", e))?),
             },
-            "dead" => ClaimEntry::Dead,
+            "dead" => match r.get::<_, i64>(5).map_err(|e| map("claim scan", e))? {
+                0 => ClaimEntry::Dead,
+                _ => ClaimEntry::Skipped,
+            },
             other => return Err(corrupt(format!("unknown event status {other:?}"))),
         };
         if plan.offer(&key, seq as u64, entry) {
@@ -157,73 +164,130 @@ impl Worker {
         tx.commit().map_err(|e| map("commit release", e))
     }
 
-    /// Schedules event `id` for another attempt at `at`.
+    /// Schedules event `id` for another attempt at `at`; an
+    /// [`Attempt::Uncounted`] takes back the attempt its claim counted (if
+    /// it is leased, as [`Worker::release_events`] does).
     pub(crate) fn retry_later(
         &mut self,
         grant: &LeaderGrant,
         id: EventId,
         at: Timestamp,
         error: &str,
+        attempt: Attempt,
     ) -> Result<()> {
-        self.settle(
-            grant,
-            id,
-            "UPDATE outbox_events SET next_attempt_at = ?3, last_error = ?2, lease_until = NULL WHERE seq = ?1",
-            Some(at.as_millis()),
-            error,
-        )
+        let uncounted = attempt == Attempt::Uncounted;
+        self.settle(grant, id, |c, seq| {
+            c.prepare_cached(
+                "UPDATE outbox_events SET next_attempt_at = ?3, last_error = ?2,
+                     attempts = CASE WHEN ?4 AND lease_until IS NOT NULL THEN max(attempts - 1, 0)
+                                     ELSE attempts END,
+                     lease_until = NULL
+                 WHERE seq = ?1",
+            )?
+            .execute(params![seq, error, at.as_millis(), uncounted])
+        })
     }
 
     /// Dead-letters event `id`.
     pub(crate) fn dead_letter(&mut self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
-        self.settle(
-            grant,
-            id,
-            "UPDATE outbox_events SET status = 'dead', last_error = ?2, lease_until = NULL WHERE seq = ?1",
-            None,
-            error,
-        )
+        self.settle(grant, id, |c, seq| {
+            c.prepare_cached(
+                "UPDATE outbox_events SET status = 'dead', skipped = 0, last_error = ?2, lease_until = NULL
+                 WHERE seq = ?1",
+            )?
+            .execute(params![seq, error])
+        })
     }
 
-    /// Runs `sql` (`?1` seq, `?2` error, `?3` `at` if given) on event `id`
-    /// if `grant` may settle it.
+    /// Runs `write` on the row (`seq`) of event `id` if `grant` may settle
+    /// it.
     fn settle(
         &mut self,
         grant: &LeaderGrant,
         id: EventId,
-        sql: &str,
-        at: Option<i64>,
-        error: &str,
+        write: impl FnOnce(&Connection, i64) -> rusqlite::Result<usize>,
     ) -> Result<()> {
         let tx = self.write_tx()?;
         check_fence(grant, current_epoch(&tx)?)?;
         if let Some(seq) = settleable(&tx, grant, id)? {
-            tx.prepare_cached(sql)
-                .and_then(|mut st| match at {
-                    Some(at) => st.execute(params![seq, error, at]),
-                    None => st.execute(params![seq, error]),
-                })
-                .map_err(|e| map("settle", e))?;
+            write(&tx, seq).map_err(|e| map("settle", e))?;
         }
         tx.commit().map_err(|e| map("commit settle", e))
     }
 
-    /// Moves the dead events among `ids` back to pending, due now; says how
-    /// many moved.
-    pub(crate) fn requeue_dead(&mut self, ids: &[EventId]) -> Result<u64> {
+    /// Makes every pending event that failed and waits for a later retry
+    /// due now; says how many. Leases are left alone.
+    pub(crate) fn retry_now(&mut self, grant: &LeaderGrant) -> Result<u64> {
         let now = self.now();
         let tx = self.write_tx()?;
-        let mut moved = 0;
-        for id in ids {
-            moved += tx
-                .prepare_cached(
-                    "UPDATE outbox_events SET status = 'pending', attempts = 0, next_attempt_at = ?2,
-                     claimed_epoch = NULL, lease_until = NULL WHERE id = ?1 AND status = 'dead'",
-                )
-                .and_then(|mut st| st.execute(params![&id.to_bytes()[..], now]))
-                .map_err(|e| map("requeue", e))? as u64;
+        check_fence(grant, current_epoch(&tx)?)?;
+        // `status IN (...)` is the partial index's own term: the scan stays
+        // on the unsettled rows.
+        let n = tx
+            .prepare_cached(
+                "UPDATE outbox_events SET next_attempt_at = ?1
+                 WHERE status IN ('pending', 'dead') AND status = 'pending'
+                   AND last_error IS NOT NULL AND next_attempt_at > ?1",
+            )
+            .and_then(|mut st| st.execute([now]))
+            .map_err(|e| map("retry now", e))?;
+        tx.commit().map_err(|e| map("commit retry now", e))?;
+        Ok(n as u64)
+    }
+
+    /// Moves the dead events among `ids` (skipped ones included) back to
+    /// pending, due now; says how many moved.
+    pub(crate) fn requeue_dead(&mut self, ids: &[EventId]) -> Result<u64> {
+        self.each_dead(
+            ids,
+            "requeue",
+            "UPDATE outbox_events SET status = 'pending', skipped = 0, attempts = 0, next_attempt_at = ?2,
+             claimed_epoch = NULL, lease_until = NULL WHERE id = ?1 AND status = 'dead'",
+            true,
+        )
+    }
+
+    /// Discards the dead events among `ids` (skipped ones included): status
+    /// `discarded`, settled now (`delivered_at`); says how many.
+    pub(crate) fn discard_dead(&mut self, ids: &[EventId]) -> Result<u64> {
+        self.each_dead(
+            ids,
+            "discard",
+            "UPDATE outbox_events SET status = 'discarded', skipped = 0, delivered_at = ?2,
+             lease_until = NULL WHERE id = ?1 AND status = 'dead'",
+            true,
+        )
+    }
+
+    /// Marks the dead events among `ids` that are not skipped yet skipped;
+    /// says how many.
+    pub(crate) fn skip_dead(&mut self, ids: &[EventId]) -> Result<u64> {
+        self.each_dead(
+            ids,
+            "skip",
+            "UPDATE outbox_events SET skipped = 1 WHERE id = ?1 AND status = 'dead' AND skipped = 0",
+            false,
+        )
+    }
+
+    /// Runs `sql` (`?1` an id, and `?2` now if `with_now`) once per id of
+    /// `ids` in one transaction; says how many rows it changed.
+    fn each_dead(&mut self, ids: &[EventId], what: &'static str, sql: &str, with_now: bool) -> Result<u64> {
+        let now = self.now();
+        let tx = self.write_tx()?;
+        let mut changed = 0;
+        {
+            let mut st = tx.prepare_cached(sql).map_err(|e| map(what, e))?;
+            for id in ids {
+                let n = if with_now {
+                    st.execute(params![&id.to_bytes()[..], now])
+                } else {
+                    st.execute([&id.to_bytes()[..]])
+                };
+                changed += n.map_err(|e| map(what, e))? as u64;
+            }
         }
-        tx.commit().map_err(|e| map("commit requeue", e))?;
-        Ok(moved)
+        tx.commit().map_err(|e| map(what, e))?;
+        Ok(changed)
     }
 }

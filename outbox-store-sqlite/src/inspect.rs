@@ -1,5 +1,5 @@
 //! Reading the outbox for operators (counts, listings) and pruning what
-//! is done with (delivered events, old inbox marks).
+//! is done with (delivered and discarded events, old inbox marks).
 
 use outbox_core::{Envelope, Result, StoreStats, Timestamp};
 use rusqlite::params;
@@ -12,19 +12,34 @@ impl Worker {
     /// Counts by status, the oldest pending event, and how many are leased.
     pub(crate) fn stats(&mut self) -> Result<StoreStats> {
         let now = self.now();
-        // Delivered rows are counted on their partial index (no table
-        // scan); the undelivered ones are read in full.
-        let delivered = self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM outbox_events WHERE status = 'delivered'")
-            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
-            .map_err(|e| map("stats", e))? as u64;
-        let mut s = StoreStats { delivered, ..StoreStats::default() };
+        let mut s = StoreStats::default();
+        // Settled rows (delivered, discarded) are counted on their partial
+        // index, which holds the status (no table scan); the unsettled
+        // ones are read in full.
+        {
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT status, COUNT(*) FROM outbox_events
+                     WHERE status IN ('delivered', 'discarded') GROUP BY status",
+                )
+                .map_err(|e| map("prepare stats", e))?;
+            let mut rows = st.query([]).map_err(|e| map("stats", e))?;
+            while let Some(r) = rows.next().map_err(|e| map("stats", e))? {
+                let status: String = r.get(0).map_err(|e| map("stats", e))?;
+                let count = r.get::<_, i64>(1).map_err(|e| map("stats", e))? as u64;
+                match status.as_str() {
+                    "delivered" => s.delivered = count,
+                    "discarded" => s.discarded = count,
+                    other => return Err(corrupt(format!("unknown event status {other:?}"))),
+                }
+            }
+        }
         let mut st = self
             .conn
             .prepare_cached(
                 "SELECT status, COUNT(*), MIN(created_at), SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END)
-                 FROM outbox_events WHERE status <> 'delivered' GROUP BY status",
+                 FROM outbox_events WHERE status IN ('pending', 'dead') GROUP BY status",
             )
             .map_err(|e| map("prepare stats", e))?;
         let mut rows = st.query([now]).map_err(|e| map("stats", e))?;
@@ -62,14 +77,16 @@ impl Worker {
         Ok(out)
     }
 
-    /// Deletes up to `limit` events delivered before `before`, oldest first.
+    /// Deletes up to `limit` events delivered or discarded before `before`,
+    /// oldest first.
     pub(crate) fn prune_delivered(&mut self, before: Timestamp, limit: usize) -> Result<u64> {
         self.cap(false)?;
         let n = self
             .conn
             .execute(
                 "DELETE FROM outbox_events WHERE seq IN (
-                     SELECT seq FROM outbox_events WHERE status = 'delivered' AND delivered_at < ?1
+                     SELECT seq FROM outbox_events
+                     WHERE status IN ('delivered', 'discarded') AND delivered_at < ?1
                      ORDER BY delivered_at LIMIT ?2)",
                 params![before.as_millis(), limit_i64(limit)],
             )

@@ -100,7 +100,7 @@ impl Worker {
         if cur_holder.is_some() && granted != Some(epoch as u64) {
             tx.execute(
                 "UPDATE outbox_events SET lease_until = NULL
-                 WHERE status <> 'delivered' AND lease_until IS NOT NULL",
+                 WHERE status IN ('pending', 'dead') AND lease_until IS NOT NULL",
                 [],
             )
             .map_err(|e| map("void orphaned leases", e))?;

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use outbox_core::rules::{check_lease, check_ttl};
 use outbox_core::{
-    ActorId, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore, DurableStore,
-    Envelope, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits, Result, StateSnapshot,
-    StateStore, StoreStats, Timestamp, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
+    DurableStore, Envelope, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits, Result,
+    StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
 };
 
 use crate::leader::LockFile;
@@ -137,9 +137,21 @@ impl DeliveryStore for SqliteStore {
         self.worker.call(move |w| w.release_events(&grant, &ids)).await
     }
 
-    async fn retry_later(&self, grant: &LeaderGrant, id: EventId, at: Timestamp, error: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        grant: &LeaderGrant,
+        id: EventId,
+        at: Timestamp,
+        error: &str,
+        attempt: Attempt,
+    ) -> Result<()> {
         let (grant, error) = (grant.clone(), error.to_owned());
-        self.worker.call(move |w| w.retry_later(&grant, id, at, &error)).await
+        self.worker.call(move |w| w.retry_later(&grant, id, at, &error, attempt)).await
+    }
+
+    async fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
+        let grant = grant.clone();
+        self.worker.call(move |w| w.retry_now(&grant)).await
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
@@ -165,6 +177,16 @@ impl InspectStore for SqliteStore {
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         let ids = ids.to_vec();
         self.worker.call(move |w| w.requeue_dead(&ids)).await
+    }
+
+    async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let ids = ids.to_vec();
+        self.worker.call(move |w| w.discard_dead(&ids)).await
+    }
+
+    async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        let ids = ids.to_vec();
+        self.worker.call(move |w| w.skip_dead(&ids)).await
     }
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
