@@ -4,7 +4,11 @@
 #   - outbox-store-idb: the IndexedDB store's conformance suite and its
 #     browser tests (tests/conformance.rs, tests/browser.rs);
 #   - outbox-forwarder: the browser forwarder (`browser::TabForwarder`)
-#     over that store (tests/browser.rs; its other tests are native).
+#     over that store (tests/browser.rs; its other tests are native);
+#   - outbox-sink-http: the HTTP sink's `fetch` transport, in a page and in
+#     a dedicated worker (tests/browser.rs, tests/worker.rs), against the
+#     native test server (its examples/http-sink-test-server.rs), started
+#     here and found by the tests through OUTBOX_HTTP_TEST_URL.
 # Installs what it needs.
 # Usage: scripts/test-browser.sh   (prints "browser tests: P passed, F failed")
 set -euo pipefail
@@ -14,16 +18,36 @@ source scripts/browser-env.sh
 provision_browsers
 
 # The wasm32 lints and docs (native clippy does not see this code).
-cargo clippy --locked -p outbox-store-idb -p outbox-forwarder --target wasm32-unknown-unknown --all-targets -- -D warnings
+cargo clippy --locked -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy --locked -p outbox-core -p outbox-testkit -p outbox-size-app -p outbox-size-commit -p outbox-size-raw-commit \
     --target wasm32-unknown-unknown --lib -- -D warnings
-RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox-store-idb -p outbox-forwarder --no-deps --target wasm32-unknown-unknown
+RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --no-deps --target wasm32-unknown-unknown
+
+# The HTTP sink's test server: built natively, run on a free port on
+# 127.0.0.1 for the whole run, stopped on exit. The browser tests read its
+# URL at compile time and fail without it.
+cargo build --locked -q -p outbox-sink-http --example http-sink-test-server
+server_log=$(mktemp)
+"${CARGO_TARGET_DIR:-target}/debug/examples/http-sink-test-server" 0 >"$server_log" 2>&1 &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null || true; rm -f "$server_log"' EXIT
+for _ in $(seq 100); do
+    grep -q '^listening on ' "$server_log" && break
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+done
+OUTBOX_HTTP_TEST_URL=$(awk '/^listening on / { print $3; exit }' "$server_log")
+[ -n "$OUTBOX_HTTP_TEST_URL" ] || { echo "the HTTP sink's test server did not start:" >&2; cat "$server_log" >&2; exit 1; }
+export OUTBOX_HTTP_TEST_URL
+echo "HTTP sink test server: $OUTBOX_HTTP_TEST_URL"
 
 # Each suite: a name, the fewest tests it may report per browser (a suite
 # that shrinks unnoticed is a failure), and its cargo arguments.
 suites=(
     "outbox-store-idb|30|-p outbox-store-idb"
     "outbox-forwarder|3|-p outbox-forwarder --test browser"
+    "outbox-sink-http|11|-p outbox-sink-http --test browser"
+    "outbox-sink-http-worker|3|-p outbox-sink-http --test worker"
 )
 
 # "P F": the passed and failed counts of the libtest summaries in a log.
