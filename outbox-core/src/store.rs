@@ -292,6 +292,11 @@ pub struct StoreStats {
     pub delivered: u64,
     /// Discarded dead letters not yet pruned.
     pub discarded: u64,
+    /// Ordering keys held back by a dead letter that is not skipped: each
+    /// such key's later events wait (when the forwarder parks dead keys,
+    /// the default) until the dead letter is requeued, discarded or
+    /// skipped. Counted whatever the claim's park policy.
+    pub parked_keys: u64,
     /// Commit time of the oldest pending event.
     pub oldest_pending_at: Option<Timestamp>,
 }

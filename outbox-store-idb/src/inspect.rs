@@ -7,14 +7,18 @@ use std::collections::HashSet;
 use indexed_db_futures::object_store::ObjectStore;
 use js_sys::Array;
 use outbox_core::codec::{corrupt, encode_pending};
+use outbox_core::rules::ClaimEntry;
 use outbox_core::{Envelope, EventId, Result, StoreStats, Timestamp};
 use wasm_bindgen::{JsCast, JsValue};
 
-use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_u64, seq_js, time_seq_js};
+use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, time_seq_js};
 use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING};
-use crate::tx::{Db, count, delete, finish, get, get_all_keys, pending_entries, put, read_row, store};
+use crate::tx::{
+    Db, count, delete, finish, get, get_all, get_all_keys, pending_entries, put, read_row, store,
+};
 
-/// Counts by status, the events in flight at `now`, the oldest pending.
+/// Counts by status, the events in flight at `now`, the oldest pending,
+/// the keys parked by a dead letter.
 pub(crate) async fn stats(db: &Db, now: Timestamp) -> Result<StoreStats> {
     let tx = db.tx(&[PENDING, DEAD, DELIVERED, DISCARDED], false)?;
     let mut s = StoreStats::default();
@@ -25,7 +29,17 @@ pub(crate) async fn stats(db: &Db, now: Timestamp) -> Result<StoreStats> {
         }
         s.oldest_pending_at = Some(s.oldest_pending_at.map_or(e.created_at, |o| o.min(e.created_at)));
     }
-    s.dead = count(&store(&tx, DEAD, "stats")?, "count dead").await?;
+    // The dead index's values: the plain key of a dead letter that parks
+    // its key, `[key, true]` for a skipped one.
+    let dead = get_all(&store(&tx, DEAD, "stats")?, "scan dead").await?;
+    s.dead = dead.len() as u64;
+    let mut parked = HashSet::new();
+    for v in &dead {
+        if let (key, ClaimEntry::Dead) = js_dead(v)? {
+            parked.insert(key);
+        }
+    }
+    s.parked_keys = parked.len() as u64;
     s.delivered = count(&store(&tx, DELIVERED, "stats")?, "count delivered").await?;
     s.discarded = count(&store(&tx, DISCARDED, "stats")?, "count discarded").await?;
     Ok(s)

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::error::Refused;
@@ -219,6 +220,7 @@ impl InspectStore for MemoryStore {
         let now = self.clock.now();
         let inner = self.lock();
         let mut s = StoreStats::default();
+        let mut parked = HashSet::new();
         for row in inner.events.values() {
             match row.status {
                 Status::Pending => {
@@ -229,11 +231,17 @@ impl InspectStore for MemoryStore {
                     let at = row.env.created_at;
                     s.oldest_pending_at = Some(s.oldest_pending_at.map_or(at, |o| o.min(at)));
                 }
-                Status::Dead { .. } => s.dead += 1,
+                Status::Dead { skipped } => {
+                    s.dead += 1;
+                    if !skipped {
+                        parked.insert(&row.env.key);
+                    }
+                }
                 Status::Delivered(_) => s.delivered += 1,
                 Status::Discarded(_) => s.discarded += 1,
             }
         }
+        s.parked_keys = parked.len() as u64;
         Ok(s)
     }
 

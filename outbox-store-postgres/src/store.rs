@@ -421,7 +421,8 @@ impl InspectStore for PostgresStore {
                         count(*) FILTER (WHERE status = 1),
                         count(*) FILTER (WHERE status = 2),
                         count(*) FILTER (WHERE status = 3),
-                        min(created_at) FILTER (WHERE status = 0)
+                        min(created_at) FILTER (WHERE status = 0),
+                        count(DISTINCT key) FILTER (WHERE status = 1 AND NOT skipped)
                  FROM outbox_events",
                 &[&now],
             )
@@ -434,6 +435,7 @@ impl InspectStore for PostgresStore {
             delivered: r.get::<_, i64>(3) as u64,
             discarded: r.get::<_, i64>(4) as u64,
             oldest_pending_at: r.get::<_, Option<i64>>(5).map(Timestamp::from_millis),
+            parked_keys: r.get::<_, i64>(6) as u64,
         })
     }
 

@@ -27,6 +27,13 @@ impl Worker {
             s.oldest_pending_at = Some(s.oldest_pending_at.map_or(p.created_at, |o| o.min(p.created_at)));
         }
         s.dead = (self.all[DEAD].len() + self.all[SKIPPED].len()) as u64;
+        // The `dead` index holds only the dead letters that park their
+        // key, each with its ordering key as value.
+        let mut parked = HashSet::new();
+        for item in self.all[DEAD].iter().values() {
+            parked.insert(item.map_err(|e| map("scan dead", e))?);
+        }
+        s.parked_keys = parked.len() as u64;
         s.delivered = self.all[DELIVERED].len() as u64;
         s.discarded = self.all[DISCARDED].len() as u64;
         Ok(s)

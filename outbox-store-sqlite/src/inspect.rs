@@ -8,14 +8,24 @@ use crate::error::{corrupt, map};
 use crate::rows::{ENVELOPE_COLS, envelope, limit_i64};
 use crate::worker::Worker;
 
+/// Per unsettled status: the count, the oldest commit time, how many are
+/// leased at `?1`, and the distinct keys of the unskipped dead rows. Its
+/// scan runs on the partial index of unsettled rows.
+const UNSETTLED_STATS: &str = "SELECT status, COUNT(*), MIN(created_at),
+            SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END),
+            COUNT(DISTINCT CASE WHEN status = 'dead' AND skipped = 0 THEN key END)
+     FROM outbox_events WHERE status IN ('pending', 'dead') GROUP BY status";
+
 impl Worker {
-    /// Counts by status, the oldest pending event, and how many are leased.
+    /// Counts by status, the oldest pending event, how many are leased,
+    /// and the keys parked by a dead letter.
     pub(crate) fn stats(&mut self) -> Result<StoreStats> {
         let now = self.now();
         let mut s = StoreStats::default();
         // Settled rows (delivered, discarded) are counted on their partial
         // index, which holds the status (no table scan); the unsettled
-        // ones are read in full.
+        // ones are read in full, in one pass that also counts the distinct
+        // keys of the unskipped dead rows (the parked keys).
         {
             let mut st = self
                 .conn
@@ -35,13 +45,7 @@ impl Worker {
                 }
             }
         }
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT status, COUNT(*), MIN(created_at), SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END)
-                 FROM outbox_events WHERE status IN ('pending', 'dead') GROUP BY status",
-            )
-            .map_err(|e| map("prepare stats", e))?;
+        let mut st = self.conn.prepare_cached(UNSETTLED_STATS).map_err(|e| map("prepare stats", e))?;
         let mut rows = st.query([now]).map_err(|e| map("stats", e))?;
         while let Some(r) = rows.next().map_err(|e| map("stats", e))? {
             let status: String = r.get(0).map_err(|e| map("stats", e))?;
@@ -54,7 +58,10 @@ impl Worker {
                     s.in_flight =
                         r.get::<_, Option<i64>>(3).map_err(|e| map("stats", e))?.unwrap_or(0) as u64;
                 }
-                "dead" => s.dead = count as u64,
+                "dead" => {
+                    s.dead = count as u64;
+                    s.parked_keys = r.get::<_, i64>(4).map_err(|e| map("stats", e))? as u64;
+                }
                 other => return Err(corrupt(format!("unknown event status {other:?}"))),
             }
         }
@@ -106,5 +113,26 @@ impl Worker {
             )
             .map_err(|e| map("prune inbox", e))?;
         Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::UNSETTLED_STATS;
+    use crate::schema::migrate;
+
+    /// The stats scan (parked keys included) reads the unsettled rows
+    /// through their partial index, not the whole table.
+    #[test]
+    fn unsettled_stats_scan_the_unsettled_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {UNSETTLED_STATS}")).unwrap();
+        let details: Vec<String> = st.query_map([0_i64], |r| r.get(3)).unwrap().map(|d| d.unwrap()).collect();
+        let scans: Vec<&String> = details.iter().filter(|d| d.contains("outbox_events")).collect();
+        assert!(!scans.is_empty(), "{details:?}");
+        assert!(scans.iter().all(|d| d.contains("USING INDEX outbox_events_unsettled")), "{details:?}");
     }
 }

@@ -635,6 +635,33 @@ pub async fn skip_one_lets_its_key_flow_and_stays_dead<F: StoreFactory>(factory:
     assert_eq!(ids(&ctx.store.claim(&g, park(10)).await.expect("claim")), vec![evs[0].id]);
 }
 
+/// Stats count the keys parked by a dead letter that is not skipped: a
+/// key once however many of its dead letters park it; a skipped,
+/// discarded or requeued dead letter parks nothing.
+pub async fn parked_keys_count_unskipped_dead_keys<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (a, b, c) = (actor("a"), actor("b"), actor("c"));
+    let (a1, a2, b1, c1) = (event(&a, 1), event(&a, 2), event(&b, 1), event(&c, 1));
+    ctx.commit_events(vec![a1.clone(), a2.clone(), b1.clone(), c1.clone()]).await;
+    let g = ctx.lead("l").await;
+    assert_eq!(ids(&ctx.claim(&g, 10).await), vec![a1.id, a2.id, b1.id, c1.id]);
+    assert_eq!(ctx.stats().await.parked_keys, 0, "no dead letter yet");
+    for e in [&a1, &a2, &b1] {
+        ctx.store.dead_letter(&g, e.id, "NonRetriable: 422").await.expect("dead_letter");
+    }
+    let s = ctx.stats().await;
+    assert_eq!((s.dead, s.pending, s.parked_keys), (3, 1, 2), "a (twice dead) and b; c is pending");
+    assert_eq!(ctx.store.skip_dead(&[b1.id]).await.expect("skip"), 1);
+    let s = ctx.stats().await;
+    assert_eq!((s.dead, s.parked_keys), (3, 1), "a skipped dead letter parks nothing");
+    assert_eq!(ctx.store.discard_dead(&[a1.id]).await.expect("discard"), 1);
+    let s = ctx.stats().await;
+    assert_eq!((s.dead, s.discarded, s.parked_keys), (2, 1, 1), "a2 still parks a");
+    assert_eq!(ctx.store.requeue_dead(&[a2.id]).await.expect("requeue"), 1);
+    let s = ctx.stats().await;
+    assert_eq!((s.dead, s.pending, s.parked_keys), (1, 2, 0), "only the skipped b1 is dead");
+}
+
 /// An event committed with `not_before` is not delivered before then.
 pub async fn not_before_delays_first_delivery<F: StoreFactory>(factory: &F) {
     let ctx = Ctx::fresh(factory).await;
@@ -754,6 +781,7 @@ pub async fn stats_count_by_status<F: StoreFactory>(factory: &F) {
             dead: 1,
             delivered: 1,
             discarded: 0,
+            parked_keys: 1,
             oldest_pending_at: Some(T0.saturating_add(Duration::from_secs(5)))
         }
     );

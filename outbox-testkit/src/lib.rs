@@ -229,6 +229,7 @@ macro_rules! __conformance_tests {
             requeue_one_keeps_key_order,
             discard_one_lets_its_key_flow,
             skip_one_lets_its_key_flow_and_stays_dead,
+            parked_keys_count_unskipped_dead_keys,
             prune_removes_only_delivered_past_retention,
             stats_count_by_status,
             inbox_mark_atomic_with_state,
