@@ -326,11 +326,12 @@ async fn inspect(file: &Path) -> outbox::Result<()> {
     let store = SqliteStore::open(file)?;
     let s = store.stats().await?;
     println!(
-        "{}: {} pending ({} in flight), {} dead, {} delivered, {} discarded",
+        "{}: {} pending ({} in flight), {} dead ({} keys parked), {} delivered, {} discarded",
         file.display(),
         s.pending,
         s.in_flight,
         s.dead,
+        s.parked_keys,
         s.delivered,
         s.discarded
     );

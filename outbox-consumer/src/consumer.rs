@@ -2,14 +2,16 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outbox_core::event::TraceParent;
 use outbox_core::{
     ActorId, Commit, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, InboxMark, NewEvent,
     Outcome, RetryPolicy, SharedClock, Sink, StateWrite, SystemClock, Timestamp, Version, async_trait,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
-use crate::{DUPLICATES, EXPIRED};
+use crate::{APPLIED, DUPLICATES, EXPIRED};
 
 /// The key a consumer deduplicates on, and the one to pass to an outside
 /// system (an HTTP `Idempotency-Key` header, a payment provider's key) so
@@ -145,6 +147,7 @@ impl Default for InboxConfig {
 pub struct Tx<'a> {
     store: &'a dyn DurableStore,
     key: IdempotencyKey,
+    trace: TraceParent,
     loaded: Option<(ActorId, Version)>,
     state: Option<StateWrite>,
     events: Vec<NewEvent>,
@@ -152,7 +155,11 @@ pub struct Tx<'a> {
 
 impl fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tx").field("key", &self.key).field("loaded", &self.loaded).finish_non_exhaustive()
+        f.debug_struct("Tx")
+            .field("key", &self.key)
+            .field("trace", &self.trace)
+            .field("loaded", &self.loaded)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,8 +200,19 @@ impl Tx<'_> {
     }
 
     /// Stages an event, committed (and so delivered) only with the mark.
-    pub fn emit(&mut self, event: NewEvent) {
+    /// It continues the handled event's trace: unless it has a
+    /// `traceparent` header of its own, it gets a child of
+    /// [`Tx::trace`].
+    pub fn emit(&mut self, mut event: NewEvent) {
+        self.trace.stamp(&mut event);
         self.events.push(event);
+    }
+
+    /// The trace context of this handling: a child of the handled event's
+    /// `traceparent` (or a new trace, if it has none or a malformed one).
+    /// It is also [current](TraceParent::current) while the handler runs.
+    pub fn trace(&self) -> TraceParent {
+        self.trace
     }
 }
 
@@ -232,14 +250,21 @@ impl<H> fmt::Debug for Consumer<H> {
 }
 
 /// Wraps `handler` so that an event whose (origin, id) consumer `consumer`
-/// has already processed is dropped, counted (`outbox.consumer.duplicates`)
+/// has already processed is dropped, counted ([`DUPLICATES`](crate::DUPLICATES))
 /// and acknowledged, and every other event's effects commit atomically with
 /// its inbox mark in `store`.
+///
+/// Describes the consumer's metrics and registers its counters at 0
+/// (labelled `consumer`).
 pub fn once_per_event<H: Handler>(
     store: Arc<dyn DurableStore>,
     consumer: ConsumerId,
     handler: H,
 ) -> Consumer<H> {
+    crate::describe_metrics();
+    for name in [APPLIED, DUPLICATES, EXPIRED] {
+        metrics::counter!(name, "consumer" => consumer.to_string()).increment(0);
+    }
     Consumer {
         store,
         id: consumer,
@@ -290,7 +315,50 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Handles one delivery of `event`, exactly once in effect.
+    ///
+    /// It runs in an `outbox.consume` span (debug level) that continues the
+    /// event's trace: `trace_id` is the one in the event's `traceparent`
+    /// header (a new trace if it has none or a malformed one), `span_id`
+    /// this handling's own, `parent_id` the event's. That context is
+    /// [current](TraceParent::current) while the handler runs, and the
+    /// events it emits carry a child of it.
     pub async fn deliver(&self, event: &Envelope) -> Result<Delivery, HandlerError> {
+        let parent = event.trace_parent();
+        let trace = parent.map_or_else(TraceParent::new_trace, |p| p.child());
+        let span = tracing::debug_span!(target: "outbox", "outbox.consume",
+            consumer = %self.id,
+            event_id = %event.id,
+            event_type = %event.event_type,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_id = tracing::field::Empty,
+            delivery = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            span.record("trace_id", trace.trace_id_hex().as_str());
+            span.record("span_id", trace.span_id_hex().as_str());
+            if let Some(p) = parent {
+                span.record("parent_id", p.span_id_hex().as_str());
+            }
+        }
+        let result = trace.scope(self.deliver_in_trace(event, trace)).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record(
+                "delivery",
+                match &result {
+                    Ok(Delivery::Applied) => "applied",
+                    Ok(Delivery::Duplicate) => "duplicate",
+                    Ok(Delivery::Expired) => "expired",
+                    Err(HandlerError::Retriable(_)) => "retriable",
+                    Err(HandlerError::NonRetriable(_)) => "non_retriable",
+                    Err(HandlerError::Store(_)) => "store_error",
+                },
+            );
+        }
+        result
+    }
+
+    async fn deliver_in_trace(&self, event: &Envelope, trace: TraceParent) -> Result<Delivery, HandlerError> {
         if self.store.is_processed(&self.id, &event.origin, event.id).await? {
             return Ok(self.duplicate(event));
         }
@@ -306,14 +374,23 @@ impl<H: Handler> Consumer<H> {
         let key = IdempotencyKey { origin: event.origin.clone(), id: event.id };
         let mut attempt = 0;
         loop {
-            let mut tx =
-                Tx { store: &*self.store, key: key.clone(), loaded: None, state: None, events: Vec::new() };
+            let mut tx = Tx {
+                store: &*self.store,
+                key: key.clone(),
+                trace,
+                loaded: None,
+                state: None,
+                events: Vec::new(),
+            };
             self.handler.handle(event, &mut tx).await?;
             let mark =
                 InboxMark { consumer: self.id.clone(), origin: event.origin.clone(), event_id: event.id };
             let commit = Commit { state: tx.state, events: tx.events, inbox: vec![mark] };
             match self.store.put_state_and_events(commit).await {
-                Ok(_) => return Ok(Delivery::Applied),
+                Ok(_) => {
+                    metrics::counter!(APPLIED, "consumer" => self.id.to_string()).increment(1);
+                    return Ok(Delivery::Applied);
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyProcessed => return Ok(self.duplicate(event)),
                 Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.cfg.max_conflict_retries => {
                     attempt += 1
@@ -372,5 +449,11 @@ impl<H: Handler> Sink for Consumer<H> {
             });
         }
         out
+    }
+
+    /// `"consumer"`: the `sink` label of a forwarder delivering to it (the
+    /// consumer's own metrics carry its id in their `consumer` label).
+    fn name(&self) -> &str {
+        "consumer"
     }
 }

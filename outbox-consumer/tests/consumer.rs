@@ -92,9 +92,44 @@ async fn duplicates_are_applied_once() {
     assert_eq!((l.total, l.applied), (15, 5));
     assert_eq!(l.per_key["k"], vec![1, 2, 3, 4, 5]);
     assert_eq!(store.stats().await.unwrap().pending, 5, "one receipt per applied event");
-    let dups =
-        snap.snapshot().into_vec().into_iter().find(|(k, ..)| k.key().name() == "outbox.consumer.duplicates");
-    assert!(matches!(dups, Some((_, _, _, DebugValue::Counter(7)))), "{dups:?}");
+    // A snapshot drains the counters: one for all.
+    let values = snap.snapshot().into_vec();
+    let counter = |name: &str| values.iter().find(|(k, ..)| k.key().name() == name).map(|(.., v)| v);
+    let dups = counter(outbox_consumer::DUPLICATES);
+    assert!(matches!(dups, Some(DebugValue::Counter(7))), "{dups:?}");
+    let applied = counter(outbox_consumer::APPLIED);
+    assert!(matches!(applied, Some(DebugValue::Counter(5))), "{applied:?}");
+    let expired = counter(outbox_consumer::EXPIRED);
+    assert!(matches!(expired, Some(DebugValue::Counter(0))), "present at 0: {expired:?}");
+}
+
+/// Claims what `store` has pending (the events a consumer emitted).
+async fn pending_events(store: &Arc<dyn DurableStore>) -> Vec<Envelope> {
+    let grant = store.acquire_leadership("test", Duration::from_secs(10)).await.unwrap().unwrap();
+    store.claim(&grant, outbox_core::ClaimRequest::new(100, Duration::from_secs(10))).await.unwrap()
+}
+
+#[tokio::test]
+async fn emitted_events_continue_the_handled_events_trace() {
+    use outbox_core::event::{TRACEPARENT, TraceParent};
+    let store: Arc<dyn DurableStore> = Arc::new(MemoryStore::new());
+    let me = ActorId::new("ledger-state").unwrap();
+    let c = once_per_event(store.clone(), consumer_id(), Accumulate { me: me.clone(), yield_inside: true });
+    let parent = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let mut traced = envelope("k", 1);
+    traced.headers.insert(TRACEPARENT.into(), parent.to_string());
+    let mut malformed = envelope("k", 2);
+    malformed.headers.insert(TRACEPARENT.into(), "00-not-a-trace-01".into());
+    assert_eq!(c.deliver(&traced).await.unwrap(), Delivery::Applied);
+    assert_eq!(c.deliver(&malformed).await.unwrap(), Delivery::Applied);
+    let receipts = pending_events(&store).await;
+    assert_eq!(receipts.len(), 2);
+    let first = receipts[0].trace_parent().expect("a receipt carries a traceparent");
+    assert_eq!(first.trace_id(), parent.trace_id(), "the same trace as the handled event");
+    assert_ne!(first.span_id(), parent.span_id(), "a span of its own");
+    let second = receipts[1].trace_parent().expect("a receipt carries a traceparent");
+    assert_ne!(second.trace_id(), parent.trace_id(), "a malformed header: a new trace");
+    assert_eq!(TraceParent::current(), None, "set only while the handler runs");
 }
 
 #[tokio::test]

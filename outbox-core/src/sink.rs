@@ -46,6 +46,15 @@ impl Outcome {
 pub trait Sink: MaybeSendSync + fmt::Debug {
     /// Delivers `batch`; one outcome per event, in order.
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome>;
+
+    /// A short, fixed name for this kind of sink (`"bus"`, `"nats"`,
+    /// `"webhook"`): the `sink` label of the forwarder's metrics and a
+    /// field of its spans. Keep it one constant per sink, never per event
+    /// or per destination: each distinct value is a time series of its
+    /// own. Defaults to `"sink"`.
+    fn name(&self) -> &str {
+        "sink"
+    }
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
@@ -53,5 +62,9 @@ pub trait Sink: MaybeSendSync + fmt::Debug {
 impl<S: Sink + ?Sized> Sink for Arc<S> {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         (**self).publish(batch).await
+    }
+
+    fn name(&self) -> &str {
+        (**self).name()
     }
 }

@@ -99,6 +99,10 @@ pub struct BusSink {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl Sink for BusSink {
+    fn name(&self) -> &str {
+        "bus"
+    }
+
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         let targets: Vec<(Topic, mpsc::Sender<Envelope>)> =
             lock(&self.bus.subscribers).iter().map(|s| (s.topic.clone(), s.tx.clone())).collect();
@@ -170,6 +174,10 @@ impl ChannelSink {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl Sink for ChannelSink {
+    fn name(&self) -> &str {
+        "channel"
+    }
+
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         lock(&self.calls).push(batch.len());
         let script = lock(&self.script);

@@ -14,9 +14,11 @@ use tokio::sync::Notify;
 #[cfg(not(target_arch = "wasm32"))]
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::config::{DeadLetterPolicy, ForwarderConfig};
+#[cfg(feature = "metrics")]
 use crate::metrics as m;
 use crate::mono;
 use crate::obs;
@@ -179,8 +181,11 @@ impl ForwarderHandle {
 }
 
 impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
-    /// A forwarder from `store` to `sink`.
+    /// A forwarder from `store` to `sink`. Describes the
+    /// [metrics](crate::metrics) and registers its counters at 0 (labelled
+    /// with the sink's [`Sink::name`]).
     pub fn new(store: Arc<S>, sink: Arc<dyn Sink>, cfg: ForwarderConfig) -> Self {
+        obs::start(sink.name());
         Forwarder {
             store,
             sink,
@@ -301,12 +306,34 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         Ok(self.cycle(None, false).await?.0)
     }
 
+    /// [`Forwarder::cycle_inner`] in an `outbox.cycle` span that records
+    /// what the cycle did.
+    async fn cycle(
+        &mut self,
+        prefetched: Option<Prefetched>,
+        prefetch: bool,
+    ) -> Result<(CycleReport, Option<Prefetched>)> {
+        let span = obs::cycle_span(self.sink.name());
+        let result = self.cycle_inner(prefetched, prefetch).instrument(span.clone()).await;
+        if let Ok((r, _)) = &result
+            && !span.is_disabled()
+        {
+            span.record("leader", r.leader);
+            span.record("claimed", r.claimed);
+            span.record("delivered", r.delivered);
+            span.record("retried", r.retried);
+            span.record("dead_lettered", r.dead_lettered);
+            span.record("released", r.released);
+        }
+        result
+    }
+
     /// [`Forwarder::run_once`], starting from a batch claimed during the
     /// previous cycle, and (with `prefetch`) claiming the next batch while
     /// this one is delivered. A prefetched batch that cannot be used (the
     /// grant changed, the circuit is not closed, delivery failed) is
     /// handed back.
-    async fn cycle(
+    async fn cycle_inner(
         &mut self,
         prefetched: Option<Prefetched>,
         prefetch: bool,
@@ -413,7 +440,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                 Err(e) if e.kind() == ErrorKind::Fenced => return Ok((self.fenced(report), None)),
                 Err(e) => return Err(e),
             }
-            obs::histogram(m::FLUSH_MS, started.elapsed().as_secs_f64() * 1e3);
+            obs::flush(self.sink.name(), started.elapsed().as_secs_f64());
         }
         report.circuit = self.breaker.state();
         if let Err(e) = self.housekeeping(now).await {
@@ -467,12 +494,13 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         // leased to us until then, and a crash before the write only means
         // a redelivery (which the idempotency key absorbs).
         let mut acks: Vec<EventId> = Vec::new();
-        let rounds = self.rounds(grant, batch, &mut acks, report).await;
+        let mut acked_types = obs::TypeCounts::default();
+        let rounds = self.rounds(grant, batch, &mut acks, &mut acked_types, report).await;
         if !acks.is_empty() {
             match self.store.ack(grant, &acks).await {
                 Ok(()) => {
                     report.delivered += acks.len();
-                    obs::counter(m::DELIVERED, acks.len() as u64);
+                    obs::delivered(self.sink.name(), &acked_types);
                 }
                 // The rounds' own error, if any, is the one to report.
                 Err(e) => return rounds.and(Err(e)),
@@ -482,12 +510,15 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
     }
 
     /// The rounds of [`Forwarder::deliver`]: what the sink took goes to
-    /// `acks`; failures are settled as they come.
+    /// `acks` (and its type to `acked_types`); failures are settled as they
+    /// come. Each event's publish has an `outbox.publish` span; when a
+    /// round holds one event, the sink runs inside it.
     async fn rounds(
         &mut self,
         grant: &LeaderGrant,
         batch: Vec<Envelope>,
         acks: &mut Vec<EventId>,
+        acked_types: &mut obs::TypeCounts,
         report: &mut CycleReport,
     ) -> Result<()> {
         let mut sched: KeyScheduler<OrderingKey, Envelope> = KeyScheduler::new(self.cfg.max_concurrency);
@@ -521,8 +552,17 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             if round.is_empty() {
                 break;
             }
+            let spans: Vec<tracing::Span> = if tracing::level_enabled!(tracing::Level::DEBUG) {
+                round.iter().map(|e| obs::publish_span(self.sink.name(), e)).collect()
+            } else {
+                Vec::new()
+            };
             let t0 = mono::Instant::now();
-            let mut outcomes = self.sink.publish(&round).await;
+            let publish = self.sink.publish(&round);
+            let mut outcomes = match spans.as_slice() {
+                [one] => publish.instrument(one.clone()).await,
+                _ => publish.await,
+            };
             let slow = t0.elapsed() > self.cfg.breaker.slow_call;
             outcomes.truncate(round.len());
             while outcomes.len() < round.len() {
@@ -530,10 +570,14 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             }
             let now = self.cfg.clock.now();
             let mut release: Vec<Envelope> = Vec::new();
-            for (e, outcome) in round.iter().zip(outcomes) {
+            for (i, (e, outcome)) in round.iter().zip(outcomes).enumerate() {
+                if let Some(span) = spans.get(i) {
+                    span.record("outcome", outcome_name(&outcome));
+                }
                 match outcome {
                     Outcome::Ok => {
                         acks.push(e.id);
+                        acked_types.add(&e.event_type);
                         sched.complete(&e.key);
                         if !slow {
                             self.breaker.on_success();
@@ -581,7 +625,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         release: &mut Vec<Envelope>,
         report: &mut CycleReport,
     ) -> Result<()> {
-        obs::counter(m::FAILED, 1);
+        obs::failed(self.sink.name(), &e.event_type);
         self.breaker.on_failure(now);
         // While the circuit is open, or the platform says it is offline,
         // the sink is down, not this event: the attempt does not count.
@@ -632,7 +676,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         if let Some(cb) = &self.cfg.on_error {
             cb(Some(e), &outbox_core::Error::DeadLettered { id: e.id, reason: msg.to_owned() });
         }
-        obs::counter(m::DEAD_LETTERED, 1);
+        obs::dead_lettered(self.sink.name(), &e.event_type);
         match self.cfg.dead_letters {
             DeadLetterPolicy::Park => release.extend(sched.park(&e.key)),
             DeadLetterPolicy::Skip => sched.complete(&e.key),
@@ -663,7 +707,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
     /// of the forwarder's time.
     #[cfg(feature = "metrics")]
     async fn gauges(&mut self, now: Timestamp) -> Result<()> {
-        obs::gauge(m::CIRCUIT_OPEN, if self.breaker.is_open() { 1.0 } else { 0.0 });
+        obs::circuit(self.sink.name(), self.breaker.is_open());
         obs::gauge(m::DURABLE, if self.store.capabilities().durable { 1.0 } else { 0.0 });
         let every = self.cfg.stats_every.max(self.stats_cost * 50);
         if self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
@@ -674,14 +718,19 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             obs::gauge(m::PENDING, s.pending as f64);
             let lag = s.oldest_pending_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
             obs::gauge(m::LAG_SECONDS, lag);
-            let blocked = if self.cfg.dead_letters == DeadLetterPolicy::Park && s.dead > 0 {
-                let dead = self.store.list_dead(10_000).await?;
-                dead.iter().map(|e| &e.key).collect::<HashSet<_>>().len()
-            } else {
-                0
-            };
+            let blocked = if self.cfg.dead_letters == DeadLetterPolicy::Park { s.parked_keys } else { 0 };
             obs::gauge(m::BLOCKED_KEYS, blocked as f64);
         }
         Ok(())
+    }
+}
+
+/// The `outcome` field of a publish span.
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Ok => "ok",
+        Outcome::Retriable(_) => "retriable",
+        Outcome::NonRetriable(_) => "non_retriable",
+        Outcome::RetryAfter(..) => "retry_after",
     }
 }

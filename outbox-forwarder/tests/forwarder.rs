@@ -334,7 +334,7 @@ async fn transient_failures_never_dead_letter_by_default() {
 
 #[tokio::test]
 async fn attempts_while_the_circuit_is_open_or_offline_do_not_count() {
-    let mut rig = Rig::new();
+    let rig = Rig::new();
     rig.commit(4, 1).await;
     rig.sink.script(|_| Outcome::Retriable("down".into()));
     let breaker = BreakerConfig {
@@ -357,7 +357,7 @@ async fn attempts_while_the_circuit_is_open_or_offline_do_not_count() {
     assert!(attempts <= 2, "only the failures before the circuit opened count: {attempts}");
 
     // Offline: a closed circuit's failures do not count either.
-    let mut rig = Rig::new();
+    let rig = Rig::new();
     rig.commit(1, 1).await;
     rig.sink.script(|_| Outcome::Retriable("offline".into()));
     let never_opens = BreakerConfig { failure_threshold: 1_000_000, ..BreakerConfig::default() };
@@ -533,30 +533,53 @@ async fn metrics_are_reported() {
         f.run_once().await.unwrap();
         rig.clock.advance(Duration::from_millis(10));
     }
-    let values: HashMap<String, DebugValue> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(k, _, _, v)| (k.key().name().to_owned(), v))
-        .collect();
-    let counter = |n: &str| match values.get(n) {
-        Some(DebugValue::Counter(c)) => *c,
+    // Series by name (a counter has one per label set: `sink` alone, at
+    // 0 from the start, and `sink` + `event_type`).
+    type Labels = Vec<(String, String)>;
+    let mut values: HashMap<String, Vec<(Labels, DebugValue)>> = HashMap::new();
+    for (k, _, _, v) in snapshotter.snapshot().into_vec() {
+        let labels = k.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+        values.entry(k.key().name().to_owned()).or_default().push((labels, v));
+    }
+    let series = |n: &str| values.get(n).unwrap_or_else(|| panic!("{n} not reported"));
+    let counter = |n: &str| -> u64 {
+        series(n)
+            .iter()
+            .map(|(_, v)| match v {
+                DebugValue::Counter(c) => *c,
+                other => panic!("{n}: {other:?}"),
+            })
+            .sum()
+    };
+    let gauge = |n: &str| match series(n).as_slice() {
+        [(_, DebugValue::Gauge(g))] => g.into_inner(),
         other => panic!("{n}: {other:?}"),
     };
-    let gauge = |n: &str| match values.get(n) {
-        Some(DebugValue::Gauge(g)) => g.into_inner(),
-        other => panic!("{n}: {other:?}"),
-    };
-    assert_eq!(counter("outbox.delivered"), 4, "k1 and k2");
-    assert_eq!(counter("outbox.failed"), 2, "k0's head, twice");
-    assert_eq!(counter("outbox.dead_lettered"), 1);
+    let label = |l: &[(String, String)], k: &str| l.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(counter("outbox.delivered.total"), 4, "k1 and k2");
+    assert_eq!(counter("outbox.failed.total"), 2, "k0's head, twice");
+    assert_eq!(counter("outbox.dead_lettered.total"), 1);
+    for name in outbox_forwarder::metrics::COUNTERS {
+        let s = series(name);
+        assert!(
+            s.iter().any(|(l, v)| l.len() == 1 && label(l, "sink").is_some() && *v == DebugValue::Counter(0)),
+            "{name} registered at 0 with its sink label: {s:?}"
+        );
+        assert!(
+            s.iter().any(|(l, _)| label(l, "event_type").as_deref() == Some("T")),
+            "{name} labelled with the event type: {s:?}"
+        );
+    }
     assert_eq!(gauge("outbox.pending"), 1.0, "k0's second event, parked");
     assert_eq!(gauge("outbox.blocked_keys"), 1.0);
     assert_eq!(gauge("outbox.durable"), 0.0, "memory store");
     assert_eq!(gauge("outbox.circuit_open"), 0.0);
     let lag = gauge("outbox.lag.seconds");
     assert!((0.03..1.0).contains(&lag), "lag of the parked event: {lag}");
-    assert!(matches!(values.get("outbox.flush.ms"), Some(DebugValue::Histogram(h)) if !h.is_empty()));
+    assert!(
+        matches!(series("outbox.flush.seconds").as_slice(), [(_, DebugValue::Histogram(h))] if !h.is_empty()),
+        "the flush duration, in seconds"
+    );
     assert_eq!(committed.len(), 6);
 }
 

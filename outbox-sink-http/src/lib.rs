@@ -295,6 +295,10 @@ fn now() -> outbox_core::Timestamp {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl Sink for HttpSink {
+    fn name(&self) -> &str {
+        "http"
+    }
+
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         if batch.is_empty() {
             return Vec::new();

@@ -267,6 +267,10 @@ fn connect_error(e: async_nats::ConnectError) -> Error {
 
 #[async_trait]
 impl Sink for NatsSink {
+    fn name(&self) -> &str {
+        "nats"
+    }
+
     async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(self.max_in_flight) {

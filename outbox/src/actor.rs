@@ -4,10 +4,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use outbox_core::event::TraceParent;
 use outbox_core::{ActorId, Commit, Error, ErrorKind, MaybeSendSync, NewEvent, Version, async_trait};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::runtime::Outbox;
 
@@ -166,10 +168,14 @@ impl<E: std::error::Error + 'static> ActorError<E> {
 
 type Reply<A> = oneshot::Sender<Result<Version, ActorError<<A as Actor>::Error>>>;
 
+/// A message in an actor's mailbox: the message, the trace context it is
+/// handled in, and where the result goes.
+type Mail<A> = (<A as Actor>::Message, TraceParent, Reply<A>);
+
 /// A handle to a running actor: send it messages, watch its state.
 pub struct ActorRef<A: Actor> {
     id: ActorId,
-    tx: mpsc::Sender<(A::Message, Reply<A>)>,
+    tx: mpsc::Sender<Mail<A>>,
     state: watch::Receiver<Arc<A::State>>,
 }
 
@@ -193,9 +199,15 @@ impl<A: Actor> ActorRef<A> {
 
     /// Sends `message` and waits until it is committed (the new version)
     /// or discarded.
+    ///
+    /// The message is handled in the trace current here
+    /// ([`trace::current`](crate::trace::current)), or in a new trace if
+    /// there is none; the events it emits carry it in their `traceparent`
+    /// header (see [`trace`](crate::trace)).
     pub async fn send(&self, message: A::Message) -> Result<Version, ActorError<A::Error>> {
+        let trace = TraceParent::current().map_or_else(TraceParent::new_trace, |t| t.child());
         let (reply, rx) = oneshot::channel();
-        self.tx.send((message, reply)).await.map_err(|_| ActorError::Stopped)?;
+        self.tx.send((message, trace, reply)).await.map_err(|_| ActorError::Stopped)?;
         rx.await.map_err(|_| ActorError::Stopped)?
     }
 
@@ -221,9 +233,21 @@ struct Running<A: Actor> {
 }
 
 impl<A: Actor> Running<A> {
-    async fn run(mut self, mut rx: mpsc::Receiver<(A::Message, Reply<A>)>) {
-        while let Some((message, reply)) = rx.recv().await {
-            let result = self.handle(message).await;
+    /// Handles each message in the trace it was sent in (current while the
+    /// handler runs and when the events are committed, which stamps them),
+    /// inside an `outbox.handle` span.
+    async fn run(mut self, mut rx: mpsc::Receiver<Mail<A>>) {
+        while let Some((message, trace, reply)) = rx.recv().await {
+            let span = tracing::debug_span!(target: "outbox", "outbox.handle",
+                actor = %self.id,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                span.record("trace_id", trace.trace_id_hex().as_str());
+                span.record("span_id", trace.span_id_hex().as_str());
+            }
+            let result = trace.scope(self.handle(message)).instrument(span).await;
             let _ = reply.send(result);
         }
     }
@@ -270,7 +294,7 @@ impl Outbox {
     /// many actors run concurrently.
     pub async fn spawn_actor<A: Actor>(&self, id: ActorId, actor: A) -> Result<ActorRef<A>, Error> {
         let (state, version) = load::<A>(self, &id).await?;
-        let (tx, rx) = mpsc::channel::<(A::Message, Reply<A>)>(64);
+        let (tx, rx) = mpsc::channel::<Mail<A>>(64);
         let (state_tx, state_rx) = watch::channel(Arc::new(state));
         let running = Running { outbox: self.clone(), id: id.clone(), actor, version, state: state_tx };
         tokio::spawn(running.run(rx));

@@ -259,6 +259,7 @@ impl InspectStore for FallbackStore {
             delivered: a.delivered + b.delivered,
             discarded: a.discarded + b.discarded,
             oldest_pending_at: oldest,
+            parked_keys: a.parked_keys + b.parked_keys,
         })
     }
     async fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {

@@ -4,6 +4,7 @@ mod actor;
 mod config;
 mod fallback;
 mod runtime;
+pub mod trace;
 
 pub use actor::{Actor, ActorError, ActorRef, Context};
 pub use config::{Durability, OutboxConfig, StoreChoice};

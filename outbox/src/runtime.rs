@@ -145,6 +145,7 @@ fn open_sqlite(path: &std::path::Path, clock: &SharedClock) -> Result<Arc<dyn Du
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
     let OutboxConfig { durability, store: store_choice, forwarder: fwd, app_name, conflict_retries, .. } =
         config;
+    outbox_forwarder::metrics::describe();
     let clock = fwd.clock.clone();
     let (store, fallback): (Arc<dyn DurableStore>, Option<Arc<FallbackStore>>) = match durability {
         Durability::Off => {
@@ -213,10 +214,14 @@ impl Outbox {
     /// Commits state + events (+ inbox marks) atomically, then wakes the
     /// forwarder. With [`Durability::Off`] the events are published to the
     /// sink right after the commit instead.
-    pub async fn commit(&self, commit: Commit) -> Result<CommitReceipt> {
+    ///
+    /// Each event without a `traceparent` header gets one: a child of the
+    /// [current trace](crate::trace::current), or of a new trace started
+    /// for this commit (see [`trace`](crate::trace)).
+    pub async fn commit(&self, mut commit: Commit) -> Result<CommitReceipt> {
+        crate::trace::stamp(&mut commit.events);
         if self.inner.durability == Durability::Off {
             // Nothing is kept of the events: they go to the sink now.
-            let mut commit = commit;
             commit.validate(&self.inner.store.capabilities().limits)?;
             let events = std::mem::take(&mut commit.events);
             let receipt = self.inner.store.put_state_and_events(commit).await?;

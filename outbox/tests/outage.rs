@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox::prelude::*;
 use outbox::{
     Actor, ActorId, Context, Envelope, EventId, OutboxConfig, Outcome, SharedClock, Sink, StoreChoice,
     Timestamp, async_trait, configure_outbox,
