@@ -8,7 +8,9 @@
 #   - outbox-sink-http: the HTTP sink's `fetch` transport, in a page and in
 #     a dedicated worker (tests/browser.rs, tests/worker.rs), against the
 #     native test server (its examples/http-sink-test-server.rs), started
-#     here and found by the tests through OUTBOX_HTTP_TEST_URL.
+#     here and found by the tests through OUTBOX_HTTP_TEST_URL;
+#   - outbox: the facade on wasm32 (tests/browser.rs): actors, IndexedDB,
+#     the tab forwarder, listeners in the page, the HTTP sink.
 # Installs what it needs.
 # Usage: scripts/test-browser.sh   (prints "browser tests: P passed, F failed")
 set -euo pipefail
@@ -19,9 +21,11 @@ provision_browsers
 
 # The wasm32 lints and docs (native clippy does not see this code).
 cargo clippy --locked -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --target wasm32-unknown-unknown --all-targets -- -D warnings
+cargo clippy --locked -p outbox --target wasm32-unknown-unknown --lib --test browser -- -D warnings
+cargo clippy --locked -p outbox-consumer --target wasm32-unknown-unknown --lib -- -D warnings
 cargo clippy --locked -p outbox-core -p outbox-testkit -p outbox-size-app -p outbox-size-commit -p outbox-size-raw-commit \
     --target wasm32-unknown-unknown --lib -- -D warnings
-RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --no-deps --target wasm32-unknown-unknown
+RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --no-deps --target wasm32-unknown-unknown
 
 # The HTTP sink's test server: built natively, run on a free port on
 # 127.0.0.1 for the whole run, stopped on exit. The browser tests read its
@@ -47,6 +51,7 @@ suites=(
     "outbox-store-idb|30|-p outbox-store-idb"
     "outbox-forwarder|3|-p outbox-forwarder --test browser"
     "outbox-sink-http|11|-p outbox-sink-http --test browser"
+    "outbox|6|-p outbox --test browser"
     "outbox-sink-http-worker|3|-p outbox-sink-http --test worker"
 )
 

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use outbox_core::event::TraceParent;
 use outbox_core::{
-    ActorId, Commit, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, InboxMark, NewEvent,
-    Outcome, RetryPolicy, SharedClock, Sink, StateWrite, SystemClock, Timestamp, Version, async_trait,
+    ActorId, Commit, ConsumerId, DurableStore, Envelope, Error, ErrorKind, EventId, InboxMark, MaybeSendSync,
+    NewEvent, Outcome, RetryPolicy, SharedClock, Sink, StateWrite, SystemClock, Timestamp, Version,
+    async_trait,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -224,8 +225,12 @@ impl Tx<'_> {
 /// mark commits, the event is redelivered and they happen again: at least
 /// once, with the same [`Tx::idempotency_key`] for the outside system to
 /// deduplicate on.
-#[async_trait]
-pub trait Handler: Send + Sync {
+///
+/// Implement it with `#[async_trait]` natively and `#[async_trait(?Send)]`
+/// on wasm32 (where nothing needs to be `Send`).
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Handler: MaybeSendSync {
     /// Handles `event`, staging state and events in `tx`.
     async fn handle(&self, event: &Envelope, tx: &mut Tx<'_>) -> Result<(), HandlerError>;
 }
@@ -429,7 +434,8 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl<H: Handler> Sink for Consumer<H> {
     /// Delivers the batch one event at a time (the consumer's state is one
     /// actor): applied and duplicate events are `Ok`, expired ones

@@ -110,8 +110,10 @@ impl Context {
 /// }
 /// ```
 ///
-/// On `wasm32` the trait takes `#[async_trait(?Send)]` and needs no `Send`
-/// bounds: actors run on the page's event loop.
+/// [`outbox::async_trait`](crate::async_trait) is `async_trait` with the
+/// target's `Send`-ness, so the same `impl` compiles natively (futures are
+/// `Send`; actors run on the Tokio runtime) and on `wasm32` (nothing needs
+/// to be `Send`; actors run on the page's event loop).
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Actor: MaybeSendSync + 'static {
@@ -297,7 +299,10 @@ impl Outbox {
         let (tx, rx) = mpsc::channel::<Mail<A>>(64);
         let (state_tx, state_rx) = watch::channel(Arc::new(state));
         let running = Running { outbox: self.clone(), id: id.clone(), actor, version, state: state_tx };
+        #[cfg(not(target_arch = "wasm32"))]
         tokio::spawn(running.run(rx));
+        #[cfg(target_arch = "wasm32")]
+        wasm_bindgen_futures::spawn_local(running.run(rx));
         Ok(ActorRef { id, tx, state: state_rx })
     }
 }

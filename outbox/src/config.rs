@@ -5,7 +5,7 @@
 //! and the store uses the same clock.
 
 use std::fmt;
-#[cfg(any(feature = "sqlite", feature = "sled"))]
+#[cfg(any(store_sqlite, store_sled))]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,12 @@ use outbox_forwarder::ForwarderConfig;
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[non_exhaustive]
 pub enum Durability {
-    /// The store named by [`StoreChoice`]; for [`StoreChoice::Auto`], a
-    /// SQLite file in the platform's data directory
-    /// ([`default_sqlite_path`](crate::default_sqlite_path)) with the
-    /// `sqlite` feature (the default), and the in-memory store with a
+    /// The store named by [`StoreChoice`]; for [`StoreChoice::Auto`],
+    /// natively a SQLite file in the platform's data directory
+    /// (`default_sqlite_path`) with the `sqlite` feature, in a browser
+    /// (wasm32) the IndexedDB database named after the app
+    /// (`OutboxConfig::app_name`, default `"outbox"`) with the `idb`
+    /// feature (both default features), and the in-memory store with a
     /// warning when no durable store is compiled in.
     #[default]
     Auto,
@@ -32,9 +34,10 @@ pub enum Durability {
     Off,
 }
 
-/// Which store to use. A variant exists only when its feature is on
-/// (`sqlite`, `sled`, `postgres`), so naming a store that is not compiled
-/// in fails to compile rather than at run time.
+/// Which store to use. A variant exists only when its feature is on and
+/// the target runs it (`sqlite`, `sled`, `postgres` natively; `idb` on
+/// wasm32), so naming a store that is not compiled in fails to compile
+/// rather than at run time.
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum StoreChoice {
@@ -42,16 +45,20 @@ pub enum StoreChoice {
     #[default]
     Auto,
     /// A SQLite file (feature `sqlite`).
-    #[cfg(feature = "sqlite")]
+    #[cfg(store_sqlite)]
     Sqlite(PathBuf),
     /// A sled database directory (feature `sled`).
-    #[cfg(feature = "sled")]
+    #[cfg(store_sled)]
     Sled(PathBuf),
     /// A PostgreSQL database, by connection URL (feature `postgres`), with
     /// the store's default options (tables in the `public` schema); for
     /// other options open a `PostgresStore` and pass it as `Custom`.
-    #[cfg(feature = "postgres")]
+    #[cfg(store_postgres)]
     Postgres(String),
+    /// An IndexedDB database of this name (feature `idb`, wasm32): one per
+    /// application and origin; every tab of the origin shares it.
+    #[cfg(store_idb)]
+    IndexedDb(String),
     /// The in-memory store.
     Memory,
     /// A store of your own.
@@ -62,13 +69,15 @@ impl fmt::Debug for StoreChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreChoice::Auto => f.write_str("Auto"),
-            #[cfg(feature = "sqlite")]
+            #[cfg(store_sqlite)]
             StoreChoice::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
-            #[cfg(feature = "sled")]
+            #[cfg(store_sled)]
             StoreChoice::Sled(p) => f.debug_tuple("Sled").field(p).finish(),
             // The URL may carry a password: show only that it is set.
-            #[cfg(feature = "postgres")]
+            #[cfg(store_postgres)]
             StoreChoice::Postgres(_) => f.write_str("Postgres(..)"),
+            #[cfg(store_idb)]
+            StoreChoice::IndexedDb(name) => f.debug_tuple("IndexedDb").field(name).finish(),
             StoreChoice::Memory => f.write_str("Memory"),
             StoreChoice::Custom(s) => f.debug_tuple("Custom").field(s).finish(),
         }
@@ -98,8 +107,10 @@ pub struct OutboxConfig {
     /// The forwarder's settings (flush interval, error callback, clock,
     /// retries, ...).
     pub forwarder: ForwarderConfig,
-    /// The application's name: where [`StoreChoice::Auto`] keeps its file
-    /// (`<data dir>/<app name>/outbox.db`). `None`: the executable's name.
+    /// The application's name: where [`StoreChoice::Auto`] keeps its data
+    /// (natively `<data dir>/<app name>/outbox.db`, `None` meaning the
+    /// executable's name; in a browser the IndexedDB database of that
+    /// name, `None` meaning `"outbox"`).
     pub app_name: Option<String>,
     /// How many times an actor handles a message again after a version
     /// conflict (another writer committed the actor in between) before

@@ -13,7 +13,10 @@ use outbox_core::{
 };
 use outbox_store_memory::MemoryStore;
 
+#[cfg(not(target_arch = "wasm32"))]
 type OnFallback = Box<dyn Fn(&Error) + Send + Sync>;
+#[cfg(target_arch = "wasm32")]
+type OnFallback = Box<dyn Fn(&Error)>;
 
 /// A durable store with an in-memory overflow.
 ///
@@ -123,7 +126,8 @@ impl FallbackStore {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl StateStore for FallbackStore {
     async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
         if !self.is_fallen() {
@@ -155,7 +159,8 @@ impl StateStore for FallbackStore {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl LeaderStore for FallbackStore {
     async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
         self.primary.acquire_leadership(holder, ttl).await
@@ -168,7 +173,8 @@ impl LeaderStore for FallbackStore {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl DeliveryStore for FallbackStore {
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
         let got = self.primary.claim(grant, request).await?;
@@ -240,7 +246,8 @@ impl DeliveryStore for FallbackStore {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl InspectStore for FallbackStore {
     async fn stats(&self) -> Result<StoreStats> {
         let a = self.primary.stats().await?;
@@ -291,7 +298,8 @@ impl InspectStore for FallbackStore {
     }
 }
 
-#[async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl InboxStore for FallbackStore {
     async fn is_processed(&self, consumer: &ConsumerId, origin: &ActorId, id: EventId) -> Result<bool> {
         Ok(self.primary.is_processed(consumer, origin, id).await?

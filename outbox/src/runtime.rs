@@ -7,7 +7,9 @@ use outbox_core::{
     Commit, CommitReceipt, DurableStore, Envelope, Error, EventId, Outcome, Result, SharedClock, Sink,
     SystemClock,
 };
-use outbox_forwarder::{ErrorCallback, Forwarder, ForwarderHandle, Wake};
+#[cfg(not(target_arch = "wasm32"))]
+use outbox_forwarder::Forwarder;
+use outbox_forwarder::{ErrorCallback, ForwarderConfig, Wake};
 use outbox_store_memory::MemoryStore;
 
 use crate::config::{Durability, OutboxConfig, StoreChoice};
@@ -22,6 +24,7 @@ static OFF_WARNING: Once = Once::new();
 /// (`$XDG_DATA_HOME` or `~/.local/share` on Linux and other Unix systems,
 /// `~/Library/Application Support` on macOS, `%LOCALAPPDATA%` on Windows).
 /// `None` when the platform names no data directory (no home directory).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn default_sqlite_path(app: Option<&str>) -> Option<std::path::PathBuf> {
     let app = match app {
         Some(a) => a.to_owned(),
@@ -33,6 +36,7 @@ pub fn default_sqlite_path(app: Option<&str>) -> Option<std::path::PathBuf> {
     Some(data_dir()?.join(app).join("outbox.db"))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn env_dir(var: &str) -> Option<std::path::PathBuf> {
     std::env::var_os(var).filter(|v| !v.is_empty()).map(std::path::PathBuf::from).filter(|p| p.is_absolute())
 }
@@ -47,16 +51,23 @@ fn data_dir() -> Option<std::path::PathBuf> {
     Some(env_dir("HOME")?.join("Library").join("Application Support"))
 }
 
-#[cfg(not(any(target_os = "windows", target_os = "macos")))]
+#[cfg(not(any(target_os = "windows", target_os = "macos", target_arch = "wasm32")))]
 fn data_dir() -> Option<std::path::PathBuf> {
     env_dir("XDG_DATA_HOME").or_else(|| Some(env_dir("HOME")?.join(".local").join("share")))
 }
+
+/// The running forwarder: a Tokio task natively; in a browser, the tab's
+/// bid for the origin's forwarder role (a Web Lock).
+#[cfg(not(target_arch = "wasm32"))]
+type ForwarderTask = outbox_forwarder::ForwarderHandle;
+#[cfg(target_arch = "wasm32")]
+type ForwarderTask = outbox_forwarder::browser::TabForwarder;
 
 struct Inner {
     store: Arc<dyn DurableStore>,
     conflict_retries: u32,
     fallback: Option<Arc<FallbackStore>>,
-    forwarder: Mutex<Option<ForwarderHandle>>,
+    forwarder: Mutex<Option<ForwarderTask>>,
     wake: Option<Wake>,
     sink: Arc<dyn Sink>,
     durability: Durability,
@@ -88,7 +99,7 @@ async fn open_durable(
     match choice {
         StoreChoice::Custom(s) => Ok(s.clone()),
         StoreChoice::Memory => Ok(Arc::new(MemoryStore::unannounced(clock.clone()))),
-        #[cfg(feature = "sqlite")]
+        #[cfg(store_sqlite)]
         StoreChoice::Auto => {
             let path = match default_sqlite_path(app) {
                 Some(p) => p,
@@ -105,32 +116,101 @@ async fn open_durable(
             tracing::info!(target: "outbox", path = %path.display(), "outbox: SQLite store");
             open_sqlite(&path, clock)
         }
-        #[cfg(not(feature = "sqlite"))]
-        StoreChoice::Auto => Ok(Arc::new(MemoryStore::unannounced(clock.clone()))),
-        #[cfg(feature = "sqlite")]
+        #[cfg(store_idb)]
+        StoreChoice::Auto => open_idb(app.unwrap_or("outbox"), clock).await,
+        #[cfg(not(any(store_sqlite, store_idb)))]
+        StoreChoice::Auto => {
+            let _ = app;
+            Ok(Arc::new(MemoryStore::unannounced(clock.clone())))
+        }
+        #[cfg(store_sqlite)]
         StoreChoice::Sqlite(path) => open_sqlite(path, clock),
-        #[cfg(feature = "sled")]
+        #[cfg(store_sled)]
         StoreChoice::Sled(path) => {
             Ok(Arc::new(outbox_store_sled::SledStore::options(path).clock(clock.clone()).open()?))
         }
-        #[cfg(feature = "postgres")]
+        #[cfg(store_postgres)]
         StoreChoice::Postgres(url) => Ok(Arc::new(
             outbox_store_postgres::PostgresStore::options(url.clone()).clock(clock.clone()).open().await?,
         )),
+        #[cfg(store_idb)]
+        StoreChoice::IndexedDb(name) => open_idb(name, clock).await,
     }
 }
 
-#[cfg(feature = "sqlite")]
+#[cfg(store_sqlite)]
 fn open_sqlite(path: &std::path::Path, clock: &SharedClock) -> Result<Arc<dyn DurableStore>> {
     Ok(Arc::new(outbox_store_sqlite::SqliteStore::options(path).clock(clock.clone()).open()?))
+}
+
+#[cfg(store_idb)]
+async fn open_idb(name: &str, clock: &SharedClock) -> Result<Arc<dyn DurableStore>> {
+    Ok(Arc::new(outbox_store_idb::IdbOptions::new(name).clock(clock.clone()).open().await?))
+}
+
+/// The IndexedDB database a choice opens (its name keys the tab lock and
+/// the commit channel), if any.
+#[allow(unused_variables)]
+fn database_name(choice: &StoreChoice, app: Option<&str>) -> Option<String> {
+    match choice {
+        #[cfg(store_idb)]
+        StoreChoice::IndexedDb(name) => Some(name.clone()),
+        #[cfg(store_idb)]
+        StoreChoice::Auto => Some(app.unwrap_or("outbox").to_owned()),
+        _ => None,
+    }
+}
+
+/// Starts the forwarder: a Tokio task natively; in a browser, a
+/// [`TabForwarder`](outbox_forwarder::browser::TabForwarder) that forwards
+/// while this tab holds the origin's Web Lock for the database, woken by
+/// commits in any tab.
+#[cfg(not(target_arch = "wasm32"))]
+fn start_forwarder(
+    store: Arc<dyn DurableStore>,
+    _name: Option<&str>,
+    sink: Arc<dyn Sink>,
+    fwd: ForwarderConfig,
+) -> (ForwarderTask, Wake) {
+    let f = Forwarder::new(store, sink, fwd);
+    let wake = f.waker();
+    (f.spawn(), wake)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn start_forwarder(
+    store: Arc<dyn DurableStore>,
+    name: Option<&str>,
+    sink: Arc<dyn Sink>,
+    fwd: ForwarderConfig,
+) -> (ForwarderTask, Wake) {
+    use outbox_forwarder::browser::{TabForwarder, lock_name};
+    // A store that is not an origin's IndexedDB database (memory, custom)
+    // is this tab's own: a lock and a channel no other tab shares.
+    let own;
+    let db = match name {
+        Some(n) => n,
+        None => {
+            own = format!("outbox-tab-{}", outbox_core::EventId::new());
+            own.as_str()
+        }
+    };
+    #[cfg(store_idb)]
+    let commits = outbox_store_idb::channel_name(db);
+    #[cfg(not(store_idb))]
+    let commits = format!("outbox-commits:{db}");
+    let tab = TabForwarder::start(store, sink, fwd, &lock_name(db), &commits);
+    let wake = tab.waker().clone();
+    (tab, wake)
 }
 
 /// Starts an outbox that delivers to `sink`, as `config` says:
 ///
 /// - [`Durability::Auto`]: the store named by `config.store`; for
-///   [`StoreChoice::Auto`], SQLite (`<data dir>/<app>/outbox.db`, see
-///   [`default_sqlite_path`]) when the `sqlite` feature is on (the
-///   default), memory (with a warning) otherwise. A durable store that fills up falls back to memory for new
+///   [`StoreChoice::Auto`], natively SQLite (`<data dir>/<app>/outbox.db`,
+///   see `default_sqlite_path`) with the `sqlite` feature, in a browser
+///   the IndexedDB database named after the app with the `idb` feature
+///   (both default), memory (with a warning) otherwise. A durable store that fills up falls back to memory for new
 ///   commits (`outbox.durable` drops to 0, `on_error` is called once).
 /// - [`Durability::Memory`]: the in-memory store, whatever `config.store`
 ///   says; warns once, `outbox.durable = 0`.
@@ -139,14 +219,17 @@ fn open_sqlite(path: &std::path::Path, clock: &SharedClock) -> Result<Arc<dyn Du
 ///   and are not kept; an event the sink refuses is lost (reported to
 ///   `on_error`). Warns once. Development only.
 ///
-/// A forwarder with `config.forwarder`'s settings is started on the
-/// current Tokio runtime (not for `Off`); the store reads time from the
-/// same clock.
+/// A forwarder with `config.forwarder`'s settings is started (not for
+/// `Off`): natively on the current Tokio runtime; in a browser as the
+/// tab's bid for the origin's forwarder role (one tab forwards, every tab
+/// commits durably, a commit in any tab wakes the forwarding one). The
+/// store reads time from the same clock.
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
     let OutboxConfig { durability, store: store_choice, forwarder: fwd, app_name, conflict_retries, .. } =
         config;
     outbox_forwarder::metrics::describe();
     let clock = fwd.clock.clone();
+    let mut db_name: Option<String> = None;
     let (store, fallback): (Arc<dyn DurableStore>, Option<Arc<FallbackStore>>) = match durability {
         Durability::Off => {
             OFF_WARNING.call_once(|| {
@@ -160,6 +243,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
             (Arc::new(MemoryStore::unannounced(clock.clone())), None)
         }
         _ => {
+            db_name = database_name(&store_choice, app_name.as_deref());
             let primary = open_durable(&store_choice, app_name.as_deref(), &clock).await?;
             if !primary.capabilities().durable {
                 warn_memory();
@@ -185,9 +269,8 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
     let (forwarder, wake) = if durability == Durability::Off {
         (None, None)
     } else {
-        let f = Forwarder::new(store.clone(), sink.clone(), fwd);
-        let wake = f.waker();
-        (Some(f.spawn()), Some(wake))
+        let (task, wake) = start_forwarder(store.clone(), db_name.as_deref(), sink.clone(), fwd);
+        (Some(task), Some(wake))
     };
     Ok(Outbox {
         inner: Arc::new(Inner {
@@ -339,8 +422,24 @@ impl Outbox {
     pub async fn shutdown(&self) {
         let handle = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
+            #[cfg(not(target_arch = "wasm32"))]
             h.shutdown().await;
+            #[cfg(target_arch = "wasm32")]
+            h.stop().await;
         }
+    }
+
+    /// Whether this tab forwards now (holds the origin's forwarder lock):
+    /// for a UI that shows which tab delivers. Always `false` for
+    /// [`Durability::Off`] and after [`Outbox::shutdown`].
+    #[cfg(target_arch = "wasm32")]
+    pub fn is_forwarding(&self) -> bool {
+        self.inner
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| t.is_forwarding())
     }
 }
 
