@@ -52,7 +52,7 @@ rm -f "$log"
 passed=$((passed + fpassed))
 failed=$((failed + ffailed))
 
-step "browser suite: the IndexedDB store in headless Chromium and Firefox (WebKit attempted)"
+step "browser suite: the store, forwarder, HTTP sink and facade in headless Chromium and Firefox (WebKit attempted)"
 blog=$(mktemp)
 scripts/test-browser.sh 2>&1 | tee "$blog"
 read -r bpassed bfailed < <(awk '/^browser tests:/ { print $3, $5 }' "$blog")
@@ -66,8 +66,11 @@ cargo run --locked -q -p outbox-cli -- demo
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
 
-step "wasm32 build of the core"
+step "wasm32 builds: the core, the facade (IndexedDB only), the todo example shared with its native program"
 cargo build -p outbox-core --target wasm32-unknown-unknown --locked
+cargo build -p outbox --target wasm32-unknown-unknown --no-default-features --features idb --locked
+cargo build -p outbox-example-todo --target wasm32-unknown-unknown --locked
+cargo run --locked -q -p outbox-example-todo -- --db "$(mktemp -d)/todo.db"
 
 step "mutation check: every conformance test fails on a store broken the way it checks"
 python3 scripts/mutants.py
