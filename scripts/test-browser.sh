@@ -51,7 +51,7 @@ suites=(
     "outbox-store-idb|30|-p outbox-store-idb"
     "outbox-forwarder|3|-p outbox-forwarder --test browser"
     "outbox-sink-http|11|-p outbox-sink-http --test browser"
-    "outbox|6|-p outbox --test browser"
+    "outbox|7|-p outbox --test browser"
     "outbox-sink-http-worker|3|-p outbox-sink-http --test worker"
 )
 

@@ -29,6 +29,8 @@ struct Plan {
     sticky: bool,
     mode: Option<FaultMode>,
     fired: u64,
+    /// Commits fail with `QuotaExceeded` (a full disk or storage quota).
+    full: bool,
 }
 
 /// A store wrapper that fails the Nth operation (or every operation from
@@ -73,11 +75,20 @@ impl FaultyStore {
         self.plan().sticky = true;
     }
 
+    /// From now on every commit fails with [`Error::QuotaExceeded`] before
+    /// it reaches the store, as on a full disk or an exhausted browser
+    /// quota; reads, claims and settlements still work. Until
+    /// [`FaultyStore::disarm`].
+    pub fn fill_up(&self) {
+        self.plan().full = true;
+    }
+
     /// Stops injecting faults.
     pub fn disarm(&self) {
         let mut p = self.plan();
         p.fail_at = None;
         p.sticky = false;
+        p.full = false;
     }
 
     /// Operations seen so far.
@@ -130,6 +141,10 @@ macro_rules! faulty {
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl StateStore for FaultyStore {
     async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
+        if self.plan().full {
+            self.plan().fired += 1;
+            return Err(Error::QuotaExceeded { message: "injected: the store is full".into(), source: None });
+        }
         faulty!(self, "put_state_and_events", self.inner.put_state_and_events(commit))
     }
     async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {

@@ -247,3 +247,35 @@ async fn http_sink_delivers_through_the_facade_and_dead_letters_a_refusal() {
     assert_eq!(outbox.store().stats().await.expect("stats").discarded, 1);
     outbox.shutdown().await;
 }
+
+#[wasm_bindgen_test]
+async fn a_full_indexeddb_falls_back_to_memory_and_keeps_delivering() {
+    let db = unique("facade-quota");
+    let idb: Arc<dyn outbox::DurableStore> =
+        Arc::new(outbox::IdbStore::options(&db).open().await.expect("open"));
+    let faulty = outbox_testkit::FaultyStore::new(idb.clone());
+    let errors: Rc<RefCell<Vec<outbox::ErrorKind>>> = Rc::default();
+    let seen = errors.clone();
+    let sink = Arc::new(Flaky::default());
+    let config = OutboxConfig::default()
+        .store(StoreChoice::Custom(faulty.clone()))
+        .flush_interval(std::time::Duration::from_millis(20))
+        .on_error(move |_, e| seen.borrow_mut().push(e.kind()));
+    let outbox = configure_outbox(config, sink.clone()).await.expect("configure");
+    let form = outbox.spawn_actor(ActorId::new("form-q").expect("id"), FormActor).await.expect("spawn");
+    form.send("stored".into()).await.expect("committed to IndexedDB");
+    assert!(outbox.is_durable());
+
+    faulty.fill_up();
+    form.send("in memory".into()).await.expect("the commit goes to memory: Ok");
+    assert!(!outbox.is_durable(), "the UI can show it");
+    assert_eq!(*errors.borrow(), vec![outbox::ErrorKind::QuotaExceeded], "on_error once");
+    form.send("in memory too".into()).await.expect("still Ok");
+    assert_eq!(*errors.borrow(), vec![outbox::ErrorKind::QuotaExceeded], "once, not per commit");
+
+    sink.online.set(true);
+    outbox.notify_online();
+    wait_until("all three delivered", 10_000, || sink.took.borrow().len() == 3).await;
+    assert_eq!(idb.stats().await.expect("stats").delivered, 1, "what IndexedDB held was delivered");
+    outbox.shutdown().await;
+}
