@@ -49,15 +49,34 @@ MUTANTS = [
     # Only stores that scan delivered rows meet ClaimEntry::Delivered (sled
     # scans its pending index alone).
     (RULES, STORES, ["ack_is_idempotent"],
-     [("ClaimEntry::Delivered => false,", "ClaimEntry::Delivered => { self.taken += 1; true }")]),
+     [("ClaimEntry::Delivered | ClaimEntry::Skipped => false,",
+       "ClaimEntry::Delivered => { self.taken += 1; true } ClaimEntry::Skipped => false,")]),
     (MEMORY, STORES, ["release_returns_claims_unattempted"],
-     [("row.env.attempts = row.env.attempts.saturating_sub(1);", "")]),
+     [("""                row.env.attempts = row.env.attempts.saturating_sub(1);
+                row.lease_until = None;""", """                row.lease_until = None;""")]),
+    (MEMORY, STORES, ["retry_later_uncounted_takes_the_attempt_back"],
+     [("if attempt == Attempt::Uncounted && row.lease_until.is_some() {", "if false {")]),
+    (MEMORY, STORES, ["retry_now_makes_backed_off_events_due"],
+     [("""                row.env.next_attempt_at = now;
+                n += 1;""", """                n += 1;""")]),
+    (MEMORY, STORES, ["requeue_one_keeps_key_order"],
+     [("""                row.env.next_attempt_at = now;
+                row.claimed_by = None;""", """                row.env.next_attempt_at = now.saturating_add(std::time::Duration::from_secs(3600));
+                row.claimed_by = None;""")]),
+    (MEMORY, STORES, ["discard_one_lets_its_key_flow"],
+     [("row.status = Status::Discarded(now);", "row.status = Status::Dead { skipped: true };")]),
+    (MEMORY, STORES, ["skip_one_lets_its_key_flow_and_stays_dead"],
+     [("row.status = Status::Dead { skipped: true };", "row.status = Status::Dead { skipped: false };")]),
+    (MEMORY, STORES, ["parked_keys_count_unskipped_dead_keys"],
+     [("""                    if !skipped {
+                        parked.insert(&row.env.key);""", """                    if !skipped || skipped {
+                        parked.insert(&row.env.key);""")]),
     (MEMORY, STORES, ["retry_later_not_claimable_before_its_time"],
      [("row.env.next_attempt_at = at;", "let _ = at;")]),
     (RULES, SHARED, ["not_before_delays_first_delivery"],
      [("|| next_attempt_at > self.now {", "{")]),
     (MEMORY, STORES, ["dead_letters_never_claimed_listed_and_requeueable"],
-     [("row.status = Status::Dead;", "row.status = Status::Pending;")]),
+     [("row.status = Status::Dead { skipped: false };", "row.status = Status::Pending;")]),
     (RULES, SHARED, ["dead_letter_parks_its_key_when_asked"],
      [("if self.park_dead_keys {", "if false && self.park_dead_keys {")]),
     (MEMORY, STORES, ["prune_removes_only_delivered_past_retention"],
