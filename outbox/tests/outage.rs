@@ -138,3 +138,87 @@ async fn spawn_counters(outbox: &outbox::Outbox) -> Vec<outbox::ActorRef<Counter
     }
     v
 }
+
+/// Refuses (`NonRetriable`) events whose payload is in `refused`, takes
+/// the rest.
+#[derive(Debug, Default)]
+struct Picky {
+    refused: Mutex<HashSet<u32>>,
+    took: Mutex<Vec<u32>>,
+}
+
+#[async_trait]
+impl Sink for Picky {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
+        batch
+            .iter()
+            .map(|e| {
+                let n: u32 = e.payload.decode_json().unwrap();
+                if self.refused.lock().unwrap().contains(&n) {
+                    Outcome::NonRetriable("422: refused".into())
+                } else {
+                    self.took.lock().unwrap().push(n);
+                    Outcome::Ok
+                }
+            })
+            .collect()
+    }
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_one_by_one_through_the_outbox_api() {
+    let clock: SharedClock = Arc::new(TokioClock { start: tokio::time::Instant::now() });
+    let sink = Arc::new(Picky::default());
+    sink.refused.lock().unwrap().extend([1, 4]);
+    let parked = Arc::new(AtomicUsize::new(0));
+    let p = parked.clone();
+    let config = OutboxConfig::default().store(StoreChoice::Memory).clock(clock).on_error(move |_, _| {
+        p.fetch_add(1, Ordering::SeqCst);
+    });
+    let outbox = configure_outbox(config, sink.clone()).await.unwrap();
+    let counter = outbox.spawn_actor(ActorId::new("c").unwrap(), Counter).await.unwrap();
+    for _ in 0..3 {
+        counter.send(()).await.unwrap();
+    }
+    settle().await;
+    // Event 1 is refused: it parks the actor's key; 2 and 3 wait behind it.
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(parked.load(Ordering::SeqCst), 1, "on_error was told");
+    assert!(sink.took.lock().unwrap().is_empty(), "the key is parked");
+    assert_eq!(outbox.store().stats().await.unwrap().parked_keys, 1);
+
+    // Skip: 2 and 3 flow past it, in order; it stays a dead letter.
+    assert!(outbox.skip(dead[0].id).await.unwrap());
+    settle().await;
+    assert_eq!(*sink.took.lock().unwrap(), vec![2, 3]);
+    assert_eq!(outbox.dead_letters(10).await.unwrap().len(), 1);
+
+    // Requeue it once the receiver accepts it: delivered.
+    sink.refused.lock().unwrap().remove(&1);
+    assert!(outbox.requeue(dead[0].id).await.unwrap());
+    settle().await;
+    assert_eq!(*sink.took.lock().unwrap(), vec![2, 3, 1]);
+
+    // Discard: event 4 is refused, discarded, and 5 flows on.
+    counter.send(()).await.unwrap();
+    settle().await;
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    counter.send(()).await.unwrap();
+    settle().await;
+    assert_eq!(*sink.took.lock().unwrap(), vec![2, 3, 1], "5 waits behind the dead 4");
+    assert!(outbox.discard(dead[0].id).await.unwrap());
+    settle().await;
+    assert_eq!(*sink.took.lock().unwrap(), vec![2, 3, 1, 5]);
+    let s = outbox.store().stats().await.unwrap();
+    assert_eq!((s.dead, s.discarded, s.pending, s.parked_keys), (0, 1, 0, 0));
+    assert!(!outbox.discard(dead[0].id).await.unwrap(), "discarded is final");
+    outbox.shutdown().await;
+}
