@@ -53,6 +53,12 @@ pub struct CommitReceipt {
     pub version: Option<Version>,
     /// When it was committed, by the store's clock.
     pub committed_at: Timestamp,
+    /// Whether the commit reached the store's own storage: `false` when
+    /// only memory holds it (the in-memory store, or a quota fallback that
+    /// took it while the durable store was full), so that a restart before
+    /// it is written to storage loses it. When `true`, the commit is as
+    /// durable as the store's [`Capabilities::durable`] says.
+    pub durable: bool,
 }
 
 /// Actor state and the atomic commit.

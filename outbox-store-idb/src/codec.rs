@@ -4,12 +4,12 @@
 //! index, and the byte encodings of snapshots and grants (pending entries
 //! use `outbox_core::codec` as is).
 
-use js_sys::{Array, Uint8Array};
+use js_sys::{Array, ArrayBuffer, Uint8Array};
 use outbox_core::codec::{self, Reader, Row, Writer, corrupt, decode_row, encode_row};
 use outbox_core::rules::ClaimEntry;
 use outbox_core::{
-    ActorId, ConsumerId, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, StateSnapshot,
-    Timestamp, Version,
+    ActorId, ConsumerId, Envelope, Epoch, EventId, Headers, LeaderGrant, OrderingKey, Payload, Result,
+    StateSnapshot, Timestamp, Version,
 };
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -253,4 +253,189 @@ pub(crate) fn js_dead(v: &JsValue) -> Result<(OrderingKey, ClaimEntry)> {
         }
     };
     Ok((OrderingKey::new(key).map_err(|_| bad())?, entry))
+}
+
+/// The bytes of a stored value, whatever it is: a `Uint8Array`'s or an
+/// `ArrayBuffer`'s bytes, a string's UTF-8, otherwise its `JSON.stringify`
+/// text (or `String(v)` where that fails): how a quarantined record's
+/// value is shown.
+pub(crate) fn raw_bytes(v: &JsValue) -> Vec<u8> {
+    if let Some(a) = v.dyn_ref::<Uint8Array>() {
+        return a.to_vec();
+    }
+    if let Some(b) = v.dyn_ref::<ArrayBuffer>() {
+        return Uint8Array::new(b).to_vec();
+    }
+    if let Some(s) = v.as_string() {
+        return s.into_bytes();
+    }
+    match js_sys::JSON::stringify(v).ok().and_then(|s| s.as_string()) {
+        Some(s) => s.into_bytes(),
+        None => String::from(js_sys::JsString::from(v.clone())).into_bytes(),
+    }
+}
+
+/// What can be read of an event row that does not decode: its fields in
+/// order, as far as they read, each kept only if valid on its own.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Salvage {
+    pub(crate) id: Option<EventId>,
+    pub(crate) origin: Option<ActorId>,
+    pub(crate) key: Option<OrderingKey>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) headers: Option<Headers>,
+    pub(crate) schema_version: Option<u32>,
+    pub(crate) created_at: Option<Timestamp>,
+    pub(crate) attempts: Option<u32>,
+    pub(crate) next_attempt_at: Option<Timestamp>,
+    pub(crate) last_error: Option<String>,
+}
+
+/// Reads what it can of the row bytes `b` (see [`Salvage`]): the fields
+/// [`Event::decode`] reads, in its order, up to the first one whose length
+/// cannot be known (an unknown status tag, a truncation).
+pub(crate) fn salvage(b: &[u8]) -> Salvage {
+    let mut s = Salvage::default();
+    let _stopped: Result<()> = (|| {
+        let mut r = Reader::new(b);
+        match r.u8()? {
+            0 | TAG_DEAD | TAG_SKIPPED => {}
+            TAG_DELIVERED | TAG_DISCARDED => {
+                r.time()?;
+            }
+            _ => return Err(corrupt("unknown event status")),
+        }
+        if r.u8()? == 1 {
+            r.u64()?;
+        }
+        r.opt_time()?;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&r.u64()?.to_be_bytes());
+        id[8..].copy_from_slice(&r.u64()?.to_be_bytes());
+        s.id = Some(EventId::from_bytes(id));
+        s.origin = ActorId::new(r.string()?).ok();
+        s.key = OrderingKey::new(r.string()?).ok();
+        s.event_type = Some(r.string()?);
+        r.u8()?;
+        r.bytes()?;
+        let mut headers = Headers::new();
+        for _ in 0..r.u32()? {
+            let k = r.string()?;
+            headers.insert(k, r.string()?);
+        }
+        s.headers = Some(headers);
+        s.schema_version = Some(r.u32()?);
+        s.created_at = Some(r.time()?);
+        s.attempts = Some(r.u32()?);
+        s.next_attempt_at = Some(r.time()?);
+        if r.u8()? == 1 {
+            s.last_error = Some(r.string()?);
+        }
+        Ok(())
+    })();
+    s
+}
+
+/// The start of the `last_error` of a quarantined record.
+pub(crate) const CORRUPTED: &str = "corrupted: ";
+
+/// The origin and key a quarantined record is listed under when its own
+/// are unreadable (a key it parks nothing under: its dead index value is
+/// the skipped form).
+pub(crate) const CORRUPTED_ID: &str = "outbox.corrupted";
+
+/// The id a quarantined record whose own id is unreadable is listed
+/// under: the version-8 UUID `00000000-0000-8000-8000-<seq as 12 hex
+/// digits>`, stable for the record's life.
+pub(crate) fn derived_id(seq: u64) -> EventId {
+    let mut b = [0u8; 16];
+    b[6] = 0x80;
+    b[8] = 0x80;
+    b[10..].copy_from_slice(&seq.to_be_bytes()[2..]);
+    EventId::from_bytes(b)
+}
+
+/// The seq a [`derived_id`] stands for, if `id` is one.
+pub(crate) fn derived_seq(id: EventId) -> Option<u64> {
+    let b = id.to_bytes();
+    if b[..10] != [0, 0, 0, 0, 0, 0, 0x80, 0, 0x80, 0] {
+        return None;
+    }
+    let mut s = [0u8; 8];
+    s[2..].copy_from_slice(&b[10..]);
+    Some(u64::from_be_bytes(s))
+}
+
+/// The record of a quarantined event (the `quarantine` object store's
+/// value): when and why it was quarantined, the id it is listed under and
+/// its ordering key if known. The event's own record stays in `events` as
+/// it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Quarantined {
+    pub(crate) at: Timestamp,
+    pub(crate) id: EventId,
+    pub(crate) key: Option<OrderingKey>,
+    /// `corrupted: ` and what is wrong.
+    pub(crate) last_error: String,
+}
+
+/// The bytes of `q`: the time, the id, the key (a tag byte, then the
+/// string), `last_error`.
+pub(crate) fn encode_quarantined(q: &Quarantined) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.time(q.at);
+    w.0.extend_from_slice(&q.id.to_bytes());
+    match &q.key {
+        Some(k) => {
+            w.u8(1);
+            w.str(k.as_str());
+        }
+        None => w.u8(0),
+    }
+    w.str(&q.last_error);
+    w.0
+}
+
+/// Decodes an [`encode_quarantined`] value.
+pub(crate) fn decode_quarantined(b: &[u8]) -> Result<Quarantined> {
+    let mut r = Reader::new(b);
+    let at = r.time()?;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&r.u64()?.to_be_bytes());
+    id[8..].copy_from_slice(&r.u64()?.to_be_bytes());
+    let key = match r.u8()? {
+        0 => None,
+        1 => Some(OrderingKey::new(r.string()?).map_err(|_| corrupt("quarantined key is invalid"))?),
+        _ => return Err(corrupt("bad option tag")),
+    };
+    let last_error = r.string()?;
+    r.end()?;
+    Ok(Quarantined { at, id: EventId::from_bytes(id), key, last_error })
+}
+
+/// How a quarantined event is listed: the id and key of its record, its
+/// stored value (`raw`, none when the record is missing) as a
+/// [`Payload::bytes`] ([`raw_bytes`]), what [`salvage`] reads of the rest,
+/// and the record's `last_error`.
+pub(crate) fn quarantined_envelope(q: &Quarantined, raw: Option<&JsValue>) -> Envelope {
+    let bytes = raw.map(raw_bytes).unwrap_or_default();
+    let s = if raw.is_some_and(|v| v.is_instance_of::<Uint8Array>()) {
+        salvage(&bytes)
+    } else {
+        Salvage::default()
+    };
+    let placeholder = || ActorId::new(CORRUPTED_ID).unwrap_or_else(|_| unreachable!("a valid literal id"));
+    Envelope {
+        id: q.id,
+        origin: s.origin.unwrap_or_else(placeholder),
+        key: q.key.clone().unwrap_or_else(|| OrderingKey::from(&placeholder())),
+        event_type: s.event_type.unwrap_or_default(),
+        payload: Payload::bytes(bytes),
+        headers: s.headers.unwrap_or_default(),
+        schema_version: s.schema_version.unwrap_or(0),
+        created_at: s.created_at.unwrap_or(q.at),
+        attempts: s.attempts.unwrap_or(0),
+        next_attempt_at: s.next_attempt_at.unwrap_or(q.at),
+        last_error: Some(q.last_error.clone()),
+    }
 }

@@ -108,7 +108,7 @@ pub(crate) async fn commit(
         }
     }
     finish(tx, what).await?;
-    Ok(CommitReceipt { version: state.map(|(_, _, v, _)| v), committed_at: now })
+    Ok(CommitReceipt { version: state.map(|(_, _, v, _)| v), committed_at: now, durable: true })
 }
 
 /// The snapshot of `actor`, if it has one.

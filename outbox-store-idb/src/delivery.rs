@@ -3,7 +3,7 @@
 //! letter) and making backed-off events due (retry now), each one
 //! transaction fenced by the leader's epoch.
 
-use outbox_core::codec::{PendingEntry, corrupt, encode_pending};
+use outbox_core::codec::{PendingEntry, encode_pending};
 use outbox_core::rules::{ClaimEntry, ClaimPlan, check_claim_holder, check_fence};
 use outbox_core::{
     ClaimRequest, Envelope, Epoch, Error, EventId, LeaderGrant, OrderingKey, Result, Timestamp,
@@ -11,26 +11,39 @@ use outbox_core::{
 
 use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, time_seq_js};
 use crate::leader::current_epoch;
-use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING};
+use crate::quarantine::{Fault, Healing, at, healing, pending_row, row_by_id};
+use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING, QUARANTINE};
 use crate::tx::{
-    Db, Tx, delete, finish, get, get_all, get_all_keys, pending_after, pending_entries, put, read_row, store,
+    Db, Tx, delete, finish, get, get_all, get_all_keys, pending_after, pending_entries, put, store,
 };
 
 /// Claims up to `request.limit` due events under `grant` (see
 /// [`ClaimPlan`]): dead events first from the dead index (when parking;
 /// a skipped one is [`ClaimEntry::Skipped`] and parks nothing), then the
 /// pending index in seq order, read in chunks until the plan is full, so
-/// a claim reads about what it takes, not the backlog.
+/// a claim reads about what it takes, not the backlog. An event that does
+/// not read is quarantined on the way ([`healing`]) and the claim runs
+/// again.
 pub(crate) async fn claim(
     db: &Db,
     now: Timestamp,
     grant: &LeaderGrant,
     request: &ClaimRequest,
 ) -> Result<Vec<Envelope>> {
+    healing(db, now, || claim_once(db, now, grant, request)).await
+}
+
+async fn claim_once(
+    db: &Db,
+    now: Timestamp,
+    grant: &LeaderGrant,
+    request: &ClaimRequest,
+) -> Healing<Vec<Envelope>> {
     let what = "claim";
-    let tx = db.tx(&[META, PENDING, DEAD, EVENTS], true)?;
+    let tx = db.tx(&[META, PENDING, DEAD, EVENTS, QUARANTINE], true)?;
     let (meta, pending) = (store(&tx, META, what)?, store(&tx, PENDING, what)?);
     let (dead, ev) = (store(&tx, DEAD, what)?, store(&tx, EVENTS, what)?);
+    let q = store(&tx, QUARANTINE, what)?;
     check_fence(grant, current_epoch(&meta).await?)?;
     if request.limit == 0 {
         return Ok(Vec::new());
@@ -43,7 +56,7 @@ pub(crate) async fn claim(
             let seq = js_u64(k, "dead key")?;
             // A skipped one (`ClaimEntry::Skipped`) parks nothing, and is
             // never claimed: it is not in the pending index.
-            if let (key, ClaimEntry::Dead) = js_dead(v)? {
+            if let (key, ClaimEntry::Dead) = at(seq, js_dead(v))? {
                 plan.dead(&key, seq);
             }
         }
@@ -71,11 +84,19 @@ pub(crate) async fn claim(
             break;
         }
     }
-    let lease_until = now.saturating_add(request.lease);
-    let mut out = Vec::with_capacity(picked.len());
+    // Every row is read (and checked) before anything is written.
+    let mut rows = Vec::with_capacity(picked.len());
     for (seq, entry) in picked {
-        let mut row =
-            read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
+        let row = pending_row(&ev, &q, seq).await?;
+        if row.status() != Status::Pending || row.env().key != entry.key {
+            // The pending entry disagrees with its event.
+            return Err(Fault::Bad(seq));
+        }
+        rows.push((seq, entry, row));
+    }
+    let lease_until = now.saturating_add(request.lease);
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, entry, mut row) in rows {
         let env = row.env_mut();
         env.attempts = env.attempts.saturating_add(1);
         row.set_claim(Some(grant.epoch.0), Some(lease_until));
@@ -91,33 +112,39 @@ pub(crate) async fn claim(
 /// Applies `change` to the pending events `ids` claimed under `grant`, in
 /// one transaction: `Fenced` if `grant` is not the current grant or any
 /// id is held by another claim. Delivered, dead and unknown ids are
-/// skipped.
+/// skipped (a pending or dead one that does not read is quarantined).
 pub(crate) async fn settle(
     db: &Db,
+    now: Timestamp,
     what: &str,
     grant: &LeaderGrant,
     ids: &[EventId],
     change: impl Fn(&mut Event),
 ) -> Result<()> {
-    let tx = db.tx(&[META, IDS, EVENTS, PENDING, DEAD, DELIVERED], true)?;
-    let mut rows = settleable(&tx, grant, ids).await?;
-    for (_, row) in &mut rows {
-        change(row);
-    }
-    write_settled(tx, what, &rows).await
+    healing(db, now, || async {
+        let tx = db.tx(&[META, IDS, EVENTS, PENDING, DEAD, DELIVERED, QUARANTINE], true)?;
+        let mut rows = settleable(&tx, grant, ids).await?;
+        for (_, row) in &mut rows {
+            change(row);
+        }
+        Ok(write_settled(tx, what, &rows).await?)
+    })
+    .await
 }
 
 /// The rows `grant` may settle (read inside `tx`).
-async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<(u64, Event)>> {
+async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Healing<Vec<(u64, Event)>> {
     let meta = store(tx, META, "settle")?;
     check_fence(grant, current_epoch(&meta).await?)?;
     let id_st = store(tx, IDS, "settle")?;
     let ev = store(tx, EVENTS, "settle")?;
+    let (q, pending, dead) =
+        (store(tx, QUARANTINE, "settle")?, store(tx, PENDING, "settle")?, store(tx, DEAD, "settle")?);
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let Some(s) = get(&id_st, id_js(*id), "read id").await? else { continue };
         let seq = js_u64(&s, "id index")?;
-        let Some(row) = read_row(&ev, seq).await? else { continue };
+        let Some(row) = row_by_id(&ev, &q, [&pending, &dead], seq).await? else { continue };
         if row.status() != Status::Pending {
             continue;
         }
@@ -156,28 +183,34 @@ async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Event)]) -> Result<
 /// Makes every pending event that failed an attempt and is due after
 /// `now` due at `now` (leases untouched), under `grant`; returns how many.
 pub(crate) async fn retry_now(db: &Db, now: Timestamp, grant: &LeaderGrant) -> Result<u64> {
-    let what = "retry now";
-    let tx = db.tx(&[META, PENDING, EVENTS], true)?;
-    let (meta, pending, ev) =
-        (store(&tx, META, what)?, store(&tx, PENDING, what)?, store(&tx, EVENTS, what)?);
-    check_fence(grant, current_epoch(&meta).await?)?;
-    let mut n = 0;
-    for (seq, entry) in pending_entries(&pending).await? {
-        if entry.next_attempt_at <= now {
-            continue;
+    healing(db, now, || async {
+        let what = "retry now";
+        let tx = db.tx(&[META, PENDING, EVENTS, QUARANTINE], true)?;
+        let (meta, pending, ev) =
+            (store(&tx, META, what)?, store(&tx, PENDING, what)?, store(&tx, EVENTS, what)?);
+        let q = store(&tx, QUARANTINE, what)?;
+        check_fence(grant, current_epoch(&meta).await?)?;
+        let mut due = Vec::new();
+        for (seq, entry) in pending_entries(&pending).await? {
+            if entry.next_attempt_at <= now {
+                continue;
+            }
+            let row = pending_row(&ev, &q, seq).await?;
+            if row.env().last_error.is_none() {
+                // Scheduled by `not_before`, never failed.
+                continue;
+            }
+            due.push((seq, entry, row));
         }
-        let mut row =
-            read_row(&ev, seq).await?.ok_or_else(|| corrupt("pending index names a missing event"))?;
-        if row.env().last_error.is_none() {
-            // Scheduled by `not_before`, never failed.
-            continue;
+        let n = due.len() as u64;
+        for (seq, entry, mut row) in due {
+            row.env_mut().next_attempt_at = now;
+            let entry = PendingEntry { next_attempt_at: now, ..entry };
+            put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
+            put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
         }
-        row.env_mut().next_attempt_at = now;
-        let entry = PendingEntry { next_attempt_at: now, ..entry };
-        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
-        put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
-        n += 1;
-    }
-    finish(tx, what).await?;
-    Ok(n)
+        finish(tx, what).await?;
+        Ok(n)
+    })
+    .await
 }

@@ -5,151 +5,207 @@
 use std::collections::HashSet;
 
 use indexed_db_futures::object_store::ObjectStore;
-use js_sys::Array;
+use js_sys::{Array, Uint8Array};
 use outbox_core::codec::{corrupt, encode_pending};
 use outbox_core::rules::ClaimEntry;
-use outbox_core::{Envelope, EventId, Result, StoreStats, Timestamp};
+use outbox_core::{Envelope, EventId, OrderingKey, Result, StoreStats, Timestamp};
 use wasm_bindgen::{JsCast, JsValue};
 
-use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, time_seq_js};
-use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING};
-use crate::tx::{
-    Db, count, delete, finish, get, get_all, get_all_keys, pending_entries, put, read_row, store,
+use crate::codec::{
+    Event, Status, bytes_js, dead_js, id_js, js_bytes, js_dead, js_u64, quarantined_envelope, salvage,
+    seq_js, time_seq_js,
 };
+use crate::quarantine::{Fault, Found, Healing, at, found, healing, quarantined, row_by_id, seq_of_id};
+use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
+use crate::tx::{Db, Tx, count, delete, finish, get, get_all, get_all_keys, pending_entries, put, store};
 
 /// Counts by status, the events in flight at `now`, the oldest pending,
-/// the keys parked by a dead letter.
+/// the keys parked by a dead letter. A pending or dead index entry that
+/// does not read is fixed on the way ([`healing`]).
 pub(crate) async fn stats(db: &Db, now: Timestamp) -> Result<StoreStats> {
-    let tx = db.tx(&[PENDING, DEAD, DELIVERED, DISCARDED], false)?;
-    let mut s = StoreStats::default();
-    for (_, e) in pending_entries(&store(&tx, PENDING, "stats")?).await? {
-        s.pending += 1;
-        if e.leased_at(now) {
-            s.in_flight += 1;
+    healing(db, now, || async {
+        let tx = db.tx(&[PENDING, DEAD, DELIVERED, DISCARDED], false)?;
+        let mut s = StoreStats::default();
+        for (_, e) in pending_entries(&store(&tx, PENDING, "stats")?).await? {
+            s.pending += 1;
+            if e.leased_at(now) {
+                s.in_flight += 1;
+            }
+            s.oldest_pending_at = Some(s.oldest_pending_at.map_or(e.created_at, |o| o.min(e.created_at)));
         }
-        s.oldest_pending_at = Some(s.oldest_pending_at.map_or(e.created_at, |o| o.min(e.created_at)));
-    }
-    // The dead index's values: the plain key of a dead letter that parks
-    // its key, `[key, true]` for a skipped one.
-    let dead = get_all(&store(&tx, DEAD, "stats")?, "scan dead").await?;
-    s.dead = dead.len() as u64;
-    let mut parked = HashSet::new();
-    for v in &dead {
-        if let (key, ClaimEntry::Dead) = js_dead(v)? {
-            parked.insert(key);
+        // The dead index's values: the plain key of a dead letter that
+        // parks its key, `[key, true]` for a skipped one.
+        let dead_st = store(&tx, DEAD, "stats")?;
+        let keys = get_all_keys(&dead_st, None, "scan dead").await?;
+        let dead = get_all(&dead_st, "scan dead").await?;
+        s.dead = dead.len() as u64;
+        let mut parked = HashSet::new();
+        for (k, v) in keys.iter().zip(&dead) {
+            if let (key, ClaimEntry::Dead) = at(js_u64(k, "dead key")?, js_dead(v))? {
+                parked.insert(key);
+            }
         }
-    }
-    s.parked_keys = parked.len() as u64;
-    s.delivered = count(&store(&tx, DELIVERED, "stats")?, "count delivered").await?;
-    s.discarded = count(&store(&tx, DISCARDED, "stats")?, "count discarded").await?;
-    Ok(s)
+        s.parked_keys = parked.len() as u64;
+        s.delivered = count(&store(&tx, DELIVERED, "stats")?, "count delivered").await?;
+        s.discarded = count(&store(&tx, DISCARDED, "stats")?, "count discarded").await?;
+        Ok(s)
+    })
+    .await
 }
 
 /// Up to `limit` dead (`dead`, skipped ones included) or pending events,
-/// in seq order.
-pub(crate) async fn list(db: &Db, dead: bool, limit: usize) -> Result<Vec<Envelope>> {
-    let tx = db.tx(&[PENDING, DEAD, EVENTS], false)?;
-    let seqs: Vec<u64> = if dead {
-        get_all_keys(&store(&tx, DEAD, "list")?, None, "scan dead")
-            .await?
-            .iter()
-            .map(|k| js_u64(k, "dead key"))
-            .collect::<Result<_>>()?
-    } else {
-        pending_entries(&store(&tx, PENDING, "list")?).await?.into_iter().map(|(s, _)| s).collect()
-    };
-    let ev = store(&tx, EVENTS, "list")?;
-    let mut out = Vec::new();
-    for seq in seqs.into_iter().take(limit) {
-        if let Some(row) = read_row(&ev, seq).await? {
-            out.push(row.into_env());
+/// in seq order; a quarantined one as
+/// [`quarantined_envelope`] shows it. An event that does not read is
+/// quarantined on the way ([`healing`]).
+pub(crate) async fn list(db: &Db, now: Timestamp, dead: bool, limit: usize) -> Result<Vec<Envelope>> {
+    healing(db, now, || async {
+        let tx = db.tx(&[PENDING, DEAD, EVENTS, QUARANTINE], false)?;
+        let seqs: Vec<u64> = if dead {
+            get_all_keys(&store(&tx, DEAD, "list")?, None, "scan dead")
+                .await?
+                .iter()
+                .map(|k| js_u64(k, "dead key"))
+                .collect::<Result<_>>()?
+        } else {
+            pending_entries(&store(&tx, PENDING, "list")?).await?.into_iter().map(|(s, _)| s).collect()
+        };
+        let (ev, q) = (store(&tx, EVENTS, "list")?, store(&tx, QUARANTINE, "list")?);
+        let mut out = Vec::new();
+        for seq in seqs.into_iter().take(limit) {
+            out.push(match found(&ev, &q, seq).await? {
+                Found::Row(row) if dead || row.status() == Status::Pending => row.into_env(),
+                Found::Quarantined(rec, raw) if dead => quarantined_envelope(&rec, raw.as_ref()),
+                // A pending entry of an event that is not pending.
+                _ => return Err(Fault::Bad(seq)),
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The dead events among `ids` (each once), read in `tx` (over `ids`,
+/// `events`, `pending`, `dead`, `quarantine`): the events that decode,
+/// with their seqs, and the quarantined ones' seqs with their keys and
+/// whether they are skipped.
+async fn dead_rows(tx: &Tx<'_>, ids: &[EventId]) -> Healing<DeadRows> {
+    let w = "read dead";
+    let (id_st, ev) = (store(tx, IDS, w)?, store(tx, EVENTS, w)?);
+    let (pending, dead, q) = (store(tx, PENDING, w)?, store(tx, DEAD, w)?, store(tx, QUARANTINE, w)?);
+    let mut out = DeadRows::default();
+    let mut seen = HashSet::new();
+    for id in ids {
+        let Some(seq) = seq_of_id(&id_st, &q, *id).await? else { continue };
+        if !seen.insert(seq) {
+            continue;
+        }
+        if quarantined(&q, seq).await?.is_some() {
+            if let Some(v) = get(&dead, seq_js(seq), w).await? {
+                let (key, entry) = at(seq, js_dead(&v))?;
+                out.quarantined.push((seq, key, entry == ClaimEntry::Skipped));
+            }
+            continue;
+        }
+        let Some(row) = row_by_id(&ev, &q, [&pending, &dead], seq).await? else { continue };
+        if matches!(row.status(), Status::Dead { .. }) {
+            out.rows.push((seq, row));
         }
     }
     Ok(out)
 }
 
-/// The dead events among `ids` (each once), with their seqs, read in
-/// the transaction of `id_st` and `ev`.
-async fn dead_rows(
-    id_st: &ObjectStore<'_>,
-    ev: &ObjectStore<'_>,
-    ids: &[EventId],
-) -> Result<Vec<(u64, Event)>> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    for id in ids {
-        if !seen.insert(*id) {
-            continue;
-        }
-        let Some(s) = get(id_st, id_js(*id), "read id").await? else { continue };
-        let seq = js_u64(&s, "id index")?;
-        let Some(row) = read_row(ev, seq).await? else { continue };
-        if matches!(row.status(), Status::Dead { .. }) {
-            out.push((seq, row));
-        }
-    }
-    Ok(out)
+/// The dead events an operator's call names.
+#[derive(Default)]
+struct DeadRows {
+    /// Events that decode, by seq.
+    rows: Vec<(u64, Event)>,
+    /// Quarantined events: seq, the key of their dead index entry, and
+    /// whether skipped.
+    quarantined: Vec<(u64, OrderingKey, bool)>,
 }
 
 /// Moves the dead events `ids` (skipped or not) back to pending, due at
-/// `now` with their attempts reset; returns how many moved.
+/// `now` with their attempts reset; returns how many moved. A quarantined
+/// event is not requeued: there is no event to deliver.
 pub(crate) async fn requeue_dead(db: &Db, now: Timestamp, ids: &[EventId]) -> Result<u64> {
-    let what = "requeue";
-    let tx = db.tx(&[IDS, EVENTS, PENDING, DEAD], true)?;
-    let (id_st, ev) = (store(&tx, IDS, what)?, store(&tx, EVENTS, what)?);
-    let (pending, dead) = (store(&tx, PENDING, what)?, store(&tx, DEAD, what)?);
-    let rows = dead_rows(&id_st, &ev, ids).await?;
-    for (seq, mut row) in rows.iter().cloned() {
-        row.set_status(Status::Pending);
-        let env = row.env_mut();
-        env.attempts = 0;
-        env.next_attempt_at = now;
-        row.set_claim(None, None);
-        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
-        delete(&dead, seq_js(seq), what)?;
-        put(&pending, seq_js(seq), bytes_js(&encode_pending(&row.pending_entry())), what)?;
-    }
-    finish(tx, what).await?;
-    Ok(rows.len() as u64)
-}
-
-/// Discards the dead events `ids` (skipped or not) at `now`: out of the
-/// dead index, into the discarded one; returns how many.
-pub(crate) async fn discard_dead(db: &Db, now: Timestamp, ids: &[EventId]) -> Result<u64> {
-    let what = "discard";
-    let tx = db.tx(&[IDS, EVENTS, DEAD, DISCARDED], true)?;
-    let (id_st, ev) = (store(&tx, IDS, what)?, store(&tx, EVENTS, what)?);
-    let (dead, discarded) = (store(&tx, DEAD, what)?, store(&tx, DISCARDED, what)?);
-    let rows = dead_rows(&id_st, &ev, ids).await?;
-    for (seq, mut row) in rows.iter().cloned() {
-        row.set_status(Status::Discarded(now));
-        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
-        delete(&dead, seq_js(seq), what)?;
-        put(&discarded, time_seq_js(now, seq), seq_js(seq), what)?;
-    }
-    finish(tx, what).await?;
-    Ok(rows.len() as u64)
-}
-
-/// Marks the dead events `ids` that are not yet skipped as skipped (they
-/// stay in the dead index, no longer parking their key); returns how
-/// many changed.
-pub(crate) async fn skip_dead(db: &Db, ids: &[EventId]) -> Result<u64> {
-    let what = "skip";
-    let tx = db.tx(&[IDS, EVENTS, DEAD], true)?;
-    let (id_st, ev, dead) = (store(&tx, IDS, what)?, store(&tx, EVENTS, what)?, store(&tx, DEAD, what)?);
-    let mut n = 0;
-    for (seq, mut row) in dead_rows(&id_st, &ev, ids).await? {
-        if row.status() != (Status::Dead { skipped: false }) {
-            continue;
+    healing(db, now, || async {
+        let what = "requeue";
+        let tx = db.tx(&[IDS, EVENTS, PENDING, DEAD, QUARANTINE], true)?;
+        let rows = dead_rows(&tx, ids).await?.rows;
+        let (ev, pending, dead) =
+            (store(&tx, EVENTS, what)?, store(&tx, PENDING, what)?, store(&tx, DEAD, what)?);
+        for (seq, mut row) in rows.iter().cloned() {
+            row.set_status(Status::Pending);
+            let env = row.env_mut();
+            env.attempts = 0;
+            env.next_attempt_at = now;
+            row.set_claim(None, None);
+            put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
+            delete(&dead, seq_js(seq), what)?;
+            put(&pending, seq_js(seq), bytes_js(&encode_pending(&row.pending_entry())), what)?;
         }
-        row.set_status(Status::Dead { skipped: true });
-        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
-        put(&dead, seq_js(seq), dead_js(&row.env().key, true), what)?;
-        n += 1;
-    }
-    finish(tx, what).await?;
-    Ok(n)
+        finish(tx, what).await?;
+        Ok(rows.len() as u64)
+    })
+    .await
+}
+
+/// Discards the dead events `ids` (skipped, quarantined or not) at `now`:
+/// out of the dead index, into the discarded one; returns how many.
+pub(crate) async fn discard_dead(db: &Db, now: Timestamp, ids: &[EventId]) -> Result<u64> {
+    healing(db, now, || async {
+        let what = "discard";
+        let tx = db.tx(&[IDS, EVENTS, PENDING, DEAD, DISCARDED, QUARANTINE], true)?;
+        let d = dead_rows(&tx, ids).await?;
+        let (ev, dead, discarded) =
+            (store(&tx, EVENTS, what)?, store(&tx, DEAD, what)?, store(&tx, DISCARDED, what)?);
+        for (seq, mut row) in d.rows.iter().cloned() {
+            row.set_status(Status::Discarded(now));
+            put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
+            delete(&dead, seq_js(seq), what)?;
+            put(&discarded, time_seq_js(now, seq), seq_js(seq), what)?;
+        }
+        // A quarantined event's status is its index entry (its record
+        // cannot say).
+        for (seq, _, _) in &d.quarantined {
+            delete(&dead, seq_js(*seq), what)?;
+            put(&discarded, time_seq_js(now, *seq), seq_js(*seq), what)?;
+        }
+        finish(tx, what).await?;
+        Ok((d.rows.len() + d.quarantined.len()) as u64)
+    })
+    .await
+}
+
+/// Marks the dead events `ids` that are not yet skipped (quarantined ones
+/// included) as skipped (they stay in the dead index, no longer parking
+/// their key); returns how many changed.
+pub(crate) async fn skip_dead(db: &Db, now: Timestamp, ids: &[EventId]) -> Result<u64> {
+    healing(db, now, || async {
+        let what = "skip";
+        let tx = db.tx(&[IDS, EVENTS, PENDING, DEAD, QUARANTINE], true)?;
+        let d = dead_rows(&tx, ids).await?;
+        let (ev, dead) = (store(&tx, EVENTS, what)?, store(&tx, DEAD, what)?);
+        let mut n = 0;
+        for (seq, mut row) in d.rows {
+            if row.status() != (Status::Dead { skipped: false }) {
+                continue;
+            }
+            row.set_status(Status::Dead { skipped: true });
+            put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
+            put(&dead, seq_js(seq), dead_js(&row.env().key, true), what)?;
+            n += 1;
+        }
+        for (seq, key, skipped) in d.quarantined {
+            if !skipped {
+                put(&dead, seq_js(seq), dead_js(&key, true), what)?;
+                n += 1;
+            }
+        }
+        finish(tx, what).await?;
+        Ok(n)
+    })
+    .await
 }
 
 /// `(time, seq, key)` of the first `cap` entries of a `[time, seq]`
@@ -172,9 +228,9 @@ pub(crate) async fn prune_delivered(db: &Db, before: Timestamp, limit: usize) ->
     if limit == 0 {
         return Ok(0);
     }
-    let tx = db.tx(&[DELIVERED, DISCARDED, EVENTS, IDS], true)?;
+    let tx = db.tx(&[DELIVERED, DISCARDED, EVENTS, IDS, QUARANTINE], true)?;
     let (delivered, discarded) = (store(&tx, DELIVERED, what)?, store(&tx, DISCARDED, what)?);
-    let (ev, ids) = (store(&tx, EVENTS, what)?, store(&tx, IDS, what)?);
+    let (ev, ids, q) = (store(&tx, EVENTS, what)?, store(&tx, IDS, what)?, store(&tx, QUARANTINE, what)?);
     let cap = u32::try_from(limit).unwrap_or(u32::MAX);
     let before = before.as_millis() as f64;
     // Both indexes' oldest `limit`, merged by time: the oldest `limit` of
@@ -190,9 +246,24 @@ pub(crate) async fn prune_delivered(db: &Db, before: Timestamp, limit: usize) ->
     doomed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     doomed.truncate(limit);
     for (_, seq, k, is_discarded) in &doomed {
-        if let Some(row) = read_row(&ev, *seq).await? {
-            delete(&ids, id_js(row.env().id), what)?;
+        // The id of a quarantined event is its record's; an event that
+        // went bad once settled gives what can be read of it.
+        let id = match quarantined(&q, *seq).await? {
+            Some(rec) => Some(rec.id),
+            None => match get(&ev, seq_js(*seq), "read event").await? {
+                Some(v) => match js_bytes(&v, "event row").and_then(Event::decode) {
+                    Ok(row) => Some(row.env().id),
+                    Err(_) => v.dyn_ref::<Uint8Array>().and_then(|b| salvage(&b.to_vec()).id),
+                },
+                None => None,
+            },
+        };
+        if let Some(id) = id
+            && get(&ids, id_js(id), "read id").await?.and_then(|v| v.as_f64()) == Some(*seq as f64)
+        {
+            delete(&ids, id_js(id), what)?;
         }
+        delete(&q, seq_js(*seq), what)?;
         delete(&ev, seq_js(*seq), what)?;
         delete(if *is_discarded { &discarded } else { &delivered }, k.clone(), what)?;
     }

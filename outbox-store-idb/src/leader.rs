@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use indexed_db_futures::object_store::ObjectStore;
-use outbox_core::codec::{PendingEntry, corrupt, encode_pending};
+use outbox_core::codec::{PendingEntry, encode_pending};
 use outbox_core::rules::check_fence;
 use outbox_core::{Epoch, LeaderGrant, Result, Timestamp};
 
 use crate::codec::{bytes_js, decode_grant, encode_grant, js_bytes, js_u64, seq_js};
-use crate::schema::{EVENTS, LAST_EPOCH, LEADER, META, PENDING};
-use crate::tx::{Db, delete, finish, get, pending_entries, put, read_row, store};
+use crate::quarantine::{Healing, healing, pending_row};
+use crate::schema::{EVENTS, LAST_EPOCH, LEADER, META, PENDING, QUARANTINE};
+use crate::tx::{Db, delete, finish, get, pending_entries, put, store};
 
 /// The epoch of the current grant (read in the transaction that writes
 /// under it), `None` when nobody leads.
@@ -31,8 +32,18 @@ pub(crate) async fn acquire(
     ttl: Duration,
     granted: u64,
 ) -> Result<Option<LeaderGrant>> {
+    healing(db, now, || acquire_once(db, now, holder, ttl, granted)).await
+}
+
+async fn acquire_once(
+    db: &Db,
+    now: Timestamp,
+    holder: &str,
+    ttl: Duration,
+    granted: u64,
+) -> Healing<Option<LeaderGrant>> {
     let what = "acquire leadership";
-    let tx = db.tx(&[META, PENDING, EVENTS], true)?;
+    let tx = db.tx(&[META, PENDING, EVENTS, QUARANTINE], true)?;
     let meta = store(&tx, META, what)?;
     if let Some(v) = get(&meta, LEADER.into(), "read leader").await? {
         let cur = decode_grant(&js_bytes(&v, "leader")?)?;
@@ -48,16 +59,18 @@ pub(crate) async fn acquire(
         // stand.
         if cur.holder == holder && cur.epoch.0 != granted {
             let (pending, ev) = (store(&tx, PENDING, what)?, store(&tx, EVENTS, what)?);
+            let q = store(&tx, QUARANTINE, what)?;
+            let mut voided = Vec::new();
             for (seq, entry) in pending_entries(&pending).await? {
                 if entry.lease_until.is_none() {
                     continue;
                 }
-                let mut row = read_row(&ev, seq)
-                    .await?
-                    .ok_or_else(|| corrupt("pending index names a missing event"))?;
-                if row.claimed_by() != Some(cur.epoch.0) {
-                    continue;
+                let row = pending_row(&ev, &q, seq).await?;
+                if row.claimed_by() == Some(cur.epoch.0) {
+                    voided.push((seq, entry, row));
                 }
+            }
+            for (seq, entry, mut row) in voided {
                 row.end_lease();
                 put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
                 let entry = PendingEntry { lease_until: None, ..entry };

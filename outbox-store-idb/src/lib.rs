@@ -23,6 +23,8 @@ mod options;
 #[cfg(target_arch = "wasm32")]
 mod platform;
 #[cfg(target_arch = "wasm32")]
+mod quarantine;
+#[cfg(target_arch = "wasm32")]
 mod schema;
 #[cfg(target_arch = "wasm32")]
 mod store;

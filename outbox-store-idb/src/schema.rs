@@ -14,6 +14,7 @@
 //! | `discarded` | `[discarded at, seq]` | seq: pruning discarded dead letters by age |
 //! | `inbox` | `[consumer, origin, event id]` | the time it was marked |
 //! | `inbox_at` | `[time, consumer, origin, event id]` | pruning inbox marks by age |
+//! | `quarantine` | seq | a quarantined event's record ([`Quarantined`](crate::codec::Quarantined)) |
 //!
 //! An event row is `outbox_core::codec`'s row bytes, whose first byte is
 //! the status: 0 pending, 1 dead, 2 delivered (then the ack time), and
@@ -26,6 +27,11 @@
 //!    index holds keys only.
 //! 2. adds the `discarded` object store, the statuses 3 and 4 and the
 //!    skipped form of the dead index. Every version-1 record reads
+//!    unchanged, so the upgrade only creates the object store.
+//! 3. adds the `quarantine` object store: an event record that does not
+//!    decode (or is missing while an index names it) is moved to the dead
+//!    letters, its record in `events` left as it was, with a record here
+//!    saying why ([`crate::quarantine`]). Every version-2 record reads
 //!    unchanged, so the upgrade only creates the object store.
 
 use std::cell::Cell;
@@ -42,7 +48,7 @@ use crate::error::{is, map_open};
 /// The schema version this build writes: the IndexedDB database version.
 /// A database at a higher version is refused with
 /// [`Error::SchemaTooNew`] and left untouched.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub(crate) const META: &str = "meta";
 pub(crate) const STATE: &str = "state";
@@ -54,10 +60,13 @@ pub(crate) const DELIVERED: &str = "delivered";
 pub(crate) const DISCARDED: &str = "discarded";
 pub(crate) const INBOX: &str = "inbox";
 pub(crate) const INBOX_AT: &str = "inbox_at";
+pub(crate) const QUARANTINE: &str = "quarantine";
 /// The object stores version 1 created.
 const V1: [&str; 9] = [META, STATE, EVENTS, IDS, PENDING, DEAD, DELIVERED, INBOX, INBOX_AT];
 /// The object stores version 2 added.
 const V2: [&str; 1] = [DISCARDED];
+/// The object stores version 3 added.
+const V3: [&str; 1] = [QUARANTINE];
 
 /// `meta` key: the seq the next event gets.
 pub(crate) const NEXT_SEQ: &str = "next_seq";
@@ -101,6 +110,12 @@ pub(crate) async fn open(name: &str) -> Result<Database> {
                     db.create_object_store(name).build()?;
                 }
             }
+            // Version 2 -> 3: quarantined events.
+            if old < 3.0 {
+                for name in V3 {
+                    db.create_object_store(name).build()?;
+                }
+            }
             Ok(())
         })
         .await;
@@ -115,7 +130,7 @@ pub(crate) async fn open(name: &str) -> Result<Database> {
         }
         Err(e) => return Err(map_open(e)),
     };
-    if let Some(gone) = missing(&db, &V1).or_else(|| missing(&db, &V2)) {
+    if let Some(gone) = missing(&db, &V1).or_else(|| missing(&db, &V2)).or_else(|| missing(&db, &V3)) {
         let e = not_an_outbox(name, db.version() as u32, gone);
         db.close();
         return Err(e);

@@ -165,7 +165,7 @@ impl DeliveryStore for IdbStore {
 
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         let now = self.now();
-        delivery::settle(&self.db, "ack", grant, ids, |row| {
+        delivery::settle(&self.db, self.now(), "ack", grant, ids, |row| {
             row.set_status(Status::Delivered(now));
             row.end_lease();
         })
@@ -173,7 +173,7 @@ impl DeliveryStore for IdbStore {
     }
 
     async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
-        delivery::settle(&self.db, "release", grant, ids, |row| {
+        delivery::settle(&self.db, self.now(), "release", grant, ids, |row| {
             if row.lease_until().is_some() {
                 let env = row.env_mut();
                 env.attempts = env.attempts.saturating_sub(1);
@@ -191,7 +191,7 @@ impl DeliveryStore for IdbStore {
         error: &str,
         attempt: Attempt,
     ) -> Result<()> {
-        delivery::settle(&self.db, "retry later", grant, &[id], |row| {
+        delivery::settle(&self.db, self.now(), "retry later", grant, &[id], |row| {
             // Uncounted: take back the attempt the claim counted (as
             // `release` does), if the event is claimed.
             let take_back = attempt == Attempt::Uncounted && row.lease_until().is_some();
@@ -211,7 +211,7 @@ impl DeliveryStore for IdbStore {
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
-        delivery::settle(&self.db, "dead letter", grant, &[id], |row| {
+        delivery::settle(&self.db, self.now(), "dead letter", grant, &[id], |row| {
             row.set_status(Status::Dead { skipped: false });
             row.env_mut().last_error = Some(error.to_owned());
             row.end_lease();
@@ -227,11 +227,11 @@ impl InspectStore for IdbStore {
     }
 
     async fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {
-        inspect::list(&self.db, false, limit).await
+        inspect::list(&self.db, self.now(), false, limit).await
     }
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
-        inspect::list(&self.db, true, limit).await
+        inspect::list(&self.db, self.now(), true, limit).await
     }
 
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
@@ -243,7 +243,7 @@ impl InspectStore for IdbStore {
     }
 
     async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
-        inspect::skip_dead(&self.db, ids).await
+        inspect::skip_dead(&self.db, self.now(), ids).await
     }
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {

@@ -16,9 +16,10 @@ use outbox_core::Result;
 use outbox_core::codec::{PendingEntry, corrupt, decode_pending};
 use wasm_bindgen::JsValue;
 
-use crate::codec::{Event, js_bytes, js_u64, seq_js};
+use crate::codec::{js_bytes, js_u64, seq_js};
 use crate::error::map;
 use crate::options::Durability;
+use crate::quarantine::{Healing, at};
 
 pub(crate) type Tx<'a> = Transaction<'a>;
 
@@ -104,18 +105,19 @@ pub(crate) async fn count(st: &ObjectStore<'_>, what: &str) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Every `(seq, entry)` of the pending index, in seq order.
-pub(crate) async fn pending_entries(st: &ObjectStore<'_>) -> Result<Vec<(u64, PendingEntry)>> {
+/// Every `(seq, entry)` of the pending index, in seq order; `Bad` at the
+/// first entry that does not decode.
+pub(crate) async fn pending_entries(st: &ObjectStore<'_>) -> Healing<Vec<(u64, PendingEntry)>> {
     pending_after(st, 0, u32::MAX).await
 }
 
 /// Up to `n` `(seq, entry)` of the pending index with a seq above
-/// `after`, in seq order.
+/// `after`, in seq order; `Bad` at the first entry that does not decode.
 pub(crate) async fn pending_after(
     st: &ObjectStore<'_>,
     after: u64,
     n: u32,
-) -> Result<Vec<(u64, PendingEntry)>> {
+) -> Healing<Vec<(u64, PendingEntry)>> {
     let what = "scan pending";
     let range = || indexed_db_futures::KeyRange::LowerBound(seq_js(after), true);
     let keys = st.get_all_keys::<JsValue>().with_query::<JsValue, _>(range()).with_limit(n).primitive();
@@ -125,18 +127,12 @@ pub(crate) async fn pending_after(
     let values = values.map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
     let values = values.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| map(what, e))?;
     if keys.len() != values.len() {
-        return Err(corrupt("pending index changed under a read"));
+        return Err(corrupt("pending index changed under a read").into());
     }
-    keys.iter()
-        .zip(&values)
-        .map(|(k, v)| Ok((js_u64(k, "pending key")?, decode_pending(&js_bytes(v, "pending entry")?)?)))
-        .collect()
-}
-
-/// The event row at `seq`, if there is one.
-pub(crate) async fn read_row(st: &ObjectStore<'_>, seq: u64) -> Result<Option<Event>> {
-    match get(st, seq_js(seq), "read event").await? {
-        Some(v) => Ok(Some(Event::decode(js_bytes(&v, "event row")?)?)),
-        None => Ok(None),
+    let mut out = Vec::with_capacity(keys.len());
+    for (k, v) in keys.iter().zip(&values) {
+        let seq = js_u64(k, "pending key")?;
+        out.push((seq, at(seq, js_bytes(v, "pending entry").and_then(|b| decode_pending(&b)))?));
     }
+    Ok(out)
 }

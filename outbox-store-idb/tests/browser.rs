@@ -131,16 +131,31 @@ const V1_STORES: [&str; 9] =
 /// layout (statuses pending, dead, delivered), the dead index holding
 /// ordering keys, the delivered index `[ack time, seq]`.
 async fn create_version_1(name: &str, rows: &[Row], state: (&ActorId, u64, &[u8]), mark: &InboxMark) {
+    create_old_version(name, 1, rows, state, mark).await
+}
+
+/// [`create_version_1`] at `version` (1 or 2: version 2 adds the empty
+/// `discarded` object store; its records are version 1's).
+async fn create_old_version(
+    name: &str,
+    version: u32,
+    rows: &[Row],
+    state: (&ActorId, u64, &[u8]),
+    mark: &InboxMark,
+) {
     let db = Database::open(name)
-        .with_version(1u32)
-        .with_on_upgrade_needed(|_, db| {
+        .with_version(version)
+        .with_on_upgrade_needed(move |_, db| {
             for st in V1_STORES {
                 db.create_object_store(st).build()?;
+            }
+            if version >= 2 {
+                db.create_object_store("discarded").build()?;
             }
             Ok(())
         })
         .await
-        .expect("create a version-1 database");
+        .expect("create an old-version database");
     let (mut events, mut ids, mut pending, mut dead, mut delivered) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, row) in rows.iter().enumerate() {
@@ -370,9 +385,12 @@ async fn a_foreign_database_is_corrupted() {
     assert_eq!(kind(IdbStore::open(&name).await), ErrorKind::Corrupted);
 }
 
-/// Bytes that do not decode are `Corrupted` from every read path.
+/// An event record and its pending entry that do not decode (junk in
+/// both) are quarantined by the first read that meets them: every read
+/// path goes on; the event is dead, and parks nothing (its key is
+/// unknowable).
 #[wasm_bindgen_test]
-async fn a_damaged_row_is_a_typed_error() {
+async fn a_damaged_row_and_its_index_entry_are_quarantined() {
     let name = unique("damaged");
     let store = IdbStore::open(&name).await.expect("open");
     let a = actor("a");
@@ -394,14 +412,264 @@ async fn a_damaged_row_is_a_typed_error() {
         tx.commit().await.expect("commit junk");
         db.close();
     }
-    assert_eq!(kind(store.list_pending(10).await), ErrorKind::Corrupted);
-    assert_eq!(kind(store.stats().await), ErrorKind::Corrupted);
+    assert!(store.list_pending(10).await.expect("list").is_empty());
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.dead, s.parked_keys), (0, 1, 0));
     let g =
         store.acquire_leadership("h", std::time::Duration::from_secs(5)).await.expect("lead").expect("free");
-    assert_eq!(
-        kind(store.claim(&g, ClaimRequest::new(10, std::time::Duration::from_secs(5))).await),
-        ErrorKind::Corrupted
+    let later = event(&a, 2);
+    store.put_state_and_events(Commit::events_only().event(later.clone())).await.expect("commit");
+    let request = ClaimRequest::new(10, std::time::Duration::from_secs(5)).park_dead_keys(true);
+    assert_eq!(env_ids(&store.claim(&g, request).await.expect("claim")), vec![later.id]);
+    let dead = store.list_dead(10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload.as_bytes(), &[1, 2, 3]);
+}
+
+/// What a test does to one committed event's stored record or index
+/// entries.
+#[derive(Clone, Copy, Debug)]
+enum Poison {
+    /// Garbage bytes in place of the record.
+    Garbage,
+    /// The record cut short.
+    Truncated,
+    /// A status tag no version has.
+    UnknownStatus,
+    /// A JSON payload that is not JSON.
+    BadJson,
+    /// An origin that is not UTF-8: an id that does not parse.
+    BadOrigin,
+    /// No record, while the pending index names it.
+    Missing,
+    /// A good record whose pending entry is garbage.
+    BadPendingEntry,
+    /// A record that is not even bytes (a string), a garbage pending
+    /// entry, no id index entry: nothing says its id or its key.
+    Unknowable,
+}
+
+/// Applies `poison` to the stored event `id` of the database `name`;
+/// returns what the quarantine should list as its payload (the stored
+/// value's bytes).
+async fn poison(name: &str, id: EventId, poison: Poison) -> Vec<u8> {
+    let db = Database::open(name).await.expect("raw open");
+    let tx = db
+        .transaction(["events", "pending", "ids"])
+        .with_mode(TransactionMode::Readwrite)
+        .build()
+        .expect("tx");
+    let (events, pending, ids) = (
+        tx.object_store("events").expect("events"),
+        tx.object_store("pending").expect("pending"),
+        tx.object_store("ids").expect("ids"),
     );
+    let seq = ids
+        .get::<JsValue, JsValue, JsValue>(bytes(&id.to_bytes()))
+        .primitive()
+        .expect("get")
+        .await
+        .expect("get")
+        .expect("the event's seq");
+    let stored = events
+        .get::<JsValue, JsValue, JsValue>(seq.clone())
+        .primitive()
+        .expect("get")
+        .await
+        .expect("get")
+        .expect("the event's record");
+    let mut row = js_sys::Uint8Array::new(&stored).to_vec();
+    let garbage = b"\xde\xad\xbe\xef not a row".to_vec();
+    let replace = |row: &mut Vec<u8>, from: &[u8], to: &[u8]| {
+        let at = row.windows(from.len()).position(|w| w == from).expect("pattern in the record");
+        row[at..at + to.len()].copy_from_slice(to);
+    };
+    let mut value = None;
+    match poison {
+        Poison::Garbage => row = garbage,
+        Poison::Truncated => row.truncate(row.len() / 2),
+        Poison::UnknownStatus => row[0] = 9,
+        Poison::BadJson => replace(&mut row, b"\"xyzzy\"", b"{\"nope\""),
+        Poison::BadOrigin => replace(&mut row, b"\x00\x00\x00\x04uuuu", b"\x00\x00\x00\x04\xff\xff\xff\xff"),
+        Poison::Missing => {
+            events
+                .delete::<JsValue, JsValue>(seq.clone())
+                .primitive()
+                .expect("delete")
+                .await
+                .expect("delete");
+            row = Vec::new();
+        }
+        Poison::BadPendingEntry => {
+            pending.put(bytes(&garbage)).with_key(seq.clone()).primitive().expect("put").await.expect("put");
+        }
+        Poison::Unknowable => {
+            pending.put(bytes(&garbage)).with_key(seq.clone()).primitive().expect("put").await.expect("put");
+            ids.delete::<JsValue, JsValue>(bytes(&id.to_bytes()))
+                .primitive()
+                .expect("delete")
+                .await
+                .expect("delete");
+            value = Some(JsValue::from_str("not bytes"));
+            row = b"not bytes".to_vec();
+        }
+    }
+    if !matches!(poison, Poison::Missing | Poison::BadPendingEntry) {
+        let v = value.unwrap_or_else(|| bytes(&row));
+        events.put(v).with_key(seq).primitive().expect("put").await.expect("put");
+    }
+    tx.commit().await.expect("commit the poison");
+    db.close();
+    row
+}
+
+/// The stored value of the event at `seq` as bytes, if any.
+async fn stored_event(name: &str, seq: u64) -> Option<Vec<u8>> {
+    let db = Database::open(name).await.expect("raw open");
+    let tx = db.transaction("events").build().expect("tx");
+    let v = tx
+        .object_store("events")
+        .expect("events")
+        .get::<JsValue, JsValue, JsValue>(num(seq as i64))
+        .primitive()
+        .expect("get")
+        .await
+        .expect("get");
+    drop(tx);
+    db.close();
+    v.map(|v| js_sys::Uint8Array::new(&v).to_vec())
+}
+
+/// Event records that do not decode (garbage, truncated, an unknown
+/// status, a JSON payload that is not JSON, an origin that does not
+/// parse, a value that is not bytes, a missing record the index names)
+/// are quarantined: moved to the dead letters with a `last_error`
+/// starting `corrupted:`, their stored values kept as they were, while
+/// every other event flows in per-key order. A bad index entry of a good
+/// record is rebuilt from it. A poison record at the head of its key
+/// parks the key like any dead letter; one whose key is unknowable parks
+/// nothing, and one whose id is unknowable is listed under an id derived
+/// from its seq. Claims, listings and counts never fail.
+#[wasm_bindgen_test]
+async fn a_poison_row_is_quarantined() {
+    let name = unique("poison");
+    let ttl = std::time::Duration::from_secs(30);
+    let store = IdbStore::open(&name).await.expect("open");
+    let mk = |key: &str| NewEvent::json(actor(key), "T", &"xyzzy").expect("json");
+    let cases = [
+        ("p", Poison::Garbage),
+        ("q", Poison::Truncated),
+        ("r", Poison::UnknownStatus),
+        ("s", Poison::BadJson),
+        ("uuuu", Poison::BadOrigin),
+        ("t", Poison::Missing),
+        ("v", Poison::BadPendingEntry),
+        ("w", Poison::Unknowable),
+    ];
+    let bad: Vec<NewEvent> = cases.iter().map(|(key, _)| mk(key)).collect();
+    // Each poisoned event has a good follower on its key.
+    let next: Vec<NewEvent> = cases.iter().map(|(key, _)| mk(key)).collect();
+    for e in bad.iter().chain(&next) {
+        store.put_state_and_events(Commit::events_only().event(e.clone())).await.expect("commit");
+    }
+    let mut listed_bytes = Vec::new();
+    for (e, (_, p)) in bad.iter().zip(&cases) {
+        listed_bytes.push(poison(&name, e.id, *p).await);
+    }
+    // Good events on two keys, after the poison.
+    let (a, b) = (actor("a"), actor("b"));
+    let good = [event(&a, 0), event(&b, 0), event(&a, 1), event(&b, 1)];
+    store.put_state_and_events(Commit::events_only().events(good.to_vec())).await.expect("commit");
+
+    let g = store.acquire_leadership("l", ttl).await.expect("acquire").expect("granted");
+    // Settling a poisoned id is a no-op, not an error.
+    store.ack(&g, &[bad[2].id]).await.expect("ack");
+    let park = || ClaimRequest::new(100, ttl).park_dead_keys(true);
+    let got = store.claim(&g, park()).await.expect("claim");
+    // v's record was good (its index entry is rebuilt): v flows, both
+    // events; w's poison parks nothing (its key is unknowable): its
+    // follower flows; every other poisoned key is parked behind its
+    // poison.
+    let want = vec![bad[6].id, next[6].id, next[7].id, good[0].id, good[1].id, good[2].id, good[3].id];
+    assert_eq!(env_ids(&got), want);
+    store.list_pending(100).await.expect("list pending");
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight, s.dead, s.parked_keys), (6 + 7, 7, 7, 6));
+    store.ack(&g, &env_ids(&got)).await.expect("ack");
+    assert!(store.claim(&g, park()).await.expect("claim").is_empty(), "the parked keys stay parked");
+
+    // Listed dead, in commit order, with what could be read.
+    let dead = store.list_dead(100).await.expect("list dead");
+    assert_eq!(dead.len(), 7);
+    for d in &dead {
+        let e = d.last_error.as_deref().unwrap_or_default();
+        assert!(e.starts_with("corrupted:"), "{e}");
+    }
+    let quarantined = [0, 1, 2, 3, 4, 5, 7];
+    assert_eq!(env_ids(&dead[..6]), quarantined[..6].iter().map(|&i| bad[i].id).collect::<Vec<_>>());
+    let keys: Vec<&str> = dead.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["p", "q", "r", "s", "uuuu", "t", "outbox.corrupted"]);
+    for (d, i) in dead.iter().zip(quarantined) {
+        assert_eq!(d.payload.as_bytes(), listed_bytes[i].as_slice(), "{:?}", cases[i].1);
+    }
+    // Nothing said w's id: it is listed under one derived from its seq.
+    let w = &dead[6];
+    assert_ne!(w.id, bad[7].id);
+    assert!(w.last_error.as_deref().expect("reason").contains(&w.id.to_string()));
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight, s.dead, s.delivered, s.parked_keys), (6, 0, 7, 7, 6));
+
+    // Like any dead letter: skipped, its key flows; discarded, then
+    // pruned; not requeued (no event to deliver).
+    assert_eq!(store.skip_dead(&[bad[0].id]).await.expect("skip"), 1);
+    assert_eq!(env_ids(&store.claim(&g, park()).await.expect("claim")), vec![next[0].id]);
+    assert_eq!(store.requeue_dead(&[bad[1].id]).await.expect("requeue"), 0);
+    assert_eq!(store.discard_dead(&[bad[1].id, w.id]).await.expect("discard"), 2);
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.dead, s.discarded, s.parked_keys), (5, 2, 4));
+    assert_eq!(env_ids(&store.claim(&g, park()).await.expect("claim")), vec![next[1].id], "q flows on");
+    store.ack(&g, &[next[0].id, next[1].id]).await.expect("ack");
+    let far = Timestamp::from_millis(i64::MAX);
+    assert_eq!(store.prune_delivered(far, 100).await.expect("prune"), 9 + 2);
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (4, 5, 0, 0));
+
+    // The quarantined records are untouched (seqs 1 to 8: p to w).
+    for i in [0, 2, 3, 4] {
+        assert_eq!(stored_event(&name, i as u64 + 1).await.as_deref(), Some(listed_bytes[i].as_slice()));
+    }
+    assert_eq!(stored_event(&name, 2).await, None, "q's was pruned");
+}
+
+/// A database at version 2 (the previous version) opens upgraded to the
+/// current one, with the `quarantine` object store, and a record of it
+/// that does not decode is quarantined by the first read that meets it.
+#[wasm_bindgen_test]
+async fn a_version_2_database_opens_upgraded_and_quarantines_a_poison_row() {
+    let name = unique("v2");
+    let (a, b) = (actor("a"), actor("b"));
+    let rows = vec![row(&a, 1, Status::Pending), row(&a, 2, Status::Pending), row(&b, 3, Status::Pending)];
+    let id: Vec<EventId> = rows.iter().map(|r| r.env.id).collect();
+    let consumer = outbox_core::ConsumerId::new("consumer").expect("consumer");
+    let mark = InboxMark { consumer, origin: b.clone(), event_id: id[2] };
+    create_old_version(&name, 2, &rows, (&a, 1, b"s"), &mark).await;
+    let db = Database::open(name.as_str()).await.expect("raw open");
+    put_raw(&db, "events", vec![(num(1), bytes(b"\xffgarbage"))]).await;
+    db.close();
+
+    let store = IdbStore::open(&name).await.expect("open");
+    let raw = Database::open(name.as_str()).await.expect("raw open");
+    assert_eq!(raw.version() as u32, SCHEMA_VERSION, "upgraded in place");
+    assert!(raw.object_store_names().any(|n| n == "quarantine"));
+    raw.close();
+    assert_eq!(env_ids(&store.list_pending(10).await.expect("pending")), vec![id[1], id[2]]);
+    let ttl = std::time::Duration::from_secs(60);
+    let g = store.acquire_leadership("l", ttl).await.expect("acquire").expect("granted");
+    let got = store.claim(&g, ClaimRequest::new(10, ttl).park_dead_keys(true)).await.expect("claim");
+    assert_eq!(env_ids(&got), vec![id[2]], "a is parked behind its poison; b flows");
+    let dead = store.list_dead(10).await.expect("dead");
+    assert_eq!((env_ids(&dead), dead[0].payload.as_bytes()), (vec![id[0]], &b"\xffgarbage"[..]));
+    assert!(dead[0].last_error.as_deref().expect("reason").starts_with("corrupted:"));
 }
 
 /// DOM exception names map to the core kinds (a real `DOMException`

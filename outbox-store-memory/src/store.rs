@@ -62,7 +62,7 @@ impl StateStore for MemoryStore {
         for m in commit.inbox {
             inner.inbox.insert((m.consumer, m.origin, m.event_id), now);
         }
-        Ok(CommitReceipt { version, committed_at: now })
+        Ok(CommitReceipt { version, committed_at: now, durable: false })
     }
 
     async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {

@@ -189,6 +189,164 @@ pub(crate) fn decode_row(b: &[u8]) -> Result<Row> {
     })
 }
 
+/// What can be read of an event row that does not decode: its fields in
+/// order, as far as they read, each kept only if valid on its own.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Salvage {
+    pub(crate) id: Option<EventId>,
+    pub(crate) origin: Option<ActorId>,
+    pub(crate) key: Option<OrderingKey>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) headers: Option<Headers>,
+    pub(crate) schema_version: Option<u32>,
+    pub(crate) created_at: Option<Timestamp>,
+    pub(crate) attempts: Option<u32>,
+    pub(crate) next_attempt_at: Option<Timestamp>,
+    pub(crate) last_error: Option<String>,
+}
+
+/// Reads what it can of the row bytes `b` (see [`Salvage`]): the fields
+/// [`decode_row`] reads, in its order, up to the first one whose length
+/// cannot be known (an unknown status tag, a truncation).
+pub(crate) fn salvage(b: &[u8]) -> Salvage {
+    let mut s = Salvage::default();
+    let _stopped: Result<()> = (|| {
+        let mut r = Reader::new(b);
+        match r.u8()? {
+            STATUS_PENDING | STATUS_DEAD | STATUS_DEAD_SKIPPED => {}
+            STATUS_DELIVERED | STATUS_DISCARDED => {
+                r.time()?;
+            }
+            _ => return Err(corrupt("unknown event status")),
+        }
+        if r.u8()? == 1 {
+            r.u64()?;
+        }
+        r.opt_time()?;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&r.u64()?.to_be_bytes());
+        id[8..].copy_from_slice(&r.u64()?.to_be_bytes());
+        s.id = Some(EventId::from_bytes(id));
+        s.origin = ActorId::new(r.string()?).ok();
+        s.key = OrderingKey::new(r.string()?).ok();
+        s.event_type = Some(r.string()?);
+        r.u8()?;
+        r.bytes()?;
+        let mut headers = Headers::new();
+        for _ in 0..r.u32()? {
+            let k = r.string()?;
+            headers.insert(k, r.string()?);
+        }
+        s.headers = Some(headers);
+        s.schema_version = Some(r.u32()?);
+        s.created_at = Some(r.time()?);
+        s.attempts = Some(r.u32()?);
+        s.next_attempt_at = Some(r.time()?);
+        if r.u8()? == 1 {
+            s.last_error = Some(r.string()?);
+        }
+        Ok(())
+    })();
+    s
+}
+
+/// The start of the `last_error` of a quarantined row.
+pub(crate) const CORRUPTED: &str = "corrupted: ";
+
+/// The origin and key a quarantined row is listed under when its own are
+/// unreadable.
+pub(crate) const CORRUPTED_ID: &str = "outbox.corrupted";
+
+/// The id a quarantined row whose own id is unreadable is listed under:
+/// the version-8 UUID `00000000-0000-8000-8000-<seq as 12 hex digits>`,
+/// stable for the row's life.
+pub(crate) fn derived_id(seq: u64) -> EventId {
+    let mut b = [0u8; 16];
+    b[6] = 0x80;
+    b[8] = 0x80;
+    b[10..].copy_from_slice(&seq.to_be_bytes()[2..]);
+    EventId::from_bytes(b)
+}
+
+/// The seq a [`derived_id`] stands for, if `id` is one.
+pub(crate) fn derived_seq(id: EventId) -> Option<u64> {
+    let b = id.to_bytes();
+    if b[..10] != [0, 0, 0, 0, 0, 0, 0x80, 0, 0x80, 0] {
+        return None;
+    }
+    let mut s = [0u8; 8];
+    s[2..].copy_from_slice(&b[10..]);
+    Some(u64::from_be_bytes(s))
+}
+
+/// The record of a quarantined row (the `quarantine` tree's value): when
+/// and why it was quarantined, the id it is listed under and its ordering
+/// key if known. The row's own bytes stay in `events` as they were.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Quarantined {
+    pub(crate) at: Timestamp,
+    pub(crate) id: EventId,
+    pub(crate) key: Option<OrderingKey>,
+    /// `corrupted: ` and what is wrong.
+    pub(crate) last_error: String,
+}
+
+/// The bytes of `q`: the time, the id, the key (a tag byte, then the
+/// string), `last_error`.
+pub(crate) fn encode_quarantined(q: &Quarantined) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.time(q.at);
+    w.0.extend_from_slice(&q.id.to_bytes());
+    match &q.key {
+        Some(k) => {
+            w.u8(1);
+            w.str(k.as_str());
+        }
+        None => w.u8(0),
+    }
+    w.str(&q.last_error);
+    w.0
+}
+
+/// Decodes an [`encode_quarantined`] value.
+pub(crate) fn decode_quarantined(b: &[u8]) -> Result<Quarantined> {
+    let mut r = Reader::new(b);
+    let at = r.time()?;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&r.u64()?.to_be_bytes());
+    id[8..].copy_from_slice(&r.u64()?.to_be_bytes());
+    let key = match r.u8()? {
+        0 => None,
+        1 => Some(valid(OrderingKey::new(r.string()?))?),
+        _ => return Err(corrupt("bad option tag")),
+    };
+    let last_error = r.string()?;
+    r.end()?;
+    Ok(Quarantined { at, id: EventId::from_bytes(id), key, last_error })
+}
+
+/// How a quarantined row is listed: the id and key of its record, its
+/// raw bytes (`raw`, none when the row is missing) as a
+/// [`Payload::bytes`], what [`salvage`] reads of the rest, and the
+/// record's `last_error`.
+pub(crate) fn quarantined_envelope(q: &Quarantined, raw: Option<&[u8]>) -> Envelope {
+    let s = raw.map(salvage).unwrap_or_default();
+    let placeholder = || ActorId::new(CORRUPTED_ID).unwrap_or_else(|_| unreachable!("a valid literal id"));
+    Envelope {
+        id: q.id,
+        origin: s.origin.unwrap_or_else(placeholder),
+        key: q.key.clone().unwrap_or_else(|| OrderingKey::from(&placeholder())),
+        event_type: s.event_type.unwrap_or_default(),
+        payload: Payload::bytes(raw.unwrap_or_default().to_vec()),
+        headers: s.headers.unwrap_or_default(),
+        schema_version: s.schema_version.unwrap_or(0),
+        created_at: s.created_at.unwrap_or(q.at),
+        attempts: s.attempts.unwrap_or(0),
+        next_attempt_at: s.next_attempt_at.unwrap_or(q.at),
+        last_error: Some(q.last_error.clone()),
+    }
+}
+
 /// The value of a state: `version` (u64), `updated_at`, then `snapshot`.
 pub(crate) fn encode_state(version: Version, updated_at: Timestamp, snapshot: &[u8]) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(16 + snapshot.len()));
@@ -261,5 +419,42 @@ mod tests {
         });
         bad[0] = 5;
         assert_eq!(decode_row(&bad).unwrap_err().kind(), outbox_core::ErrorKind::Corrupted);
+    }
+
+    #[test]
+    fn salvage_reads_what_it_can_and_records_round_trip() {
+        let row = Row {
+            env: envelope(),
+            status: Status::Discarded(Timestamp::from_millis(3)),
+            claimed_by: Some(2),
+            lease_until: None,
+        };
+        let bytes = encode_row(&row);
+        let all = salvage(&bytes);
+        assert_eq!(
+            (all.id, all.key.as_ref(), all.last_error.as_deref()),
+            (Some(row.env.id), Some(&row.env.key), Some("boom"))
+        );
+        assert_eq!(all.created_at, Some(row.env.created_at));
+        let cut = salvage(&bytes[..40]);
+        assert_eq!((cut.id, cut.key, cut.created_at), (Some(row.env.id), None, None));
+        assert!(salvage(&[9, 1, 2]).id.is_none(), "an unknown status: nothing after it is known");
+
+        for seq in [0, 7, (1 << 48) - 1] {
+            assert_eq!(derived_seq(derived_id(seq)), Some(seq));
+        }
+        assert_eq!(derived_seq(row.env.id), None);
+        let q = Quarantined {
+            at: Timestamp::from_millis(-1),
+            id: derived_id(4),
+            key: Some(row.env.key.clone()),
+            last_error: format!("{CORRUPTED}x"),
+        };
+        assert_eq!(decode_quarantined(&encode_quarantined(&q)).unwrap(), q);
+        let q = Quarantined { key: None, ..q };
+        assert_eq!(decode_quarantined(&encode_quarantined(&q)).unwrap(), q);
+        let listed = quarantined_envelope(&q, Some(&bytes[..40]));
+        assert_eq!((listed.id, listed.key.as_str(), listed.origin.as_str()), (q.id, CORRUPTED_ID, "a"));
+        assert_eq!(listed.payload.as_bytes(), &bytes[..40]);
     }
 }

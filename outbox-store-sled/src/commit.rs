@@ -80,6 +80,7 @@ impl Worker {
                     results.push(Ok(CommitReceipt {
                         version: commit.state.as_ref().map(|s| s.expected_version.next()),
                         committed_at: now,
+                        durable: true,
                     }));
                     writes.push(w);
                 }

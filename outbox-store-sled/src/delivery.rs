@@ -10,12 +10,15 @@ use outbox_core::{
     Attempt, ClaimRequest, Envelope, Epoch, EventId, LeaderGrant, OrderingKey, Result, Timestamp,
 };
 
-use crate::codec::{
-    PendingEntry, Row, Status, corrupt, decode_pending, decode_row, encode_pending, encode_row,
-};
+use crate::codec::{PendingEntry, Row, Status, encode_pending, encode_row};
 use crate::error::map;
+use crate::quarantine::{Fault, Healing};
 use crate::schema::{DEAD, EPOCH_KEY, EVENTS, HELD_KEY, IDS, META, PENDING, seq_key, seq_of};
 use crate::worker::{Worker, put_indexed};
+
+/// One claimed event: its seq key, its new row and pending entry, and the
+/// envelope handed out.
+type Claimed = ([u8; 8], Vec<u8>, Vec<u8>, Envelope);
 
 impl Worker {
     /// Grants leadership to `holder` unless another holder's grant is
@@ -61,54 +64,16 @@ impl Worker {
 
     /// Claims what [`ClaimPlan`] takes: the dead index is reported first
     /// (when parking), then the pending index is offered in commit order.
+    /// A row that does not read is quarantined on the way
+    /// ([`Worker::healing`]) and the claim planned again.
     pub(crate) fn claim(&mut self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
         self.check_fence(grant)?;
         if request.limit == 0 {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let mut plan: ClaimPlan<OrderingKey> = ClaimPlan::new(&request, now);
-        // Dead events hold their key only when parking, so the dead index
-        // is not read otherwise. It holds only the dead letters that park
-        // their key: skipped ones are indexed apart.
-        if request.park_dead_keys {
-            for item in self.all[DEAD].iter() {
-                let (k, v) = item.map_err(|e| map("scan dead", e))?;
-                let key = OrderingKey::new(String::from_utf8_lossy(&v).into_owned())
-                    .map_err(|_| corrupt("dead index key is invalid"))?;
-                plan.dead(&key, seq_of(&k)?);
-            }
-        }
-        let mut picked: Vec<(u64, PendingEntry)> = Vec::new();
-        for item in self.all[PENDING].iter() {
-            if plan.is_full() {
-                break;
-            }
-            let (k, v) = item.map_err(|e| map("scan pending", e))?;
-            let seq = seq_of(&k)?;
-            let entry = decode_pending(&v)?;
-            let offered = ClaimEntry::Pending {
-                lease_until: entry.lease_until,
-                next_attempt_at: entry.next_attempt_at,
-            };
-            if plan.offer(&entry.key, seq, offered) {
-                picked.push((seq, entry));
-            }
-        }
         let lease_until = now.saturating_add(request.lease);
-        let mut rows = Vec::with_capacity(picked.len());
-        for (seq, entry) in picked {
-            let b = self.all[EVENTS]
-                .get(seq_key(seq))
-                .map_err(|e| map("read event", e))?
-                .ok_or_else(|| corrupt("pending index names a missing event"))?;
-            let mut row = decode_row(&b)?;
-            row.env.attempts = row.env.attempts.saturating_add(1);
-            row.claimed_by = Some(grant.epoch.0);
-            row.lease_until = Some(lease_until);
-            let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
-            rows.push((seq_key(seq), encode_row(&row), encode_pending(&entry), row.env));
-        }
+        let rows = self.healing(|w| w.plan_claim(grant, &request, now, lease_until))?;
         // Read outside, write inside: every write runs on this thread.
         self.tx("claim", |v| {
             for (k, row, entry, _) in &rows {
@@ -120,24 +85,77 @@ impl Worker {
         Ok(rows.into_iter().map(|(_, _, _, env)| env).collect())
     }
 
+    /// The claim's reads: what it takes.
+    fn plan_claim(
+        &self,
+        grant: &LeaderGrant,
+        request: &ClaimRequest,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Healing<Vec<Claimed>> {
+        let mut plan: ClaimPlan<OrderingKey> = ClaimPlan::new(request, now);
+        // Dead events hold their key only when parking, so the dead index
+        // is not read otherwise. It holds only the dead letters that park
+        // their key: skipped ones are indexed apart.
+        if request.park_dead_keys {
+            for item in self.all[DEAD].iter() {
+                let (k, v) = item.map_err(|e| map("scan dead", e))?;
+                let seq = seq_of(&k)?;
+                let key = String::from_utf8(v.to_vec()).ok().and_then(|s| OrderingKey::new(s).ok());
+                plan.dead(&key.ok_or(Fault::Bad(seq))?, seq);
+            }
+        }
+        let mut picked: Vec<(u64, PendingEntry)> = Vec::new();
+        for item in self.all[PENDING].iter() {
+            if plan.is_full() {
+                break;
+            }
+            let (k, v) = item.map_err(|e| map("scan pending", e))?;
+            let seq = seq_of(&k)?;
+            let entry = Self::pending_entry(seq, &v)?;
+            let offered = ClaimEntry::Pending {
+                lease_until: entry.lease_until,
+                next_attempt_at: entry.next_attempt_at,
+            };
+            if plan.offer(&entry.key, seq, offered) {
+                picked.push((seq, entry));
+            }
+        }
+        let mut rows = Vec::with_capacity(picked.len());
+        for (seq, entry) in picked {
+            let mut row = self.pending_row(seq)?;
+            if row.status != Status::Pending || row.env.key != entry.key {
+                // The pending entry disagrees with its row.
+                return Err(Fault::Bad(seq));
+            }
+            row.env.attempts = row.env.attempts.saturating_add(1);
+            row.claimed_by = Some(grant.epoch.0);
+            row.lease_until = Some(lease_until);
+            let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
+            rows.push((seq_key(seq), encode_row(&row), encode_pending(&entry), row.env));
+        }
+        Ok(rows)
+    }
+
     /// The rows `grant` may settle, by seq; `Fenced` if `grant` is not
     /// current or any id is held by another claim. Delivered, dead and
     /// unknown ids are skipped.
     fn settleable(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<Vec<(u64, Row)>> {
         self.check_fence(grant)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(s) = self.all[IDS].get(id.to_bytes()).map_err(|e| map("read id", e))? else { continue };
-            let seq = seq_of(&s)?;
-            let Some(b) = self.all[EVENTS].get(s).map_err(|e| map("read event", e))? else { continue };
-            let row = decode_row(&b)?;
-            if row.status != Status::Pending {
-                continue;
+        self.healing(|w| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(s) = w.all[IDS].get(id.to_bytes()).map_err(|e| map("read id", e))? else { continue };
+                let seq = seq_of(&s)?;
+                let Some(row) = w.row_by_id(seq)? else { continue };
+                if row.status != Status::Pending {
+                    continue;
+                }
+                rules::check_claim_holder(grant, row.claimed_by.map(Epoch))?;
+                out.push((seq, row));
             }
-            rules::check_claim_holder(grant, row.claimed_by.map(Epoch))?;
-            out.push((seq, row));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Writes back settled rows (pending ones, as [`Worker::settleable`]
@@ -210,24 +228,24 @@ impl Worker {
     pub(crate) fn retry_now(&self, grant: &LeaderGrant) -> Result<u64> {
         self.check_fence(grant)?;
         let now = self.now();
-        let mut rows = Vec::new();
-        for item in self.all[PENDING].iter() {
-            let (k, v) = item.map_err(|e| map("scan pending", e))?;
-            if decode_pending(&v)?.next_attempt_at <= now {
-                continue;
+        let rows = self.healing(|w| {
+            let mut rows = Vec::new();
+            for item in w.all[PENDING].iter() {
+                let (k, v) = item.map_err(|e| map("scan pending", e))?;
+                let seq = seq_of(&k)?;
+                if Self::pending_entry(seq, &v)?.next_attempt_at <= now {
+                    continue;
+                }
+                // Due later: backed off after a failure, or committed with
+                // `not_before` (no error: left alone).
+                let mut row = w.pending_row(seq)?;
+                if row.env.last_error.is_some() {
+                    row.env.next_attempt_at = now;
+                    rows.push((seq, row));
+                }
             }
-            // Due later: backed off after a failure, or committed with
-            // `not_before` (no error: left alone).
-            let b = self.all[EVENTS]
-                .get(&k)
-                .map_err(|e| map("read event", e))?
-                .ok_or_else(|| corrupt("pending index names a missing event"))?;
-            let mut row = decode_row(&b)?;
-            if row.env.last_error.is_some() {
-                row.env.next_attempt_at = now;
-                rows.push((seq_of(&k)?, row));
-            }
-        }
+            Ok(rows)
+        })?;
         self.write_settled("retry now", &rows)?;
         Ok(rows.len() as u64)
     }

@@ -5,27 +5,40 @@ use std::collections::HashSet;
 
 use outbox_core::{ActorId, ConsumerId, Envelope, EventId, Result, StoreStats, Timestamp};
 
-use crate::codec::{Row, Status, corrupt, decode_pending, decode_row, time_bytes};
+use crate::codec::{Row, Status, decode_row, quarantined_envelope, salvage, time_bytes};
 use crate::error::map;
+use crate::quarantine::Found;
 use crate::schema::{
-    DEAD, DELIVERED, DISCARDED, EVENTS, IDS, INBOX, INBOX_TIME, PENDING, SKIPPED, inbox_key,
+    DEAD, DELIVERED, DISCARDED, EVENTS, IDS, INBOX, INBOX_TIME, PENDING, QUARANTINE, SKIPPED, inbox_key,
     inbox_key_of_time_key, seq_key, seq_of, seq_of_time_seq,
 };
-use crate::worker::{Worker, get_row, put_indexed};
+use crate::worker::{Worker, index_key, put_indexed};
+
+/// The dead events an operator's call names.
+#[derive(Default)]
+struct DeadRows {
+    /// Rows that decode, by seq.
+    rows: Vec<(u64, Row)>,
+    /// Quarantined rows: seq, and whether skipped.
+    quarantined: Vec<(u64, bool)>,
+}
 
 impl Worker {
     pub(crate) fn stats(&self) -> Result<StoreStats> {
         let now = self.now();
-        let mut s = StoreStats::default();
-        for item in self.all[PENDING].iter() {
-            let (_, v) = item.map_err(|e| map("scan pending", e))?;
-            let p = decode_pending(&v)?;
-            s.pending += 1;
-            if p.leased_at(now) {
-                s.in_flight += 1;
+        let mut s = self.healing(|w| {
+            let mut s = StoreStats::default();
+            for item in w.all[PENDING].iter() {
+                let (k, v) = item.map_err(|e| map("scan pending", e))?;
+                let p = Self::pending_entry(seq_of(&k)?, &v)?;
+                s.pending += 1;
+                if p.leased_at(now) {
+                    s.in_flight += 1;
+                }
+                s.oldest_pending_at = Some(s.oldest_pending_at.map_or(p.created_at, |o| o.min(p.created_at)));
             }
-            s.oldest_pending_at = Some(s.oldest_pending_at.map_or(p.created_at, |o| o.min(p.created_at)));
-        }
+            Ok(s)
+        })?;
         s.dead = (self.all[DEAD].len() + self.all[SKIPPED].len()) as u64;
         // The `dead` index holds only the dead letters that park their
         // key, each with its ordering key as value.
@@ -39,114 +52,170 @@ impl Worker {
         Ok(s)
     }
 
-    /// The event at the seq key `k`, named by an index.
-    fn indexed_event(&self, k: &[u8]) -> Result<Envelope> {
-        let b = self.all[EVENTS]
-            .get(k)
-            .map_err(|e| map("read event", e))?
-            .ok_or_else(|| corrupt("index names a missing event"))?;
-        Ok(decode_row(&b)?.env)
-    }
-
     /// The first `limit` pending events, in commit order.
     pub(crate) fn list_pending(&self, limit: usize) -> Result<Vec<Envelope>> {
-        let mut out = Vec::new();
-        for item in self.all[PENDING].iter().take(limit) {
-            let (k, _) = item.map_err(|e| map("scan pending", e))?;
-            out.push(self.indexed_event(&k)?);
-        }
-        Ok(out)
+        self.healing(|w| {
+            let mut out = Vec::new();
+            for item in w.all[PENDING].iter().take(limit) {
+                let (k, _) = item.map_err(|e| map("scan pending", e))?;
+                out.push(w.pending_row(seq_of(&k)?)?.env);
+            }
+            Ok(out)
+        })
     }
 
     /// The first `limit` dead events, skipped ones included, in commit
-    /// order: the `dead` and `skipped` indexes merged.
+    /// order: the `dead` and `skipped` indexes merged. A quarantined row
+    /// is listed as [`quarantined_envelope`] says.
     pub(crate) fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
-        let mut parked = self.all[DEAD].iter().keys().peekable();
-        let mut skipped = self.all[SKIPPED].iter().keys().peekable();
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let take_parked = match (parked.peek(), skipped.peek()) {
-                (None, None) => break,
-                (Some(Ok(a)), Some(Ok(b))) => a <= b,
-                (Some(_), _) => true,
-                (None, Some(_)) => false,
-            };
-            let next = if take_parked { parked.next() } else { skipped.next() };
-            if let Some(k) = next {
-                let k = k.map_err(|e| map("scan dead", e))?;
-                out.push(self.indexed_event(&k)?);
+        self.healing(|w| {
+            let mut parked = w.all[DEAD].iter().keys().peekable();
+            let mut skipped = w.all[SKIPPED].iter().keys().peekable();
+            let mut out = Vec::new();
+            while out.len() < limit {
+                let take_parked = match (parked.peek(), skipped.peek()) {
+                    (None, None) => break,
+                    (Some(Ok(a)), Some(Ok(b))) => a <= b,
+                    (Some(_), _) => true,
+                    (None, Some(_)) => false,
+                };
+                let next = if take_parked { parked.next() } else { skipped.next() };
+                if let Some(k) = next {
+                    let k = k.map_err(|e| map("scan dead", e))?;
+                    out.push(match w.found(seq_of(&k)?)? {
+                        Found::Row(row) => row.env,
+                        Found::Quarantined(q, raw) => quarantined_envelope(&q, raw.as_deref()),
+                    });
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
-    /// The dead rows among `ids` (each once) that `pick` accepts, by seq.
-    fn dead_rows(&self, ids: &[EventId], pick: impl Fn(&Row) -> bool) -> Result<Vec<(u64, Row)>> {
-        let mut rows = Vec::new();
-        let mut seen = HashSet::new();
-        for id in ids {
-            let Some(s) = self.all[IDS].get(id.to_bytes()).map_err(|e| map("read id", e))? else { continue };
-            let seq = seq_of(&s)?;
-            let Some(b) = self.all[EVENTS].get(&s).map_err(|e| map("read event", e))? else { continue };
-            let row = decode_row(&b)?;
-            if matches!(row.status, Status::Dead { .. }) && pick(&row) && seen.insert(seq) {
-                rows.push((seq, row));
+    /// The dead events among `ids` (each once), by seq: the rows that
+    /// `pick` accepts, and the quarantined ones with whether they are
+    /// skipped.
+    fn dead_rows(&self, ids: &[EventId], pick: impl Fn(&Row) -> bool) -> Result<DeadRows> {
+        self.healing(|w| {
+            let mut d = DeadRows::default();
+            let mut seen = HashSet::new();
+            for id in ids {
+                let Some(seq) = w.seq_of_id(*id)? else { continue };
+                if !seen.insert(seq) {
+                    continue;
+                }
+                if w.quarantined(seq)?.is_some() {
+                    let k = seq_key(seq);
+                    if w.all[DEAD].contains_key(k).map_err(|e| map("read dead", e))? {
+                        d.quarantined.push((seq, false));
+                    } else if w.all[SKIPPED].contains_key(k).map_err(|e| map("read dead", e))? {
+                        d.quarantined.push((seq, true));
+                    }
+                    continue;
+                }
+                let Some(row) = w.row_by_id(seq)? else { continue };
+                if matches!(row.status, Status::Dead { .. }) && pick(&row) {
+                    d.rows.push((seq, row));
+                }
             }
-        }
-        Ok(rows)
+            Ok(d)
+        })
     }
 
     /// Gives each of `rows` (dead, as read) its new status with `change`,
-    /// in one transaction; says how many.
+    /// and moves each of `quarantined` (seq, whether skipped) from its
+    /// dead index entry to the index of `to` (skipped: a `skipped` entry
+    /// of its key; discarded: a `discarded` entry), in one transaction;
+    /// says how many.
     fn change_dead(
         &self,
         what: &'static str,
         mut rows: Vec<(u64, Row)>,
         change: impl Fn(&mut Row),
+        quarantined: &[(u64, bool)],
+        to: Status,
     ) -> Result<u64> {
         let was: Vec<Status> = rows.iter().map(|(_, r)| r.status).collect();
         for (_, row) in &mut rows {
             change(row);
         }
+        let moved: Vec<(u64, bool, Vec<u8>)> = quarantined
+            .iter()
+            .map(|&(seq, skipped)| {
+                let from = if skipped { SKIPPED } else { DEAD };
+                let value = self.all[from].get(seq_key(seq)).map_err(|e| map("read dead", e))?;
+                Ok((seq, skipped, value.map(|v| v.to_vec()).unwrap_or_default()))
+            })
+            .collect::<Result<_>>()?;
         self.tx(what, |v| {
             for ((seq, row), was) in rows.iter().zip(&was) {
                 put_indexed(v, *seq, *was, row)?;
             }
+            for (seq, skipped, key) in &moved {
+                let k = seq_key(*seq);
+                v[if *skipped { SKIPPED } else { DEAD }].remove(&k)?;
+                let (tree, index_key) = index_key(*seq, to);
+                let value: &[u8] = if tree == SKIPPED { key } else { &[] };
+                v[tree].insert(index_key, value)?;
+            }
             Ok(())
         })?;
-        Ok(rows.len() as u64)
+        Ok((rows.len() + moved.len()) as u64)
     }
 
     /// Moves the dead events among `ids` (skipped ones included) back to
-    /// pending, due now, attempts reset.
+    /// pending, due now, attempts reset. A quarantined row is not
+    /// requeued: there is no event to deliver.
     pub(crate) fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         let now = self.now();
-        self.change_dead("requeue", self.dead_rows(ids, |_| true)?, |row| {
-            row.status = Status::Pending;
-            row.env.attempts = 0;
-            row.env.next_attempt_at = now;
-            row.claimed_by = None;
-            row.lease_until = None;
-        })
+        let d = self.dead_rows(ids, |_| true)?;
+        self.change_dead(
+            "requeue",
+            d.rows,
+            |row| {
+                row.status = Status::Pending;
+                row.env.attempts = 0;
+                row.env.next_attempt_at = now;
+                row.claimed_by = None;
+                row.lease_until = None;
+            },
+            &[],
+            Status::Pending,
+        )
     }
 
-    /// Discards the dead events among `ids` (skipped ones included), now.
+    /// Discards the dead events among `ids` (skipped and quarantined ones
+    /// included), now.
     pub(crate) fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
         let now = self.now();
-        self.change_dead("discard", self.dead_rows(ids, |_| true)?, |row| {
-            row.status = Status::Discarded(now);
-            row.lease_until = None;
-        })
+        let d = self.dead_rows(ids, |_| true)?;
+        let discarded = Status::Discarded(now);
+        self.change_dead(
+            "discard",
+            d.rows,
+            |row| {
+                row.status = discarded;
+                row.lease_until = None;
+            },
+            &d.quarantined,
+            discarded,
+        )
     }
 
-    /// Skips the dead events among `ids` that are not skipped yet.
+    /// Skips the dead events among `ids` (quarantined ones included) that
+    /// are not skipped yet.
     pub(crate) fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
-        let rows = self.dead_rows(ids, |row| row.status == Status::DEAD)?;
-        self.change_dead("skip", rows, |row| row.status = Status::Dead { skipped: true })
+        let d = self.dead_rows(ids, |row| row.status == Status::DEAD)?;
+        let parking: Vec<(u64, bool)> = d.quarantined.into_iter().filter(|(_, skipped)| !skipped).collect();
+        let skipped = Status::Dead { skipped: true };
+        self.change_dead("skip", d.rows, |row| row.status = skipped, &parking, skipped)
     }
 
     /// Deletes up to `limit` events delivered or discarded before `before`,
-    /// oldest first: the `delivered` and `discarded` indexes merged.
+    /// oldest first: the `delivered` and `discarded` indexes merged. A
+    /// row that does not decode (a quarantined one, or one that went bad
+    /// once settled) goes too, with its id index entry and quarantine
+    /// record.
     pub(crate) fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         let mut doomed: Vec<(sled::IVec, usize, u64)> = Vec::new();
         for index in [DELIVERED, DISCARDED] {
@@ -158,12 +227,28 @@ impl Worker {
         }
         doomed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         doomed.truncate(limit);
+        // Read outside, write inside: every write runs on this thread.
+        let mut ids = Vec::with_capacity(doomed.len());
+        for (_, _, seq) in &doomed {
+            let id = match self.quarantined(*seq)? {
+                Some(q) => Some(q.id),
+                None => match self.all[EVENTS].get(seq_key(*seq)).map_err(|e| map("read event", e))? {
+                    Some(b) => decode_row(&b).ok().map(|row| row.env.id).or(salvage(&b).id),
+                    None => None,
+                },
+            };
+            ids.push(id);
+        }
         self.tx("prune delivered", |v| {
-            for (k, index, seq) in &doomed {
-                if let Some(row) = get_row(&v[EVENTS], *seq)? {
-                    v[IDS].remove(&row.env.id.to_bytes())?;
+            for ((k, index, seq), id) in doomed.iter().zip(&ids) {
+                let sk = seq_key(*seq);
+                if let Some(id) = id
+                    && v[IDS].get(id.to_bytes())?.as_deref() == Some(&sk[..])
+                {
+                    v[IDS].remove(&id.to_bytes())?;
                 }
-                v[EVENTS].remove(&seq_key(*seq))?;
+                v[EVENTS].remove(&sk)?;
+                v[QUARANTINE].remove(&sk)?;
                 v[*index].remove(k)?;
             }
             Ok(())

@@ -7,6 +7,7 @@ mod dump;
 mod error;
 mod inspect;
 mod options;
+mod quarantine;
 mod schema;
 mod store;
 mod worker;

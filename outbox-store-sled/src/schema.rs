@@ -14,9 +14,15 @@
 //! | `outbox.inbox_time` | [`inbox_time_key`] | empty: pruning by range |
 //! | `outbox.skipped` | [`seq_key`] | ordering key: skipped dead letters (they park nothing) |
 //! | `outbox.discarded` | [`time_seq_key`] (discard time) | empty: pruning by range |
+//! | `outbox.quarantine` | [`seq_key`] | a quarantined row's record ([`Quarantined`](crate::codec::Quarantined)) |
 //!
 //! Every event is in exactly one of `pending`, `dead`, `skipped`,
-//! `delivered` and `discarded`, as its row's status says. Integers are
+//! `delivered` and `discarded`, as its row's status says; a quarantined
+//! row (one that does not decode, or is missing while an index names it)
+//! has a record in `quarantine`, its bytes in `events` as they were, and
+//! is in `dead` (its key known: it parks it), `skipped` (value: its key,
+//! or empty when unknown) or `discarded`, as its index entry says (its
+//! row cannot say). Integers are
 //! big-endian so keys sort numerically; timestamps sort like the time
 //! ([`time_bytes`]). Rows are [`codec`](crate::codec) values, pending
 //! entries [`outbox_core::codec`] values.
@@ -37,8 +43,10 @@ use crate::error::{SledError, map};
 /// The on-disk layout version this build writes and understands.
 ///
 /// Layout 2 adds the `outbox.skipped` and `outbox.discarded` trees and two
-/// row status tags (a skipped dead letter, a discarded one) to layout 1.
-pub const LAYOUT_VERSION: u32 = 2;
+/// row status tags (a skipped dead letter, a discarded one) to layout 1;
+/// layout 3 adds the `outbox.quarantine` tree (rows that do not decode,
+/// moved to the dead letters).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The `meta` key holding the layout version (`u32`, big-endian).
 pub(crate) const LAYOUT_KEY: &[u8] = b"layout";
@@ -70,9 +78,10 @@ const TREES: [&str; TREE_COUNT] = [
     "outbox.inbox_time",
     "outbox.skipped",
     "outbox.discarded",
+    "outbox.quarantine",
 ];
 /// How many trees there are.
-pub(crate) const TREE_COUNT: usize = 11;
+pub(crate) const TREE_COUNT: usize = 12;
 pub(crate) const META: usize = 0;
 pub(crate) const STATE: usize = 1;
 pub(crate) const EVENTS: usize = 2;
@@ -84,11 +93,12 @@ pub(crate) const INBOX: usize = 7;
 pub(crate) const INBOX_TIME: usize = 8;
 pub(crate) const SKIPPED: usize = 9;
 pub(crate) const DISCARDED: usize = 10;
+pub(crate) const QUARANTINE: usize = 11;
 
 /// sled's own tree, always there.
 const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 
-/// Opens the trees of `db`, indexed by [`META`] .. [`DISCARDED`]. The
+/// Opens the trees of `db`, indexed by [`META`] .. [`QUARANTINE`]. The
 /// layout is read before anything is written: a newer layout is
 /// `SchemaTooNew` and a foreign database `Corrupted`, both left untouched.
 /// A new database gets the trees and [`LAYOUT_VERSION`], flushed; an
@@ -147,10 +157,13 @@ pub(crate) fn open_trees(db: &sled::Db) -> Result<Vec<sled::Tree>> {
 /// that park their key, as it did; the new `skipped` and `discarded`
 /// trees start empty (opened, so created, by [`open_trees`]). Only the
 /// version changes.
+///
+/// 2 -> 3: the new `quarantine` tree starts empty (created by
+/// [`open_trees`]): no row is quarantined yet. Only the version changes.
 fn upgrade(db: &sled::Db, all: &[sled::Tree], from: u32) -> Result<()> {
     for to in from + 1..=LAYOUT_VERSION {
         match to {
-            2 => {} // nothing to move
+            2 | 3 => {} // nothing to move
             _ => return Err(corrupt(&format!("no upgrade to layout {to}"))),
         }
         all[META].insert(LAYOUT_KEY, &to.to_be_bytes()).map_err(|e| map("write layout", e))?;
@@ -337,9 +350,19 @@ mod tests {
     /// delivered (b), 3 pending (b) leased by a grant left held (a killed
     /// leader), 4 pruned; a state and an inbox mark.
     fn v1_database(path: &Path) -> [Envelope; 4] {
+        old_database(path, 1)
+    }
+
+    /// [`v1_database`] at `layout` (1 or 2: layout-1 rows are layout-2
+    /// rows; layout 2 adds two empty trees).
+    fn old_database(path: &Path, layout: u32) -> [Envelope; 4] {
         let db = sled::open(path).unwrap();
         let t: Vec<sled::Tree> = V1_TREES.iter().map(|n| db.open_tree(n).unwrap()).collect();
-        t[META].insert(LAYOUT_KEY, &1u32.to_be_bytes()).unwrap();
+        if layout >= 2 {
+            db.open_tree("outbox.skipped").unwrap();
+            db.open_tree("outbox.discarded").unwrap();
+        }
+        t[META].insert(LAYOUT_KEY, &layout.to_be_bytes()).unwrap();
         t[META].insert(SEQ_KEY, &5u64.to_be_bytes()).unwrap();
         t[META].insert(EPOCH_KEY, &1u64.to_be_bytes()).unwrap();
         t[META].insert(HELD_KEY, &1u64.to_be_bytes()).unwrap();
@@ -462,5 +485,40 @@ mod tests {
         assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (1, 0, 0, 0));
         drop(store);
         assert_eq!(crate::dump::dump(&path).unwrap().events.len(), 1);
+    }
+
+    /// A layout-2 database (the previous layout) opens upgraded to layout 3
+    /// with its new `quarantine` tree, and a row of it that does not
+    /// decode is quarantined by the first read that meets it.
+    #[test]
+    fn a_layout_2_database_is_upgraded_and_quarantines_a_poison_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.sled");
+        let [dead, a1, _b0, b1] = old_database(&path, 2);
+        {
+            let db = sled::open(&path).unwrap();
+            db.open_tree("outbox.events").unwrap().insert(seq_key(1), &b"\xffgarbage"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(layout_of(&path), 2);
+        let clock = ManualClock::new(T0.saturating_add(Duration::from_secs(10)));
+        let open = || {
+            SledOptions::new(&path).clock(clock.clone()).lock_timeout(Duration::from_secs(10)).open().unwrap()
+        };
+        let store = open();
+        assert_eq!(ids(&block_on(store.list_pending(10)).unwrap()), vec![b1.id], "a1 is quarantined");
+        let listed = block_on(store.list_dead(10)).unwrap();
+        assert_eq!(ids(&listed), vec![dead.id, a1.id]);
+        assert!(listed[1].last_error.as_deref().unwrap().starts_with("corrupted:"));
+        assert_eq!(listed[1].payload.as_bytes(), b"\xffgarbage");
+        let ttl = Duration::from_secs(30);
+        let g = block_on(store.acquire_leadership("new", ttl)).unwrap().unwrap();
+        let got = block_on(store.claim(&g, ClaimRequest::new(10, ttl).park_dead_keys(true))).unwrap();
+        assert_eq!(ids(&got), vec![b1.id]);
+        let s = block_on(store.stats()).unwrap();
+        assert_eq!((s.pending, s.dead, s.delivered, s.parked_keys), (1, 2, 1, 1));
+        drop(store);
+        assert_eq!(layout_of(&path), LAYOUT_VERSION);
+        assert_eq!(crate::dump::dump(&path).unwrap().events.len(), 4);
     }
 }

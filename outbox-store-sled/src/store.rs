@@ -59,9 +59,11 @@ pub struct FlushStats {
 /// `outbox.pending` (sequence → key, due time, lease: the claim index, so
 /// a claim scans pending events only, in commit order), `outbox.dead`,
 /// `outbox.delivered` ((time, sequence), for pruning by range),
-/// `outbox.inbox` and `outbox.inbox_time`, and `outbox.meta` with the
-/// layout version ([`LAYOUT_VERSION`](crate::LAYOUT_VERSION)). A newer
-/// layout is refused.
+/// `outbox.inbox` and `outbox.inbox_time`, `outbox.skipped` and
+/// `outbox.discarded`, `outbox.quarantine` (rows that do not decode,
+/// moved to the dead letters with their bytes kept), and `outbox.meta`
+/// with the layout version ([`LAYOUT_VERSION`](crate::LAYOUT_VERSION)). A
+/// newer layout is refused.
 pub struct SledStore {
     tx: Mutex<Option<Sender<Msg>>>,
     worker: Option<JoinHandle<()>>,

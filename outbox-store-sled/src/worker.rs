@@ -15,7 +15,7 @@ use outbox_core::{Commit, CommitReceipt, Error, LeaderGrant, Result, SharedClock
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use crate::codec::{Row, Status, decode_pending, decode_row, encode_pending, encode_row, pending_of};
+use crate::codec::{Row, Status, encode_pending, encode_row, pending_of};
 use crate::error::{SledError, map, map_tx};
 use crate::options::{FlushPolicy, SledOptions};
 use crate::schema::{
@@ -51,7 +51,7 @@ pub(crate) struct Counts {
 pub(crate) struct Worker {
     pub(crate) db: sled::Db,
     /// The trees, indexed by [`schema::META`] ..
-    /// [`schema::INBOX_TIME`].
+    /// [`schema::QUARANTINE`].
     pub(crate) all: Vec<sled::Tree>,
     clock: SharedClock,
     flush_each: bool,
@@ -167,18 +167,6 @@ fn run_group(
 
 pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
-pub(crate) fn abort<T>(e: Error) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
-/// The row at `seq` in the `events` tree of a transaction.
-pub(crate) fn get_row(t: &TransactionalTree, seq: u64) -> TxResult<Option<Row>> {
-    match t.get(seq_key(seq))? {
-        Some(b) => Ok(Some(decode_row(&b).or_else(abort)?)),
-        None => Ok(None),
-    }
-}
-
 /// Writes the row at `seq` in a transaction over all trees.
 pub(crate) fn put_row(v: &[TransactionalTree], seq: u64, row: &Row) -> TxResult<()> {
     v[EVENTS].insert(&seq_key(seq), encode_row(row))?;
@@ -255,19 +243,20 @@ impl Worker {
         if !schema::grant_left_held(&self.all)? {
             return Ok(());
         }
-        let mut rows = Vec::new();
-        for item in self.all[PENDING].iter() {
-            let (k, v) = item.map_err(|e| map("scan pending", e))?;
-            if decode_pending(&v)?.lease_until.is_none() {
-                continue;
+        let rows = self.healing(|w| {
+            let mut rows = Vec::new();
+            for item in w.all[PENDING].iter() {
+                let (k, v) = item.map_err(|e| map("scan pending", e))?;
+                let seq = seq_of(&k)?;
+                if Self::pending_entry(seq, &v)?.lease_until.is_none() {
+                    continue;
+                }
+                let mut row = w.pending_row(seq)?;
+                row.lease_until = None;
+                rows.push((seq, row));
             }
-            let seq = seq_of(&k)?;
-            let b = self.all[EVENTS].get(&k).map_err(|e| map("read event", e))?;
-            let mut row =
-                decode_row(&b.ok_or_else(|| crate::codec::corrupt("pending index names a missing event"))?)?;
-            row.lease_until = None;
-            rows.push((seq, row));
-        }
+            Ok(rows)
+        })?;
         self.write_settled("void leases", &rows)?;
         self.all[META].remove(HELD_KEY).map_err(|e| map("clear held epoch", e))?;
         self.db.flush().map_err(|e| map("flush", e))?;

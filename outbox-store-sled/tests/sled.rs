@@ -202,31 +202,209 @@ fn a_damaged_database_gives_typed_errors_not_panics() {
     assert_eq!(kind(SledStore::open(&path)), ErrorKind::Corrupted);
 }
 
+/// A row damaged while the store was closed (cut in half) is quarantined
+/// by the first read that meets it, not a failure of every read; `dump`,
+/// the strict raw reader, reports a damaged row it finds unquarantined as
+/// `Corrupted` (a typed error, not a panic).
 #[test]
 fn a_damaged_row_is_corrupted_not_a_panic() {
     let (_d, path) = temp();
     commit_n(&SledStore::open(&path).unwrap(), &actor("a"), 3);
-    {
+    let cut_first_row = || {
         let db = raw_open(&path);
         let events = db.open_tree("outbox.events").unwrap();
         let (k, v) = events.first().unwrap().unwrap();
         events.insert(k, &v[..v.len() / 2]).unwrap();
         db.flush().unwrap();
-    }
+    };
+    cut_first_row();
+    assert_eq!(kind(outbox_store_sled::debug::dump(&path)), ErrorKind::Corrupted);
     let store = SledStore::open(&path).unwrap();
-    assert_eq!(kind(block_on(store.list_pending(10))), ErrorKind::Corrupted);
+    assert_eq!(block_on(store.list_pending(10)).unwrap().len(), 2, "the damaged row is quarantined");
     let g = block_on(store.acquire_leadership("l", Duration::from_secs(30))).unwrap().unwrap();
-    assert_eq!(
-        kind(block_on(store.claim(&g, ClaimRequest::new(10, Duration::from_secs(30))))),
-        ErrorKind::Corrupted
-    );
+    let request = ClaimRequest::new(10, Duration::from_secs(30)).park_dead_keys(true);
+    assert!(block_on(store.claim(&g, request)).unwrap().is_empty(), "parked behind it");
     assert_eq!(
         kind(outbox_store_sled::debug::dump(&path)),
         ErrorKind::Unavailable,
         "the store holds the lock"
     );
     drop(store);
-    assert_eq!(kind(outbox_store_sled::debug::dump(&path)), ErrorKind::Corrupted);
+    let dump = outbox_store_sled::debug::dump(&path).unwrap();
+    assert_eq!(dump.events.len(), 3, "the quarantined row agrees with the indexes");
+}
+
+/// What a test does to one committed event's stored row or index entries.
+#[derive(Clone, Copy, Debug)]
+enum Poison {
+    /// Garbage bytes in place of the row.
+    Garbage,
+    /// The row cut short.
+    Truncated,
+    /// A status tag no layout has.
+    UnknownStatus,
+    /// A JSON payload that is not JSON.
+    BadJson,
+    /// An origin that is not UTF-8: an id that does not parse.
+    BadOrigin,
+    /// No row, while the pending index names it.
+    Missing,
+    /// A good row whose pending entry is garbage.
+    BadPendingEntry,
+    /// Garbage row, garbage pending entry, no id index entry: nothing says
+    /// its id or its key.
+    Unknowable,
+}
+
+fn replace(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    let at = bytes.windows(from.len()).position(|w| w == from).expect("pattern in the row");
+    bytes[at..at + to.len()].copy_from_slice(to);
+}
+
+/// Applies `poison` to the stored event `id` of the closed database.
+fn poison(db: &sled::Db, id: outbox_core::EventId, poison: Poison) {
+    let tree = |n: &str| db.open_tree(n).unwrap();
+    let (events, pending, ids) = (tree("outbox.events"), tree("outbox.pending"), tree("outbox.ids"));
+    let k = ids.get(id.to_bytes()).unwrap().expect("the event's seq");
+    let mut row = events.get(&k).unwrap().expect("the event's row").to_vec();
+    let garbage = b"\xde\xad\xbe\xef not a row".to_vec();
+    match poison {
+        Poison::Garbage => row = garbage,
+        Poison::Truncated => row.truncate(row.len() / 2),
+        Poison::UnknownStatus => row[0] = 9,
+        Poison::BadJson => replace(&mut row, b"\"xyzzy\"", b"{\"nope\""),
+        Poison::BadOrigin => replace(&mut row, b"\x00\x00\x00\x04uuuu", b"\x00\x00\x00\x04\xff\xff\xff\xff"),
+        Poison::Missing => {
+            events.remove(&k).unwrap();
+            return;
+        }
+        Poison::BadPendingEntry => {
+            pending.insert(&k, garbage).unwrap();
+            return;
+        }
+        Poison::Unknowable => {
+            pending.insert(&k, garbage.clone()).unwrap();
+            ids.remove(id.to_bytes()).unwrap();
+            row = garbage;
+        }
+    }
+    events.insert(&k, row).unwrap();
+}
+
+/// Rows that do not decode (garbage, truncated, an unknown status, a JSON
+/// payload that is not JSON, an origin that does not parse, a missing row
+/// the index names) are quarantined: moved to the dead letters with a
+/// `last_error` starting `corrupted:`, their bytes kept as they were,
+/// while every other event flows in per-key order. A bad index entry of a
+/// good row is rebuilt from the row. A poison row at the head of its key
+/// parks the key like any dead letter; one whose key is unknowable parks
+/// nothing, and one whose id is unknowable is listed under an id derived
+/// from its seq. Claims, listings and counts never fail.
+#[test]
+fn a_poison_row_is_quarantined() {
+    let (_d, path) = temp();
+    let ttl = Duration::from_secs(30);
+    let store = SledStore::open(&path).unwrap();
+    let mk = |key: &str| NewEvent::json(actor(key), "T", &"xyzzy").unwrap();
+    let cases = [
+        ("p", Poison::Garbage),
+        ("q", Poison::Truncated),
+        ("r", Poison::UnknownStatus),
+        ("s", Poison::BadJson),
+        ("uuuu", Poison::BadOrigin),
+        ("t", Poison::Missing),
+        ("v", Poison::BadPendingEntry),
+        ("w", Poison::Unknowable),
+    ];
+    let bad: Vec<NewEvent> = cases.iter().map(|(key, _)| mk(key)).collect();
+    // Each poisoned event has a good follower on its key.
+    let next: Vec<NewEvent> = cases.iter().map(|(key, _)| mk(key)).collect();
+    for e in bad.iter().chain(&next) {
+        block_on(store.put_state_and_events(Commit::events_only().event(e.clone()))).unwrap();
+    }
+    drop(store);
+    let raw_rows = {
+        let db = raw_open(&path);
+        for (e, (_, p)) in bad.iter().zip(&cases) {
+            poison(&db, e.id, *p);
+        }
+        db.flush().unwrap();
+        let events = db.open_tree("outbox.events").unwrap();
+        let rows: Vec<_> = events.iter().map(|r| r.unwrap()).collect();
+        rows
+    };
+
+    let store = SledStore::open(&path).unwrap();
+    // Good events on two keys, after the poison.
+    let (a, b) = (actor("a"), actor("b"));
+    let good = [event(&a, 0), event(&b, 0), event(&a, 1), event(&b, 1)];
+    block_on(store.put_state_and_events(Commit::events_only().events(good.to_vec()))).unwrap();
+
+    let g = block_on(store.acquire_leadership("l", ttl)).unwrap().unwrap();
+    // Settling a poisoned id is a no-op, not an error.
+    block_on(store.ack(&g, &[bad[2].id])).unwrap();
+    let park = || ClaimRequest::new(100, ttl).park_dead_keys(true);
+    let got = block_on(store.claim(&g, park())).unwrap();
+    let ids = |envs: &[Envelope]| envs.iter().map(|e| e.id).collect::<Vec<_>>();
+    // v's row was good (its index entry is rebuilt): v flows, both events;
+    // w's poison parks nothing (its key is unknowable): its follower
+    // flows; every other poisoned key is parked behind its poison.
+    let want = vec![bad[6].id, next[6].id, next[7].id, good[0].id, good[1].id, good[2].id, good[3].id];
+    assert_eq!(ids(&got), want);
+    assert!(block_on(store.list_pending(100)).is_ok());
+    let s = block_on(store.stats()).unwrap();
+    assert_eq!((s.pending, s.in_flight, s.dead, s.parked_keys), (6 + 7, 7, 7, 6));
+    block_on(store.ack(&g, &ids(&got))).unwrap();
+    assert!(block_on(store.claim(&g, park())).unwrap().is_empty(), "the parked keys stay parked");
+
+    // Listed dead, in commit order, with what could be read.
+    let dead = block_on(store.list_dead(100)).unwrap();
+    assert_eq!(dead.len(), 7);
+    for d in &dead {
+        let e = d.last_error.as_deref().unwrap_or_default();
+        assert!(e.starts_with("corrupted:"), "{e}");
+    }
+    let quarantined = [0, 1, 2, 3, 4, 5, 7];
+    assert_eq!(ids(&dead[..6]), quarantined[..6].iter().map(|&i| bad[i].id).collect::<Vec<_>>());
+    let keys: Vec<&str> = dead.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["p", "q", "r", "s", "uuuu", "t", "outbox.corrupted"]);
+    // The raw bytes, as stored.
+    for (d, i) in dead.iter().zip(quarantined) {
+        let seq = i as u64;
+        let stored = raw_rows.iter().find(|(k, _)| k.as_ref() == seq.to_be_bytes()).map(|(_, v)| v.to_vec());
+        assert_eq!(d.payload.as_bytes(), stored.unwrap_or_default().as_slice(), "{:?}", cases[i].1);
+    }
+    // Nothing said w's id: it is listed under one derived from its seq.
+    let w = &dead[6];
+    assert_ne!(w.id, bad[7].id);
+    assert!(w.last_error.as_deref().unwrap().contains(&w.id.to_string()));
+    let s = block_on(store.stats()).unwrap();
+    assert_eq!((s.pending, s.in_flight, s.dead, s.delivered, s.parked_keys), (6, 0, 7, 7, 6));
+
+    // Like any dead letter: skipped, its key flows; discarded, then pruned;
+    // not requeued (no event to deliver).
+    assert_eq!(block_on(store.skip_dead(&[bad[0].id])).unwrap(), 1);
+    assert_eq!(ids(&block_on(store.claim(&g, park())).unwrap()), vec![next[0].id]);
+    assert_eq!(block_on(store.requeue_dead(&[bad[1].id])).unwrap(), 0);
+    assert_eq!(block_on(store.discard_dead(&[bad[1].id, w.id])).unwrap(), 2);
+    let s = block_on(store.stats()).unwrap();
+    assert_eq!((s.dead, s.discarded, s.parked_keys), (5, 2, 4));
+    assert_eq!(ids(&block_on(store.claim(&g, park())).unwrap()), vec![next[1].id], "q flows on");
+    let far = Timestamp::from_millis(i64::MAX);
+    block_on(store.ack(&g, &[next[0].id, next[1].id])).unwrap();
+    assert_eq!(block_on(store.prune_delivered(far, 100)).unwrap(), 9 + 2);
+    drop(store);
+
+    // The indexes agree with the rows; the quarantined bytes are untouched.
+    let dump = outbox_store_sled::debug::dump(&path).unwrap();
+    assert_eq!(dump.events.len(), 5 + 4, "five quarantined, four parked followers");
+    let db = raw_open(&path);
+    let events = db.open_tree("outbox.events").unwrap();
+    for (k, v) in &raw_rows {
+        if let Some(now) = events.get(k).unwrap() {
+            assert_eq!(&now, v, "a row is never rewritten once quarantined");
+        }
+    }
 }
 
 #[test]

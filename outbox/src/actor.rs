@@ -168,7 +168,22 @@ impl<E: std::error::Error + 'static> ActorError<E> {
     }
 }
 
-type Reply<A> = oneshot::Sender<Result<Version, ActorError<<A as Actor>::Error>>>;
+/// What [`ActorRef::send`] reports of a message that took effect.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct Sent {
+    /// The actor's new state version.
+    pub version: Version,
+    /// Whether the commit is in the durable store. `false` when only
+    /// memory holds it: the durable store was full and the outbox fell
+    /// back to memory ([`OnQuota::Fallback`](crate::OnQuota::Fallback);
+    /// it is moved to the durable store once that has room, and lost if
+    /// the process ends before), or the outbox is not durable at all
+    /// ([`Durability::Memory`](crate::Durability::Memory) or `Off`).
+    pub durable: bool,
+}
+
+type Reply<A> = oneshot::Sender<Result<Sent, ActorError<<A as Actor>::Error>>>;
 
 /// A message in an actor's mailbox: the message, the trace context it is
 /// handled in, and where the result goes.
@@ -199,14 +214,15 @@ impl<A: Actor> ActorRef<A> {
         &self.id
     }
 
-    /// Sends `message` and waits until it is committed (the new version)
-    /// or discarded.
+    /// Sends `message` and waits until it is committed (the new version,
+    /// and whether the commit is durable: see [`Sent::durable`]) or
+    /// discarded.
     ///
     /// The message is handled in the trace current here
     /// ([`trace::current`](crate::trace::current)), or in a new trace if
     /// there is none; the events it emits carry it in their `traceparent`
     /// header (see [`trace`](crate::trace)).
-    pub async fn send(&self, message: A::Message) -> Result<Version, ActorError<A::Error>> {
+    pub async fn send(&self, message: A::Message) -> Result<Sent, ActorError<A::Error>> {
         let trace = TraceParent::current().map_or_else(TraceParent::new_trace, |t| t.child());
         let (reply, rx) = oneshot::channel();
         self.tx.send((message, trace, reply)).await.map_err(|_| ActorError::Stopped)?;
@@ -256,7 +272,7 @@ impl<A: Actor> Running<A> {
 
     /// Handles `message`, rerunning it on the reloaded state after a
     /// version conflict, up to the configured number of times.
-    async fn handle(&mut self, message: A::Message) -> Result<Version, ActorError<A::Error>> {
+    async fn handle(&mut self, message: A::Message) -> Result<Sent, ActorError<A::Error>> {
         let mut retries = self.outbox.conflict_retries();
         loop {
             let mut draft: A::State = (**self.state.borrow()).clone();
@@ -266,10 +282,10 @@ impl<A: Actor> Running<A> {
                 return Err(ActorError::Store(e));
             }
             match commit(&self.outbox, &self.id, self.version, &draft, ctx.events).await {
-                Ok(v) => {
-                    self.version = v;
+                Ok(sent) => {
+                    self.version = sent.version;
                     self.state.send_replace(Arc::new(draft));
-                    return Ok(v);
+                    return Ok(sent);
                 }
                 Err(e) if e.kind() == ErrorKind::Conflict => {
                     // Someone else committed this actor (another process):
@@ -320,8 +336,9 @@ async fn commit<S: Serialize>(
     version: Version,
     draft: &S,
     events: Vec<NewEvent>,
-) -> Result<Version, Error> {
+) -> Result<Sent, Error> {
     let snapshot = serde_json::to_vec(draft)?;
     let receipt = outbox.commit(Commit::state(id.clone(), version, snapshot).events(events)).await?;
-    receipt.version.ok_or_else(|| Error::internal("a state commit returned no version"))
+    let version = receipt.version.ok_or_else(|| Error::internal("a state commit returned no version"))?;
+    Ok(Sent { version, durable: receipt.durable })
 }

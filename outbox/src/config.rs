@@ -34,6 +34,29 @@ pub enum Durability {
     Off,
 }
 
+/// What a commit does when the durable store is full (reports
+/// `QuotaExceeded`: a full disk, an exhausted browser quota).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum OnQuota {
+    /// Degrade gracefully: the commit, and every later one, is held in
+    /// memory (`Ok`, with a receipt that says `durable: false`), the
+    /// outbox reports itself not durable (`outbox.durable = 0`,
+    /// `Outbox::is_durable`) and calls `on_error` (once per fallback); the held commits
+    /// are moved back to the durable store, in order, as soon as it takes
+    /// writes again (tried every 2 s and before every commit), and then it
+    /// is durable again.
+    ///
+    /// The loss window: a restart (or crash) while space is still missing
+    /// loses the commits memory holds, exactly those whose receipts said
+    /// `durable: false` and that were not moved back yet; nothing else.
+    #[default]
+    Fallback,
+    /// Refuse: the commit fails with the store's `QuotaExceeded` error, so
+    /// nothing is acknowledged that is not durable.
+    Fail,
+}
+
 /// Which store to use. A variant exists only when its feature is on and
 /// the target runs it (`sqlite`, `sled`, `postgres` natively; `idb` on
 /// wasm32), so naming a store that is not compiled in fails to compile
@@ -116,11 +139,14 @@ pub struct OutboxConfig {
     /// conflict (another writer committed the actor in between) before
     /// reporting it.
     pub conflict_retries: u32,
+    /// What a commit does when the durable store is full: held in memory
+    /// until it has room again (the default), or refused.
+    pub on_quota: OnQuota,
 }
 
 impl Default for OutboxConfig {
     /// Durability and store `Auto`, the forwarder's defaults, no app name,
-    /// 3 conflict retries.
+    /// 3 conflict retries, [`OnQuota::Fallback`].
     fn default() -> Self {
         OutboxConfig {
             durability: Durability::Auto,
@@ -128,6 +154,7 @@ impl Default for OutboxConfig {
             forwarder: ForwarderConfig::default(),
             app_name: None,
             conflict_retries: 3,
+            on_quota: OnQuota::Fallback,
         }
     }
 }
@@ -151,6 +178,12 @@ impl OutboxConfig {
     /// failures until delivered; limits are opt-in).
     pub fn retry(mut self, policy: outbox_core::RetryPolicy) -> Self {
         self.forwarder.retry = policy;
+        self
+    }
+
+    /// Sets what a commit does when the durable store is full.
+    pub fn on_quota(mut self, on_quota: OnQuota) -> Self {
+        self.on_quota = on_quota;
         self
     }
 
@@ -188,7 +221,8 @@ impl OutboxConfig {
 
     /// Sets the error callback: called with the event concerned (if any)
     /// and the error when the outbox handles an error itself (a dead
-    /// letter, a fallback to memory).
+    /// letter, a fallback to memory, a commit memory holds that cannot be
+    /// moved back to the durable store as it was).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn on_error(mut self, f: impl Fn(Option<&Envelope>, &Error) + Send + Sync + 'static) -> Self {
         self.forwarder.on_error = Some(Arc::new(f));
@@ -197,7 +231,8 @@ impl OutboxConfig {
 
     /// Sets the error callback: called with the event concerned (if any)
     /// and the error when the outbox handles an error itself (a dead
-    /// letter, a fallback to memory).
+    /// letter, a fallback to memory, a commit memory holds that cannot be
+    /// moved back to the durable store as it was).
     #[cfg(target_arch = "wasm32")]
     pub fn on_error(mut self, f: impl Fn(Option<&Envelope>, &Error) + 'static) -> Self {
         self.forwarder.on_error = Some(Arc::new(f));
@@ -222,6 +257,7 @@ impl fmt::Debug for OutboxConfig {
             .field("forwarder", &self.forwarder)
             .field("app_name", &self.app_name)
             .field("conflict_retries", &self.conflict_retries)
+            .field("on_quota", &self.on_quota)
             .finish()
     }
 }
@@ -244,6 +280,8 @@ mod tests {
             });
         assert_eq!(c.durability, Durability::Memory);
         assert!(matches!(c.store, StoreChoice::Memory));
+        assert_eq!(c.on_quota, OnQuota::Fallback, "graceful degradation by default");
+        assert_eq!(c.clone().on_quota(OnQuota::Fail).on_quota, OnQuota::Fail);
         assert_eq!(c.forwarder.flush_interval, Duration::from_millis(5));
         (c.forwarder.on_error.as_ref().expect("set"))(None, &Error::internal("x"));
         assert_eq!(hits.load(Ordering::SeqCst), 1);

@@ -6,8 +6,8 @@ mod fallback;
 mod runtime;
 pub mod trace;
 
-pub use actor::{Actor, ActorError, ActorRef, Context};
-pub use config::{Durability, OutboxConfig, StoreChoice};
+pub use actor::{Actor, ActorError, ActorRef, Context, Sent};
+pub use config::{Durability, OnQuota, OutboxConfig, StoreChoice};
 #[cfg(not(target_arch = "wasm32"))]
 pub use runtime::default_sqlite_path;
 pub use runtime::{Outbox, configure_outbox, system_clock};

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, Once};
 
+use tokio::sync::watch;
+
 use outbox_core::{
     Commit, CommitReceipt, DurableStore, Envelope, Error, EventId, Outcome, Result, SharedClock, Sink,
     SystemClock,
@@ -12,8 +14,8 @@ use outbox_forwarder::Forwarder;
 use outbox_forwarder::{ErrorCallback, ForwarderConfig, Wake};
 use outbox_store_memory::MemoryStore;
 
-use crate::config::{Durability, OutboxConfig, StoreChoice};
-use crate::fallback::FallbackStore;
+use crate::config::{Durability, OnQuota, OutboxConfig, StoreChoice};
+use crate::fallback::{FallbackStore, spawn_recommitter};
 
 static MEMORY_WARNING: Once = Once::new();
 static OFF_WARNING: Once = Once::new();
@@ -67,6 +69,9 @@ struct Inner {
     store: Arc<dyn DurableStore>,
     conflict_retries: u32,
     fallback: Option<Arc<FallbackStore>>,
+    /// What [`Outbox::watch_durable`] hands out, and (without a fallback,
+    /// where it never changes) the sender that keeps it open.
+    durable: (watch::Receiver<bool>, Option<watch::Sender<bool>>),
     forwarder: Mutex<Option<ForwarderTask>>,
     wake: Option<Wake>,
     sink: Arc<dyn Sink>,
@@ -210,8 +215,12 @@ fn start_forwarder(
 ///   [`StoreChoice::Auto`], natively SQLite (`<data dir>/<app>/outbox.db`,
 ///   see `default_sqlite_path`) with the `sqlite` feature, in a browser
 ///   the IndexedDB database named after the app with the `idb` feature
-///   (both default), memory (with a warning) otherwise. A durable store that fills up falls back to memory for new
-///   commits (`outbox.durable` drops to 0, `on_error` is called once).
+///   (both default), memory (with a warning) otherwise. When the durable
+///   store is full, `config.on_quota` decides: [`OnQuota::Fallback`] (the
+///   default) holds new commits in memory (their receipts say
+///   `durable: false`, `outbox.durable` drops to 0, `on_error` is called
+///   once per fallback) and moves them back, in order, as soon as the store has room;
+///   [`OnQuota::Fail`] returns the `QuotaExceeded` error to the committer.
 /// - [`Durability::Memory`]: the in-memory store, whatever `config.store`
 ///   says; warns once, `outbox.durable = 0`.
 /// - [`Durability::Off`]: no outbox. State is kept in memory (one snapshot
@@ -225,8 +234,15 @@ fn start_forwarder(
 /// commits durably, a commit in any tab wakes the forwarding one). The
 /// store reads time from the same clock.
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
-    let OutboxConfig { durability, store: store_choice, forwarder: fwd, app_name, conflict_retries, .. } =
-        config;
+    let OutboxConfig {
+        durability,
+        store: store_choice,
+        forwarder: fwd,
+        app_name,
+        conflict_retries,
+        on_quota,
+        ..
+    } = config;
     outbox_forwarder::metrics::describe();
     let clock = fwd.clock.clone();
     let mut db_name: Option<String> = None;
@@ -248,6 +264,8 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
             if !primary.capabilities().durable {
                 warn_memory();
                 (primary, None)
+            } else if on_quota == OnQuota::Fail {
+                (primary, None)
             } else {
                 let on_error = fwd.on_error.clone();
                 let hook = Box::new(move |e: &Error| {
@@ -256,6 +274,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
                     }
                 });
                 let fb = Arc::new(FallbackStore::new(primary, clock.clone(), hook));
+                spawn_recommitter(Arc::downgrade(&fb));
                 (fb.clone(), Some(fb))
             }
         }
@@ -265,6 +284,13 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
     } else {
         0.0
     });
+    let durable_watch = match &fallback {
+        Some(fb) => (fb.watch_durable(), None),
+        None => {
+            let (tx, rx) = watch::channel(durability != Durability::Off && store.capabilities().durable);
+            (rx, Some(tx))
+        }
+    };
     let on_error = fwd.on_error.clone();
     let (forwarder, wake) = if durability == Durability::Off {
         (None, None)
@@ -277,6 +303,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
             store,
             conflict_retries,
             fallback,
+            durable: durable_watch,
             forwarder: Mutex::new(forwarder),
             wake,
             sink,
@@ -301,6 +328,12 @@ impl Outbox {
     /// Each event without a `traceparent` header gets one: a child of the
     /// [current trace](crate::trace::current), or of a new trace started
     /// for this commit (see [`trace`](crate::trace)).
+    ///
+    /// The receipt's [`durable`](CommitReceipt::durable) says whether the
+    /// commit is in the durable store: `false` for a commit held in memory
+    /// while the durable store is full ([`OnQuota::Fallback`]; moved to
+    /// the durable store once it has room, lost if the process ends
+    /// before), and for every commit of an outbox that is not durable.
     pub async fn commit(&self, mut commit: Commit) -> Result<CommitReceipt> {
         crate::trace::stamp(&mut commit.events);
         if self.inner.durability == Durability::Off {
@@ -323,9 +356,14 @@ impl Outbox {
                     }
                 }
             }
-            return Ok(receipt);
+            return Ok(CommitReceipt { durable: false, ..receipt });
         }
-        let receipt = self.inner.store.put_state_and_events(commit).await?;
+        let mut receipt = self.inner.store.put_state_and_events(commit).await?;
+        if self.inner.fallback.is_none() {
+            // A store that reports itself not durable (sled flushing on an
+            // interval, memory) does not make a commit durable.
+            receipt.durable &= self.inner.store.capabilities().durable;
+        }
         if let Some(w) = &self.inner.wake {
             w.wake();
         }
@@ -394,12 +432,21 @@ impl Outbox {
         self.inner.store.clone()
     }
 
-    /// Whether new commits are durable right now (false for memory, off,
-    /// and after a quota fallback).
+    /// Whether new commits are durable right now: false for memory and
+    /// off, and while commits are held in memory because the durable store
+    /// is full ([`OnQuota::Fallback`]); true again once they are all moved
+    /// back to it.
     pub fn is_durable(&self) -> bool {
         self.inner.durability != Durability::Off
             && self.inner.fallback.as_ref().is_none_or(|f| !f.is_fallen())
             && self.inner.store.capabilities().durable
+    }
+
+    /// A receiver that sees [`Outbox::is_durable`] change: false when the
+    /// durable store is full and commits are held in memory, true again
+    /// once they are all moved back (for a UI badge, or to wait for it).
+    pub fn watch_durable(&self) -> watch::Receiver<bool> {
+        self.inner.durable.0.clone()
     }
 
     /// The sink is reachable again (say, the browser's `online` event):

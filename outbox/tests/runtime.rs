@@ -97,7 +97,8 @@ async fn commits_atomically_and_publishes_only_committed_state() {
     let mut watch = form.watch();
     assert_eq!(*form.state(), Form::Empty);
 
-    assert_eq!(form.send(Msg::Edit("Hi".into())).await.unwrap(), Version(1));
+    let sent = form.send(Msg::Edit("Hi".into())).await.unwrap();
+    assert_eq!((sent.version, sent.durable), (Version(1), true), "committed to SQLite: durable");
     assert!(watch.has_changed().unwrap());
     assert_eq!(**watch.borrow_and_update(), Form::Draft { title: "Hi".into() });
 
@@ -110,7 +111,7 @@ async fn commits_atomically_and_publishes_only_committed_state() {
     assert!(!watch.has_changed().unwrap(), "no uncommitted state published");
     assert_eq!(*form.state(), Form::Draft { title: "Hi".into() });
 
-    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(2));
+    assert_eq!(form.send(Msg::Save).await.unwrap().version, Version(2));
     assert_eq!(**watch.borrow_and_update(), Form::Saved { title: "Hi".into() });
     let types: Vec<String> = vec![next(&mut all).await, next(&mut all).await, next(&mut all).await]
         .into_iter()
@@ -143,7 +144,7 @@ async fn a_failed_commit_discards_the_draft_and_the_events() {
     assert_eq!(*form.state(), Form::Empty);
     assert_eq!(inner.stats().await.unwrap().pending, 0, "no event of the failed commit");
     assert_eq!(
-        form.send(Msg::Edit("y".into())).await.unwrap(),
+        form.send(Msg::Edit("y".into())).await.unwrap().version,
         Version(1),
         "the next message starts from the committed state"
     );
@@ -179,7 +180,7 @@ async fn many_actors_run_concurrently_one_message_at_a_time_each() {
         tasks.push(tokio::spawn(async move {
             let mut last = Version::NONE;
             for i in 0..10 {
-                last = form.send(Msg::Edit(format!("{i}"))).await.unwrap();
+                last = form.send(Msg::Edit(format!("{i}"))).await.unwrap().version;
             }
             last
         }));
@@ -239,53 +240,75 @@ async fn off_sends_events_straight_to_the_sink() {
         .unwrap();
     assert!(!outbox.is_durable());
     let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
-    form.send(Msg::Edit("now".into())).await.unwrap();
+    assert!(!form.send(Msg::Edit("now".into())).await.unwrap().durable, "Off keeps nothing: not durable");
     let e = all.try_recv().expect("published during the commit, no forwarder involved");
     assert_eq!(e.event_type, "FORM_EDITED");
     assert_eq!(outbox.store().stats().await.unwrap().pending, 0, "Off keeps nothing of the events");
 }
 
+/// The quota fallback with the forwarder running: what memory holds is
+/// delivered from memory while the store is full (the durable backlog
+/// first), then moved back once it has room, nothing twice. (The real full
+/// file system is `tests/full_disk.rs`; here the store refuses commits as
+/// a full disk does, so each step is certain.)
 #[tokio::test]
 async fn a_full_disk_falls_back_to_memory_and_keeps_delivering() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite: Arc<dyn DurableStore> = Arc::new(
-        SqliteStore::options(dir.path().join("small.db")).max_size_bytes(160 * 1024).open().unwrap(),
-    );
+    let sqlite: Arc<dyn DurableStore> =
+        Arc::new(SqliteStore::options(dir.path().join("small.db")).open().unwrap());
+    let full = FaultyStore::new(sqlite.clone());
     let errors: Arc<Mutex<Vec<ErrorKind>>> = Arc::default();
     let e2 = errors.clone();
     let config = OutboxConfig::default()
-        .store(StoreChoice::Custom(sqlite.clone()))
+        .store(StoreChoice::Custom(full.clone()))
         .on_error(move |_, e| e2.lock().unwrap().push(e.kind()));
     let bus = Bus::new();
     let mut all = bus.subscribe(Topic::All);
     let outbox = configure_outbox(config, Arc::new(bus.sink())).await.unwrap();
-    let form = outbox.spawn_actor(ActorId::new("big").unwrap(), FormActor).await.unwrap();
-    let mut sent = 0u64;
-    while outbox.is_durable() {
-        form.send(Msg::Edit("x".repeat(4000))).await.expect("commits keep working");
-        sent += 1;
-        assert!(sent < 500, "the cap was never hit");
+    let mut durable = outbox.watch_durable();
+    let id = ActorId::new("big").unwrap();
+    let form = outbox.spawn_actor(id.clone(), FormActor).await.unwrap();
+    for i in 0..3 {
+        assert!(form.send(Msg::Edit(format!("before-{i}"))).await.unwrap().durable);
     }
-    assert_eq!(*errors.lock().unwrap(), vec![ErrorKind::QuotaExceeded], "on_error called once");
-    let in_sqlite = sqlite.stats().await.unwrap();
-    assert!(in_sqlite.pending + in_sqlite.delivered + 1 >= sent, "what was stored stays stored");
+    full.fill_up();
     for i in 0..5 {
-        form.send(Msg::Edit(format!("after-{i}"))).await.expect("commits go to memory now");
+        let s = form.send(Msg::Edit(format!("after-{i}"))).await.expect("commits go to memory now");
+        assert!(!s.durable, "held in memory, and the caller can tell");
+        assert_eq!(s.version, Version(4 + i), "versions carry on across the switch");
     }
-    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(sent + 6), "versions carry on across the switch");
-    // Everything is delivered, the durable backlog first, in order.
-    let mut titles = Vec::new();
-    for _ in 0..(sent + 5 + 2) {
-        let e = next(&mut all).await;
-        if e.event_type == "FORM_EDITED" {
-            titles.push(e.payload.decode_json::<String>().unwrap());
-        }
-    }
-    assert_eq!(titles.len() as u64, sent + 5);
-    assert_eq!(&titles[titles.len() - 5..], &["after-0", "after-1", "after-2", "after-3", "after-4"]);
-    assert!(!outbox.is_durable());
+    assert!(!outbox.is_durable() && !*durable.borrow_and_update());
     assert!(!outbox.store().capabilities().durable);
+    assert_eq!(*errors.lock().unwrap(), vec![ErrorKind::QuotaExceeded], "on_error called once");
+    // Delivered while the store is full: the durable backlog first, then
+    // memory's, in order.
+    let mut titles = Vec::new();
+    for _ in 0..8 {
+        titles.push(next(&mut all).await.payload.decode_json::<String>().unwrap());
+    }
+    let expected: Vec<String> =
+        (0..3).map(|i| format!("before-{i}")).chain((0..5).map(|i| format!("after-{i}"))).collect();
+    assert_eq!(titles, expected);
+
+    // Room again: the held commits move back (before the next commit, or
+    // by the background step if memory's deliveries are still settling).
+    full.disarm();
+    let saved = form.send(Msg::Save).await.unwrap();
+    assert_eq!(saved.version, Version(9));
+    tokio::time::timeout(Duration::from_secs(30), durable.wait_for(|d| *d))
+        .await
+        .expect("durable again in time")
+        .unwrap();
+    assert!(outbox.is_durable());
+    assert_eq!(sqlite.load_state(&id).await.unwrap().unwrap().version, Version(9), "every state in SQLite");
+    let types: Vec<String> =
+        vec![next(&mut all).await, next(&mut all).await].into_iter().map(|e| e.event_type).collect();
+    assert_eq!(types, vec!["FORM_SAVED", "FORM_AUDIT"]);
     outbox.shutdown().await;
+    assert!(all.try_recv().is_none(), "nothing delivered twice");
+    let s = sqlite.stats().await.unwrap();
+    assert_eq!((s.pending, s.dead), (0, 0), "nothing left behind");
+    assert_eq!(*errors.lock().unwrap(), vec![ErrorKind::QuotaExceeded]);
 }
 
 #[cfg(feature = "sled")]
@@ -363,7 +386,7 @@ async fn a_conflict_reloads_the_state_and_handles_the_message_again() {
     let theirs = serde_json::to_vec(&Form::Draft { title: "theirs".into() }).unwrap();
     outbox.commit(outbox::Commit::state(id.clone(), Version(1), theirs)).await.unwrap();
     // Save runs on the stale draft, conflicts, reloads "theirs", runs again.
-    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(3));
+    assert_eq!(form.send(Msg::Save).await.unwrap().version, Version(3));
     assert_eq!(*form.state(), Form::Saved { title: "theirs".into() });
     let saved: Vec<Envelope> = vec![next(&mut all).await, next(&mut all).await, next(&mut all).await];
     assert_eq!(saved[1].event_type, "FORM_SAVED");
@@ -379,7 +402,7 @@ async fn a_conflict_reloads_the_state_and_handles_the_message_again() {
     let err = form.send(Msg::Edit("lost".into())).await.unwrap_err();
     assert_eq!(err.store_kind(), Some(ErrorKind::Conflict));
     assert_eq!(*form.state(), Form::Draft { title: "newer".into() }, "reloaded for the next message");
-    assert_eq!(form.send(Msg::Save).await.unwrap(), Version(5));
+    assert_eq!(form.send(Msg::Save).await.unwrap().version, Version(5));
     outbox.shutdown().await;
 }
 
