@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{corrupt, map};
 use crate::leader::current_epoch;
-use crate::rows::{ENVELOPE_COLS, envelope_at, json_list};
+use crate::rows::{CORRUPTED, Corrupt, ROW_COLS, RawRow, derived_seq, json_list, scan_key, scan_time};
 use crate::worker::Worker;
 
 /// The seq of a pending event `grant` may settle; `None` if the id is
@@ -36,6 +36,11 @@ fn settleable(c: &Connection, grant: &LeaderGrant, id: EventId) -> Result<Option
 /// unsettled rows (pending and dead, on their partial index) feeds each to
 /// the core's [`ClaimPlan`]; a skipped dead event is
 /// [`ClaimEntry::Skipped`].
+///
+/// The scan reads its columns whatever their type: a row whose due time is
+/// not an integer counts as due (the claim then meets it, finds it does not
+/// decode and quarantines it), one whose lease is not an integer as not
+/// leased.
 fn plan_claim(c: &Connection, req: &ClaimRequest, now: i64) -> Result<Vec<i64>> {
     let mut plan = ClaimPlan::<String>::new(req, Timestamp::from_millis(now));
     let mut seqs = Vec::new();
@@ -51,19 +56,18 @@ fn plan_claim(c: &Connection, req: &ClaimRequest, now: i64) -> Result<Vec<i64>> 
     let mut rows = st.query([]).map_err(|e| map("claim scan", e))?;
     while let Some(r) = rows.next().map_err(|e| map("claim scan", e))? {
         let seq: i64 = r.get(0).map_err(|e| map("claim scan", e))?;
-        let key: String = r.get(1).map_err(|e| map("claim scan", e))?;
+        let key = scan_key(r, 1).map_err(|e| map("claim scan", e))?;
         let status: String = r.get(2).map_err(|e| map("claim scan", e))?;
         let entry = match status.as_str() {
             "pending" => ClaimEntry::Pending {
-                lease_until: r
-                    .get::<_, Option<i64>>(3)
-                    .map_err(|e| map("claim scan", e))?
-                    .map(Timestamp::from_millis),
-                next_attempt_at: Timestamp::from_millis(r.get(4).map_err(|e| map("claim scan", e))?),
+                lease_until: scan_time(r, 3).map_err(|e| map("claim scan", e))?.map(Timestamp::from_millis),
+                next_attempt_at: Timestamp::from_millis(
+                    scan_time(r, 4).map_err(|e| map("claim scan", e))?.unwrap_or(i64::MIN),
+                ),
             },
-            "dead" => match r.get::<_, i64>(5).map_err(|e| map("claim scan", e))? {
-                0 => ClaimEntry::Dead,
-                _ => ClaimEntry::Skipped,
+            "dead" => match scan_time(r, 5).map_err(|e| map("claim scan", e))? {
+                Some(0) | None => ClaimEntry::Dead,
+                Some(_) => ClaimEntry::Skipped,
             },
             other => return Err(corrupt(format!("unknown event status {other:?}"))),
         };
@@ -77,37 +81,84 @@ fn plan_claim(c: &Connection, req: &ClaimRequest, now: i64) -> Result<Vec<i64>> 
     Ok(seqs)
 }
 
+/// The rows `seqs`, each decoded or found corrupt, in commit order.
+fn read_rows(c: &Connection, seqs: &[i64]) -> Result<Vec<std::result::Result<Envelope, Box<Corrupt>>>> {
+    let mut st = c
+        .prepare_cached(&format!(
+            "SELECT {ROW_COLS} FROM outbox_events WHERE seq IN (SELECT value FROM json_each(?1)) ORDER BY seq"
+        ))
+        .map_err(|e| map("prepare claim read", e))?;
+    let rows =
+        st.query_map([json_list(seqs.iter())], |r| RawRow::read(r, 0)).map_err(|e| map("claim read", e))?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for row in rows {
+        out.push(row.map_err(|e| map("claim read", e))?.decode());
+    }
+    Ok(out)
+}
+
+/// Moves the rows that do not decode to the dead letters, with why in
+/// `last_error` (`corrupted: ...`); their stored values stay as they are.
+fn quarantine(c: &Connection, bad: &[Box<Corrupt>]) -> Result<()> {
+    let mut st = c
+        .prepare_cached(
+            "UPDATE outbox_events SET status = 'dead', skipped = 0, lease_until = NULL, last_error = ?2
+             WHERE seq = ?1",
+        )
+        .map_err(|e| map("prepare quarantine", e))?;
+    for b in bad {
+        tracing::warn!(seq = b.row.seq, reason = %b.reason, "outbox row does not decode: quarantined as a dead letter");
+        st.execute(params![b.row.seq, format!("{CORRUPTED}{}", b.reason)])
+            .map_err(|e| map("quarantine", e))?;
+    }
+    Ok(())
+}
+
 impl Worker {
     /// Claims the due events `req` takes under `grant`, leasing them.
+    ///
+    /// A planned row that does not decode is quarantined (moved to the dead
+    /// letters, `last_error` saying why) in the same transaction, and the
+    /// claim is planned again without it: with dead keys parked, its key's
+    /// later events wait behind it as behind any dead letter; every other
+    /// key flows.
     pub(crate) fn claim(&mut self, grant: &LeaderGrant, req: ClaimRequest) -> Result<Vec<Envelope>> {
         let now = self.now();
         let tx = self.write_tx()?;
         check_fence(grant, current_epoch(&tx)?)?;
-        let seqs = plan_claim(&tx, &req, now)?;
         let lease_until = Timestamp::from_millis(now).saturating_add(req.lease).as_millis();
-        let mut out: Vec<(i64, Envelope)> = Vec::with_capacity(seqs.len());
-        if !seqs.is_empty() {
-            // One statement for the whole batch: the seqs go in as a JSON array.
-            let mut st = tx
-                .prepare_cached(&format!(
-                    "UPDATE outbox_events SET attempts = attempts + 1, lease_until = ?2, claimed_epoch = ?3
-                     WHERE seq IN (SELECT value FROM json_each(?1)) RETURNING seq, {ENVELOPE_COLS}"
-                ))
-                .map_err(|e| map("prepare claim", e))?;
-            let rows = st
-                .query_map(params![json_list(seqs.iter()), lease_until, grant.epoch.0 as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, envelope_at(r, 1)?))
-                })
-                .map_err(|e| map("claim", e))?;
-            for row in rows {
-                let (seq, env) = row.map_err(|e| map("claim", e))?;
-                out.push((seq, env?));
+        // Each round that meets a row that does not decode quarantines it,
+        // and no later plan takes it: the loop ends.
+        let out = loop {
+            let seqs = plan_claim(&tx, &req, now)?;
+            if seqs.is_empty() {
+                break Vec::new();
             }
-        }
+            let (good, bad): (Vec<_>, Vec<_>) = read_rows(&tx, &seqs)?.into_iter().partition(|r| r.is_ok());
+            if !bad.is_empty() {
+                let bad: Vec<Box<Corrupt>> = bad.into_iter().filter_map(|r| r.err()).collect();
+                quarantine(&tx, &bad)?;
+                continue;
+            }
+            // One statement for the whole batch: the seqs go in as a JSON array.
+            tx.prepare_cached(
+                "UPDATE outbox_events SET attempts = min(attempts + 1, 4294967295), lease_until = ?2,
+                        claimed_epoch = ?3
+                 WHERE seq IN (SELECT value FROM json_each(?1))",
+            )
+            .and_then(|mut st| st.execute(params![json_list(seqs.iter()), lease_until, grant.epoch.0 as i64]))
+            .map_err(|e| map("claim", e))?;
+            break good
+                .into_iter()
+                .filter_map(|r| r.ok())
+                .map(|mut e| {
+                    e.attempts = e.attempts.saturating_add(1);
+                    e
+                })
+                .collect();
+        };
         tx.commit().map_err(|e| map("commit claim", e))?;
-        // RETURNING gives no order: put the batch back in commit order.
-        out.sort_unstable_by_key(|(seq, _)| *seq);
-        Ok(out.into_iter().map(|(_, e)| e).collect())
+        Ok(out)
     }
 
     /// Marks `ids` delivered; all or nothing.
@@ -241,8 +292,8 @@ impl Worker {
         self.each_dead(
             ids,
             "requeue",
-            "UPDATE outbox_events SET status = 'pending', skipped = 0, attempts = 0, next_attempt_at = ?2,
-             claimed_epoch = NULL, lease_until = NULL WHERE id = ?1 AND status = 'dead'",
+            "UPDATE outbox_events SET status = 'pending', skipped = 0, attempts = 0, next_attempt_at = ?3,
+             claimed_epoch = NULL, lease_until = NULL WHERE {ROW} AND status = 'dead'",
             true,
         )
     }
@@ -253,8 +304,8 @@ impl Worker {
         self.each_dead(
             ids,
             "discard",
-            "UPDATE outbox_events SET status = 'discarded', skipped = 0, delivered_at = ?2,
-             lease_until = NULL WHERE id = ?1 AND status = 'dead'",
+            "UPDATE outbox_events SET status = 'discarded', skipped = 0, delivered_at = ?3,
+             lease_until = NULL WHERE {ROW} AND status = 'dead'",
             true,
         )
     }
@@ -265,24 +316,28 @@ impl Worker {
         self.each_dead(
             ids,
             "skip",
-            "UPDATE outbox_events SET skipped = 1 WHERE id = ?1 AND status = 'dead' AND skipped = 0",
+            "UPDATE outbox_events SET skipped = 1 WHERE {ROW} AND status = 'dead' AND skipped = 0",
             false,
         )
     }
 
-    /// Runs `sql` (`?1` an id, and `?2` now if `with_now`) once per id of
-    /// `ids` in one transaction; says how many rows it changed.
+    /// Runs `sql` once per id of `ids` in one transaction, `{ROW}` in it
+    /// replaced by the match of the id's row (`?1` the id, `?2` the seq of
+    /// an id derived from a seq, see [`crate::rows::derived_id`]) and `?3`
+    /// now if `with_now`; says how many rows it changed.
     fn each_dead(&mut self, ids: &[EventId], what: &'static str, sql: &str, with_now: bool) -> Result<u64> {
         let now = self.now();
         let tx = self.write_tx()?;
         let mut changed = 0;
         {
-            let mut st = tx.prepare_cached(sql).map_err(|e| map(what, e))?;
+            let sql = sql.replace("{ROW}", ROW_OF_ID);
+            let mut st = tx.prepare_cached(&sql).map_err(|e| map(what, e))?;
             for id in ids {
+                let (bytes, seq) = (id.to_bytes(), derived_seq(*id));
                 let n = if with_now {
-                    st.execute(params![&id.to_bytes()[..], now])
+                    st.execute(params![&bytes[..], seq, now])
                 } else {
-                    st.execute([&id.to_bytes()[..]])
+                    st.execute(params![&bytes[..], seq])
                 };
                 changed += n.map_err(|e| map(what, e))? as u64;
             }
@@ -291,3 +346,7 @@ impl Worker {
         Ok(changed)
     }
 }
+
+/// The row of an id (`?1`), or of a seq (`?2`) when the row's stored id is
+/// not 16 bytes and it is listed under an id derived from its seq.
+const ROW_OF_ID: &str = "(id = ?1 OR (seq = ?2 AND NOT (typeof(id) = 'blob' AND length(id) = 16)))";

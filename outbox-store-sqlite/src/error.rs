@@ -114,6 +114,19 @@ fn sqlite_code(e: &rusqlite::Error) -> Option<ErrorCode> {
     }
 }
 
+/// Whether `e` is SQLite's BUSY or LOCKED (by its result code, through
+/// the error's source): another connection holds a lock right now.
+pub(crate) fn is_busy(e: &Error) -> bool {
+    let source = match e {
+        Error::Unavailable { source: Some(s), .. } => s,
+        _ => return false,
+    };
+    source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(sqlite_code)
+        .is_some_and(|c| matches!(c, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
 /// Whether `e` is a UNIQUE / PRIMARY KEY constraint failure (by its
 /// extended result code).
 pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {

@@ -5,7 +5,7 @@ use outbox_core::{Envelope, Result, StoreStats, Timestamp};
 use rusqlite::params;
 
 use crate::error::{corrupt, map};
-use crate::rows::{ENVELOPE_COLS, envelope, limit_i64};
+use crate::rows::{ROW_COLS, RawRow, limit_i64, scan_time};
 use crate::worker::Worker;
 
 /// Per unsettled status: the count, the oldest commit time, how many are
@@ -53,8 +53,10 @@ impl Worker {
             match status.as_str() {
                 "pending" => {
                     s.pending = count as u64;
+                    // Read whatever its type: a row written with a REAL
+                    // time still counts (a TEXT one, not a time, does not).
                     s.oldest_pending_at =
-                        r.get::<_, Option<i64>>(2).map_err(|e| map("stats", e))?.map(Timestamp::from_millis);
+                        scan_time(r, 2).map_err(|e| map("stats", e))?.map(Timestamp::from_millis);
                     s.in_flight =
                         r.get::<_, Option<i64>>(3).map_err(|e| map("stats", e))?.unwrap_or(0) as u64;
                 }
@@ -68,18 +70,26 @@ impl Worker {
         Ok(s)
     }
 
-    /// The first `limit` events with `status`, in commit order.
+    /// The first `limit` events with `status`, in commit order. A row
+    /// that does not decode is listed as well as it can be (see
+    /// [`Corrupt::envelope`](crate::rows::Corrupt::envelope)): its raw
+    /// payload, and why it is corrupted in `last_error`.
     pub(crate) fn list(&mut self, status: &str, limit: usize) -> Result<Vec<Envelope>> {
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {ENVELOPE_COLS} FROM outbox_events WHERE status = ?1 ORDER BY seq LIMIT ?2"
+                "SELECT {ROW_COLS} FROM outbox_events WHERE status = ?1 ORDER BY seq LIMIT ?2"
             ))
             .map_err(|e| map("prepare list", e))?;
-        let rows = st.query_map(params![status, limit_i64(limit)], envelope).map_err(|e| map("list", e))?;
+        let rows = st
+            .query_map(params![status, limit_i64(limit)], |r| RawRow::read(r, 0))
+            .map_err(|e| map("list", e))?;
         let mut out = Vec::new();
         for r in rows {
-            out.push(r.map_err(|e| map("list", e))??);
+            out.push(match r.map_err(|e| map("list", e))?.decode() {
+                Ok(e) => e,
+                Err(bad) => bad.envelope()?,
+            });
         }
         Ok(out)
     }

@@ -2,13 +2,15 @@
 //! (the connection's pragmas, the schema, the worker thread).
 
 use std::fmt;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use outbox_core::{Error, Limits, Result, SharedClock, SystemClock};
+use outbox_core::{Limits, Result, SharedClock, SystemClock};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::error::{SqliteError, map};
+use crate::error::{SqliteError, is_busy, map};
+use crate::leader::LockFile;
 use crate::schema;
 use crate::store::SqliteStore;
 use crate::worker::WorkerHandle;
@@ -87,7 +89,8 @@ impl SqliteOptions {
     }
 
     /// How long a write waits for another process's write lock before
-    /// failing with a retryable `Unavailable`.
+    /// failing with a retryable `Unavailable`; also how long opening keeps
+    /// retrying while other processes open, create or migrate the file.
     pub fn busy_timeout(mut self, d: Duration) -> Self {
         self.busy_timeout = d;
         self
@@ -107,8 +110,14 @@ impl SqliteOptions {
     }
 
     /// Opens (creating if needed, migrating if older) the store.
+    ///
+    /// A file that is not an outbox file is refused before anything writes
+    /// to it (see [`crate::schema`]). Opening waits for other processes
+    /// opening, creating or migrating the same file (up to the busy
+    /// timeout, retrying what SQLite reports busy), so any number of
+    /// processes can open a new file at once.
     pub fn open(self) -> Result<SqliteStore> {
-        let conn = self.connect()?;
+        let conn = self.connect_retrying()?;
         let cap_pages = match self.max_size_bytes {
             Some(bytes) => {
                 let page: i64 = conn
@@ -118,8 +127,27 @@ impl SqliteOptions {
             }
             None => None,
         };
+        let lock = LockFile::for_database(&self.path)?;
         let worker = WorkerHandle::spawn(conn, self.clock, cap_pages, self.max_batch)?;
-        Ok(SqliteStore::new(worker, self.path, self.limits, self.synchronous))
+        Ok(SqliteStore::new(worker, lock, self.path, self.limits, self.synchronous))
+    }
+
+    /// [`SqliteOptions::connect`], again while it fails with SQLite's BUSY
+    /// or LOCKED (some steps of opening, such as the switch to WAL, fail at
+    /// once instead of waiting on the busy handler), until the busy
+    /// timeout has passed.
+    fn connect_retrying(&self) -> Result<Connection> {
+        let deadline = Instant::now() + self.busy_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.connect() {
+                Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The connection, in WAL mode with the chosen `synchronous`, its
@@ -128,12 +156,21 @@ impl SqliteOptions {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // A WAL left beside the file (by another program, or one that
+        // crashed) is not ours to checkpoint into it until the file is
+        // known to be ours: until then, closing the connection leaves it.
+        let wal_before = wal_path(&self.path).exists();
         let mut conn = Connection::open_with_flags(&self.path, flags).map_err(|e| map("open", e))?;
+        if wal_before {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+                .map_err(|e| map("hold checkpoints", e))?;
+        }
         conn.busy_timeout(self.busy_timeout).map_err(|e| map("set busy timeout", e))?;
         // Refuse a newer or foreign file before any pragma changes it.
-        let found = schema::read_version(&conn)?;
-        if found > schema::SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew { found, supported: schema::SCHEMA_VERSION });
+        schema::identify(&conn)?;
+        if wal_before {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+                .map_err(|e| map("release checkpoints", e))?;
         }
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
@@ -149,4 +186,12 @@ impl SqliteOptions {
         schema::migrate(&mut conn)?;
         Ok(conn)
     }
+}
+
+/// Where SQLite keeps the WAL of the database at `path`: beside the file
+/// the path leads to (SQLite resolves symbolic links).
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).into_os_string();
+    wal.push("-wal");
+    wal.into()
 }

@@ -24,10 +24,15 @@ use crate::worker::{GroupCommitStats, WorkerHandle};
 /// rolls back alone. Each caller returns only after the transaction holding
 /// its commit is durable.
 ///
-/// Leadership: the flusher role is an OS file lock on `<path>.lock` plus an
-/// epoch row in the file; a second process can commit to the same file but
-/// cannot lead while the lock is held. Fencing is by epoch, checked inside
-/// every delivery transaction.
+/// Leadership: the flusher role is an OS lock that follows the database
+/// file (on Linux a `flock` on the file itself, whatever path, symbolic or
+/// hard link it was opened by) plus an epoch row in the file; another store
+/// or process can commit to the same file but cannot lead while the lock is
+/// held. Fencing is by epoch, checked inside every delivery transaction.
+///
+/// A row that does not decode is quarantined by the claim that meets it
+/// (a dead letter whose `last_error` starts with `corrupted: `); the other
+/// rows keep flowing.
 ///
 /// Dropping the store closes the file: queued work finishes, the
 /// connection closes (and checkpoints), then the leadership lock is
@@ -73,8 +78,14 @@ impl SqliteStore {
     }
 
     /// The store on `path`, served by `worker`.
-    pub(crate) fn new(worker: WorkerHandle, path: PathBuf, limits: Limits, synchronous: Synchronous) -> Self {
-        SqliteStore { worker, lock: LockFile::beside(&path), path, limits, synchronous }
+    pub(crate) fn new(
+        worker: WorkerHandle,
+        lock: LockFile,
+        path: PathBuf,
+        limits: Limits,
+        synchronous: Synchronous,
+    ) -> Self {
+        SqliteStore { worker, lock, path, limits, synchronous }
     }
 }
 

@@ -260,7 +260,11 @@ impl Worker {
         match outcome {
             Ok(results) => {
                 for (m, r) in batch.into_iter().zip(results) {
-                    let _ = m.reply.send(r.map(|version| CommitReceipt { version, committed_at: at }));
+                    let _ = m.reply.send(r.map(|version| CommitReceipt {
+                        version,
+                        committed_at: at,
+                        durable: true,
+                    }));
                 }
             }
             Err(e) => {

@@ -346,3 +346,313 @@ fn normal_synchronous_mode_commits_and_reopens() {
     assert_eq!(block_on(store.stats()).unwrap().pending, 1);
     let _: Arc<dyn DurableStore> = Arc::new(store);
 }
+
+/// One of the processes of `twenty_processes_create_one_file`: waits for
+/// the go (a line on stdin), then opens the store at `OUTBOX_CREATE_PATH`.
+#[test]
+#[ignore = "run by twenty_processes_create_one_file"]
+fn create_probe() {
+    let path = PathBuf::from(std::env::var("OUTBOX_CREATE_PATH").expect("OUTBOX_CREATE_PATH"));
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    let store = SqliteStore::open(&path).unwrap_or_else(|e| panic!("open failed: {:?}: {e}", e.kind()));
+    block_on(store.put_state_and_events(Commit::events_only().event(event(&actor("p"), 1)))).unwrap();
+}
+
+/// Twenty processes open one new file at the same moment (ten times, on
+/// ten files: the race is not lost every time): every open succeeds, the
+/// file gets one schema.
+#[test]
+fn twenty_processes_create_one_file() {
+    for _ in 0..10 {
+        twenty_open_one_new_file();
+    }
+}
+
+fn twenty_open_one_new_file() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (_d, path) = temp();
+    let exe = std::env::current_exe().unwrap();
+    let mut children: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--exact", "create_probe", "--ignored", "--test-threads=1"])
+                .env("OUTBOX_CREATE_PATH", &path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Every process is up and waiting: let them all open at once.
+    for c in &mut children {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let failures: Vec<String> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .filter(|o| !(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 passed")))
+        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .collect();
+    assert!(failures.is_empty(), "{} of 20 opens failed:\n{}", failures.len(), failures.join("\n---\n"));
+
+    // One schema, made once; every process's commit is in it.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, outbox_store_sqlite::schema::SCHEMA_VERSION);
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'outbox%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(tables, ["outbox_events", "outbox_inbox", "outbox_leader", "outbox_state"]);
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    drop(c);
+    assert_eq!(block_on(SqliteStore::open(&path).unwrap().stats()).unwrap().pending, 20);
+}
+
+/// The bytes of the file at `path` and of its `-wal`, `-shm` and
+/// `-journal` siblings (`None` for a sibling that does not exist, and for
+/// the `-shm`, SQLite's shared-memory index, only whether it exists).
+fn snapshot(path: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let sibling = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let mut files = vec![("main".to_owned(), std::fs::read(path).ok())];
+    for suffix in ["-wal", "-journal"] {
+        files.push((suffix.to_owned(), std::fs::read(sibling(suffix)).ok()));
+    }
+    files.push(("-shm".to_owned(), sibling("-shm").exists().then(Vec::new)));
+    files
+}
+
+/// Opening a SQLite file that is not an outbox file, or an outbox file of
+/// a newer schema, is refused, and leaves the file (and its WAL) exactly
+/// as it was: no table added, no `application_id`, no switch to WAL, no
+/// checkpoint of a WAL another program left, no sibling file created or
+/// removed.
+#[test]
+fn a_foreign_sqlite_file_is_refused_untouched() {
+    use rusqlite::Connection;
+    use rusqlite::config::DbConfig;
+    type Make = fn(&Path);
+    let cases: [(&str, Make, ErrorKind); 6] = [
+        (
+            "user_version 0 with tables of its own",
+            |p| {
+                let c = Connection::open(p).unwrap();
+                c.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+                    .unwrap();
+            },
+            ErrorKind::Corrupted,
+        ),
+        (
+            "in WAL mode, closed cleanly",
+            |p| {
+                let c = Connection::open(p).unwrap();
+                c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).unwrap();
+                c.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+                    .unwrap();
+            },
+            ErrorKind::Corrupted,
+        ),
+        (
+            "another application_id, nothing else",
+            |p| Connection::open(p).unwrap().pragma_update(None, "application_id", 0x1234).unwrap(),
+            ErrorKind::Corrupted,
+        ),
+        (
+            "a user_version of its own",
+            |p| Connection::open(p).unwrap().pragma_update(None, "user_version", 2).unwrap(),
+            ErrorKind::Corrupted,
+        ),
+        (
+            "its tables only in the WAL it left behind",
+            |p| {
+                let c = Connection::open(p).unwrap();
+                c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).unwrap();
+                c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+                c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+                c.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+                    .unwrap();
+            },
+            ErrorKind::Corrupted,
+        ),
+        (
+            "an outbox file of a newer schema",
+            |p| {
+                drop(SqliteStore::open(p).unwrap());
+                Connection::open(p).unwrap().pragma_update(None, "user_version", 99).unwrap();
+            },
+            ErrorKind::SchemaTooNew,
+        ),
+    ];
+    for (what, make, want) in cases {
+        let (_d, path) = temp();
+        make(&path);
+        let before = snapshot(&path);
+        assert_eq!(kind(SqliteStore::open(&path)), want, "{what}");
+        assert_eq!(snapshot(&path), before, "{what}: the files changed");
+    }
+    // The WAL-only case really had its tables in the WAL only.
+    let (_d, path) = temp();
+    cases[4].1(&path);
+    assert!(std::fs::metadata(wal_of(&path)).unwrap().len() > 0);
+
+    // Nothing at all, an empty file and a SQLite file with nothing in it
+    // are ours to create.
+    let (_d, path) = temp();
+    std::fs::write(&path, b"").unwrap();
+    drop(SqliteStore::open(&path).unwrap());
+    let (_d, path) = temp();
+    {
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).unwrap();
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    let store = SqliteStore::open(&path).unwrap();
+    block_on(store.put_state_and_events(Commit::events_only().event(event(&actor("a"), 1)))).unwrap();
+}
+
+fn wal_of(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// The process of `one_leader_through_a_symlink`: opens the store at
+/// `OUTBOX_LEADER_PATH`, tries to lead and says `PROBE LEADS` or `PROBE
+/// WAITS`, then holds on (leading, if it leads) until its stdin closes.
+#[test]
+#[ignore = "run by one_leader_through_a_symlink"]
+fn leader_probe() {
+    use std::io::{Read, Write};
+    let path = PathBuf::from(std::env::var("OUTBOX_LEADER_PATH").expect("OUTBOX_LEADER_PATH"));
+    let store = SqliteStore::open(&path).unwrap();
+    let grant = block_on(store.acquire_leadership("probe", Duration::from_secs(30))).unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out, "PROBE {}", if grant.is_some() { "LEADS" } else { "WAITS" }).unwrap();
+    out.flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// A `leader_probe` process on `path`.
+struct Probe {
+    child: std::process::Child,
+    said: std::sync::mpsc::Receiver<String>,
+}
+
+impl Probe {
+    fn start(path: &Path) -> Probe {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "leader_probe", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("OUTBOX_LEADER_PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, said) = std::sync::mpsc::channel();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(|l| l.ok()) {
+                // (libtest writes the test's name on the same line.)
+                if let Some((_, word)) = line.split_once("PROBE ") {
+                    let _ = tx.send(word.trim().to_owned());
+                }
+            }
+        });
+        Probe { child, said }
+    }
+
+    /// Whether the process leads (it says so within a bounded time).
+    fn leads(&self) -> bool {
+        match self.said.recv_timeout(Duration::from_secs(60)).expect("the probe answers").as_str() {
+            "LEADS" => true,
+            "WAITS" => false,
+            other => panic!("probe said {other}"),
+        }
+    }
+
+    /// Lets the process end, and waits for it.
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+
+    /// `leads()`, then `stop()`.
+    fn leads_then_stop(self) -> bool {
+        let leads = self.leads();
+        self.stop();
+        leads
+    }
+}
+
+/// One database file, many paths to it (a symbolic link to the file, a
+/// symbolic link to its directory, a hard link): one leader at a time,
+/// among the stores of one process and among processes.
+#[test]
+fn one_leader_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let link = dir.path().join("link.db");
+    let alias = dir.path().join("alias");
+    let hard = dir.path().join("hard.db");
+    let ttl = Duration::from_secs(30);
+
+    let a = SqliteStore::open(&path).unwrap();
+    let e = event(&actor("x"), 1);
+    block_on(a.put_state_and_events(Commit::events_only().event(e.clone()))).unwrap();
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    std::os::unix::fs::symlink(dir.path(), &alias).unwrap();
+    std::fs::hard_link(&path, &hard).unwrap();
+    // SQLite keeps a WAL beside each path it is given (after resolving
+    // symbolic links): a process opening the hard link reads the main file
+    // alone, so it is brought up to date first.
+    let checkpoint = || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert_eq!(checkpoint(), 0);
+
+    // In this process: a leads, b (through the symlink) waits.
+    let b = SqliteStore::open(&link).unwrap();
+    let ga = block_on(a.acquire_leadership("a", ttl)).unwrap().expect("a leads");
+    assert_eq!(block_on(b.acquire_leadership("b", ttl)).unwrap(), None, "b waits: a leads the same file");
+    let claimed = block_on(a.claim(&ga, ClaimRequest::new(10, ttl))).unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e.id]);
+
+    // Other processes wait too, whatever the path.
+    for p in [&path, &link, &alias.join("outbox.db"), &hard] {
+        assert!(!Probe::start(p).leads_then_stop(), "a process through {p:?} leads while a does");
+    }
+
+    // a lets go: b takes over; a, and processes, wait for b.
+    block_on(a.release_leadership(&ga)).unwrap();
+    let gb = block_on(b.acquire_leadership("b", ttl)).unwrap().expect("b leads after a let go");
+    assert!(gb.epoch > ga.epoch);
+    assert_eq!(block_on(a.acquire_leadership("a", ttl)).unwrap(), None);
+    assert_eq!(checkpoint(), 0);
+    assert!(!Probe::start(&hard).leads_then_stop(), "a process through the hard link leads while b does");
+
+    // b goes: a process through the symlink leads, and while it does
+    // neither a nor a process through the hard link does.
+    drop(b);
+    let p = Probe::start(&link);
+    assert!(p.leads(), "the process through the symlink takes over at once");
+    assert_eq!(block_on(a.acquire_leadership("a", ttl)).unwrap(), None, "a waits for the process");
+    assert_eq!(checkpoint(), 0);
+    assert!(!Probe::start(&hard).leads_then_stop(), "two processes lead");
+    p.stop();
+    assert!(block_on(a.acquire_leadership("a", ttl)).unwrap().is_some(), "a takes over when it ends");
+}
