@@ -16,6 +16,11 @@ rustup toolchain install "$msrv" --profile minimal
 command -v cargo-hack >/dev/null || cargo install cargo-hack --locked
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 
+step "provision: strace (the power-loss tests record the stores' writes and syncs with it)"
+if ! command -v strace >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq strace; else sudo apt-get update -qq && sudo apt-get install -y -qq strace; fi
+fi
+
 step "provision: PostgreSQL and NATS on loopback (scripts/servers.sh)"
 scripts/servers.sh start
 # shellcheck disable=SC1091

@@ -9,6 +9,8 @@ mod factory;
 mod faulty;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod power_loss;
 
 pub use factory::StoreFactory;
 pub use faulty::{FaultMode, FaultyStore};
