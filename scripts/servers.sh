@@ -6,6 +6,16 @@
 #   scripts/servers.sh start   # prints the env to export (also in $DIR/env)
 #   scripts/servers.sh stop    # stops both, by pid
 #   scripts/servers.sh nats-stop / nats-start   # a broker outage (streams kept)
+#   scripts/servers.sh pg-stop / pg-kill / pg-start   # a database outage
+#
+# Data is kept across stops and starts: the PostgreSQL data directory is
+# created (initdb) only when it does not exist or is empty, never removed.
+# pg-stop shuts PostgreSQL down cleanly, pg-kill as a crash would
+# (`pg_ctl -m immediate`: no shutdown checkpoint, WAL recovery at the next
+# start); pg-start starts it on its data, creating it if missing, and
+# exits 3 when the PostgreSQL binaries are not installed (it installs
+# nothing). With OUTBOX_SERVERS_DIR and OUTBOX_PG_PORT a test runs a
+# server of its own.
 #
 # Env: OUTBOX_SERVERS_DIR (target/servers), OUTBOX_PG_PORT (55432),
 # OUTBOX_NATS_PORT (54222).
@@ -30,17 +40,42 @@ install() {
 
 sudo_or() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+pg_running() {
+    [ -f "$DIR/pg/postmaster.pid" ] && kill -0 "$(head -1 "$DIR/pg/postmaster.pid")" 2>/dev/null
+}
+
+# start_pg: starts PostgreSQL on its data directory, running initdb first
+# only when the directory is missing or empty (a stopped or killed server
+# comes back with everything it had committed).
 start_pg() {
     local data=$DIR/pg
-    if [ -f "$data/postmaster.pid" ] && kill -0 "$(head -1 "$data/postmaster.pid")" 2>/dev/null; then
+    if pg_running; then
         return
     fi
-    rm -rf "$data"
     mkdir -p "$data" "$DIR/pg-sock" "$DIR/pg-log"
     if [ "$(id -u)" = 0 ]; then chown -R postgres "$data" "$DIR/pg-sock" "$DIR/pg-log"; chmod 755 "$DIR"; fi
-    as_postgres "$PG_BIN/initdb" -D "$data" -U postgres -A trust --no-sync >"$DIR/pg-init.log" 2>&1
+    if [ -z "$(ls -A "$data")" ]; then
+        as_postgres "$PG_BIN/initdb" -D "$data" -U postgres -A trust --no-sync >"$DIR/pg-init.log" 2>&1
+    elif [ ! -f "$data/PG_VERSION" ]; then
+        echo "$data is not empty and not a PostgreSQL data directory; move it away to start afresh" >&2
+        exit 1
+    fi
     as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/pg-log/pg.log" -w \
         -o "-k $DIR/pg-sock -h 127.0.0.1 -p $PG_PORT -c max_connections=200 -c fsync=on" start >/dev/null
+}
+
+# stop_pg [fast|immediate]: stops PostgreSQL if it runs; its data stays.
+stop_pg() {
+    if [ -f "$DIR/pg/postmaster.pid" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$DIR/pg" -m "${1:-fast}" -w stop >/dev/null 2>&1 || true
+    fi
+}
+
+require_pg_binaries() {
+    if [ ! -x "$PG_BIN/initdb" ]; then
+        echo "PostgreSQL binaries not found in $PG_BIN (scripts/servers.sh start installs them)" >&2
+        exit 3
+    fi
 }
 
 # start_nats [keep]: starts nats-server; without `keep` its JetStream
@@ -90,10 +125,22 @@ ENV
     cat "$DIR/env"
     ;;
 stop)
-    if [ -f "$DIR/pg/postmaster.pid" ]; then
-        as_postgres "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast stop >/dev/null 2>&1 || true
-    fi
+    stop_pg fast
     stop_nats
+    ;;
+pg-stop)
+    # For database-outage tests: a clean shutdown, data kept.
+    stop_pg fast
+    ;;
+pg-kill)
+    # ... or as a crash would: no shutdown checkpoint, recovery at start.
+    stop_pg immediate
+    ;;
+pg-start)
+    # ... and start it again on its data (created if missing).
+    require_pg_binaries
+    mkdir -p "$DIR"
+    start_pg
     ;;
 nats-stop)
     # For the broker-outage test: stop NATS, keeping its streams on disk.
@@ -104,7 +151,7 @@ nats-start)
     start_nats keep
     ;;
 *)
-    echo "usage: $0 start|stop|nats-stop|nats-start" >&2
+    echo "usage: $0 start|stop|nats-stop|nats-start|pg-stop|pg-kill|pg-start" >&2
     exit 2
     ;;
 esac

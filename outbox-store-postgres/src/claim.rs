@@ -3,11 +3,17 @@
 //! a locked key has more due events, the claimable run of each key
 //! ([`SQL_CLAIM`]).
 //!
+//! A claimed row that breaks the envelope's rules is quarantined in the
+//! same transaction (moved to the dead letters, see `rows.rs`) and left
+//! out of the batch; the rest of the batch is claimed as usual.
+//!
 //! Which events a claim takes is decided by these statements inside
 //! PostgreSQL (keys try-locked with `pg_try_advisory_xact_lock`), not by
 //! scanning rows in Rust, so `outbox_core::rules::ClaimPlan` does not
 //! apply here; the conformance suite checks that both agree with the
 //! contract.
+
+use std::collections::HashMap;
 
 use outbox_core::{ClaimRequest, Envelope, LeaderGrant, Result, Timestamp};
 use uuid::Uuid;
@@ -16,19 +22,28 @@ use crate::error::map;
 use crate::fence::{epoch, require_live};
 use crate::pool::Conn;
 use crate::queries::{
-    SQL_CLAIM, SQL_CLAIM_HEADS, SQL_CLAIM_KEYS, SQL_CLAIM_PLAN, SQL_CLAIM_REPLAN, SQL_GRANT_LIVE,
+    SQL_CLAIM, SQL_CLAIM_HEADS, SQL_CLAIM_KEYS, SQL_CLAIM_PLAN, SQL_CLAIM_REPLAN, SQL_GRANT_LIVE, SQL_UNCLAIM,
 };
-use crate::rows::{envelope_at, limit_i64, millis};
+use crate::rows::{Decoded, decode_at, limit_i64, millis, quarantine, uuid};
+
+/// What one claim transaction did.
+pub(crate) struct Claimed {
+    /// The events claimed, in commit order.
+    pub(crate) events: Vec<Envelope>,
+    /// How many claimed rows were quarantined instead.
+    pub(crate) quarantined: usize,
+}
 
 /// Claims up to `request.limit` events (at least one) for `grant` at time
-/// `now`, leased until `until`; returns them in commit order.
+/// `now`, leased until `until`; returns them in commit order, with the
+/// number of rows quarantined on the way.
 pub(crate) async fn claim(
     conn: &mut Conn<'_>,
     grant: &LeaderGrant,
     request: &ClaimRequest,
     now: Timestamp,
     until: Timestamp,
-) -> Result<Vec<Envelope>> {
+) -> Result<Claimed> {
     let now = millis(now);
     let until = millis(until);
     let limit = limit_i64(request.limit);
@@ -60,7 +75,7 @@ pub(crate) async fn claim(
     require_live(grant, live.map_err(|e| map("check grant", e))?)?;
     let rows = rows.map_err(|e| map("lock keys", e))?;
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claimed { events: Vec::new(), quarantined: 0 });
     }
     // With `limit` heads in hand (each claimable), nothing past the
     // last of them can be among the `limit` first claimable events.
@@ -86,12 +101,35 @@ pub(crate) async fn claim(
         tx.query(&claim, &[&now, &keys, &request.park_dead_keys, &limit, &epoch, &until, &bound]).await
     }
     .map_err(|e| map("claim", e))?;
-    tx.commit().await.map_err(|e| map("commit claim", e))?;
     let mut out: Vec<(i64, Envelope)> = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    // The first quarantined row of each key (by the key as stored).
+    let mut bad_heads: HashMap<String, i64> = HashMap::new();
     for r in &rows {
         let seq: i64 = r.get(0);
-        out.push((seq, envelope_at(r, 1)?));
+        match decode_at(r, 1)? {
+            Decoded::Event(e) => out.push((seq, e)),
+            Decoded::Corrupted(q) => {
+                let head = bad_heads.entry(r.get(3)).or_insert(seq);
+                *head = (*head).min(seq);
+                bad.push(q);
+            }
+        }
     }
+    if !bad.is_empty() {
+        quarantine(&tx, &bad).await?;
+        if request.park_dead_keys {
+            // The new dead letter parks its key: what the batch took after
+            // it on that key is handed back (as `release` does).
+            let parked = |(seq, e): &(i64, Envelope)| bad_heads.get(e.key.as_str()).is_some_and(|h| seq > h);
+            let back: Vec<Uuid> = out.iter().filter(|x| parked(x)).map(|(_, e)| uuid(e.id)).collect();
+            if !back.is_empty() {
+                out.retain(|x| !parked(x));
+                tx.execute(SQL_UNCLAIM, &[&back]).await.map_err(|e| map("hand back parked events", e))?;
+            }
+        }
+    }
+    tx.commit().await.map_err(|e| map("commit claim", e))?;
     out.sort_by_key(|(seq, _)| *seq);
-    Ok(out.into_iter().map(|(_, e)| e).collect())
+    Ok(Claimed { events: out.into_iter().map(|(_, e)| e).collect(), quarantined: bad.len() })
 }

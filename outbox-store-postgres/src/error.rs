@@ -1,9 +1,12 @@
 //! This backend's failures and the outbox error kinds they map to, decided
 //! by the failure's type, its SQLSTATE and its I/O error kind, never by
-//! its text.
+//! its text. Messages carry the server's reason: its message and SQLSTATE
+//! (with its detail and hint), or the driver's error and its causes.
 
 use std::error::Error as _;
+use std::fmt::Write as _;
 use std::io;
+use std::time::Duration;
 
 use outbox_core::Error;
 use tokio_postgres::error::SqlState;
@@ -12,12 +15,27 @@ use tokio_postgres::error::SqlState;
 /// [`outbox_core::Error`] (through `From`, or [`map`] for the common case).
 #[derive(Debug)]
 pub(crate) enum PgError {
-    /// The driver or the server failed while doing `what`.
+    /// The driver or the server failed while doing `what` on an open
+    /// connection.
     Driver {
         /// What the store was doing.
         what: &'static str,
         /// The driver's error.
         source: tokio_postgres::Error,
+    },
+    /// Opening a connection failed (`what`: the connection's purpose).
+    Connect {
+        /// What the connection was for.
+        what: &'static str,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The server did not answer `what` within `after`.
+    TimedOut {
+        /// What the store was waiting for.
+        what: &'static str,
+        /// How long it waited.
+        after: Duration,
     },
     /// A stored column (`what`) did not decode into its Rust type.
     Decode {
@@ -37,16 +55,51 @@ pub(crate) fn map(what: &'static str, source: tokio_postgres::Error) -> Error {
     PgError::Driver { what, source }.into()
 }
 
+/// Maps a driver error met while opening a connection for `what`.
+pub(crate) fn map_connect(what: &'static str, source: tokio_postgres::Error) -> Error {
+    PgError::Connect { what, source }.into()
+}
+
+/// The reason of `e`: the server's message, its SQLSTATE, detail and hint
+/// when the server refused; else the driver's error and its causes.
+fn reason(e: &tokio_postgres::Error) -> String {
+    let mut out = String::new();
+    if let Some(db) = e.as_db_error() {
+        let _ = write!(out, "{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            let _ = write!(out, "; detail: {detail}");
+        }
+        if let Some(hint) = db.hint() {
+            let _ = write!(out, "; hint: {hint}");
+        }
+        return out;
+    }
+    let _ = write!(out, "{e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(out, ": {c}");
+        cause = c.source();
+    }
+    out
+}
+
 impl From<PgError> for Error {
     fn from(e: PgError) -> Error {
         match e {
             PgError::Driver { what, source } => {
-                let message = format!("postgres {what}: {source}");
-                let class = classify(&source);
-                class.error(message, source)
+                let message = format!("postgres {what}: {}", reason(&source));
+                classify(&source, Phase::Session).error(message, source)
             }
+            PgError::Connect { what, source } => {
+                let message = format!("postgres {what}: {}", reason(&source));
+                classify(&source, Phase::Connect).error(message, source)
+            }
+            PgError::TimedOut { what, after } => Error::Unavailable {
+                message: format!("postgres {what}: no answer within {} ms", after.as_millis()),
+                source: None,
+            },
             PgError::Decode { what, source } => {
-                let message = format!("postgres outbox row, column {what}: {source}");
+                let message = format!("postgres outbox row, column {what}: {}", reason(&source));
                 Error::Corrupted { message, source: Some(Box::new(source)) }
             }
             PgError::PoolClosed => {
@@ -69,9 +122,12 @@ enum Class {
     QuotaExceeded,
     /// The role may not do this, or may not log in.
     PermissionDenied,
+    /// The connection string names something that is not there (a
+    /// database), or asks for what this store cannot do.
+    InvalidInput,
     /// The server found its own data damaged.
     Corrupted,
-    /// Anything else: a bug, a missing database, a broken invariant.
+    /// Anything else: a bug, a broken invariant.
     Internal,
 }
 
@@ -82,15 +138,26 @@ impl Class {
             Class::Unavailable => Error::Unavailable { message, source },
             Class::QuotaExceeded => Error::QuotaExceeded { message, source },
             Class::PermissionDenied => Error::PermissionDenied { message, source },
+            // `InvalidInput` carries no source: the message has the reason.
+            Class::InvalidInput => Error::InvalidInput { message },
             Class::Corrupted => Error::Corrupted { message, source },
             Class::Internal => Error::Internal { message, source },
         }
     }
 }
 
+/// When a driver error happened.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Opening a connection (socket, startup, authentication).
+    Connect,
+    /// On an open connection.
+    Session,
+}
+
 /// Classifies a driver error: a closed connection, then the server's
-/// SQLSTATE, then an I/O error in its cause chain.
-fn classify(e: &tokio_postgres::Error) -> Class {
+/// SQLSTATE, then an I/O error in its cause chain, then by `phase`.
+fn classify(e: &tokio_postgres::Error, phase: Phase) -> Class {
     if e.is_closed() {
         return Class::Unavailable;
     }
@@ -100,10 +167,21 @@ fn classify(e: &tokio_postgres::Error) -> Class {
     if let Some(io) = io_cause(e) {
         return by_io_kind(io.kind());
     }
-    // No SQLSTATE and no I/O error: a protocol, TLS, authentication-method
-    // or parameter-encoding failure on the client side of the connection.
-    // Treated as a lost connection (retryable).
-    Class::Unavailable
+    without_code_or_io(phase)
+}
+
+/// A failure with no SQLSTATE and no I/O error. Opening a connection,
+/// that is the client refusing the handshake: a password the server asks
+/// for and the connection string lacks, an authentication method or
+/// channel binding it cannot do, a reply that is not PostgreSQL's (a
+/// wrong port). The same connection string fails the same way again:
+/// [`Class::InvalidInput`]. On an open connection, a protocol or
+/// parameter-encoding failure, treated as a lost connection (retryable).
+fn without_code_or_io(phase: Phase) -> Class {
+    match phase {
+        Phase::Connect => Class::InvalidInput,
+        Phase::Session => Class::Unavailable,
+    }
 }
 
 /// The first [`io::Error`] in `e`'s cause chain.
@@ -151,12 +229,20 @@ const DENIED: &[SqlState] = &[
 /// SQLSTATEs of damaged server data.
 const DAMAGED: &[SqlState] = &[SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED];
 
+/// SQLSTATEs of a connection string naming what does not exist: a
+/// database (3D000).
+const NOT_FOUND: &[SqlState] = &[SqlState::INVALID_CATALOG_NAME];
+
 /// Classifies a SQLSTATE: the listed codes first, then the code's class
 /// (its first two characters: 08 connection exception, 53 insufficient
-/// resources, 28 invalid authorization), else [`Class::Internal`] (e.g.
-/// `INVALID_CATALOG_NAME`, a database that does not exist: not retryable).
+/// resources, 28 invalid authorization, e.g. an unknown role or a
+/// `pg_hba.conf` that refuses the host or requires TLS), else
+/// [`Class::Internal`].
 fn by_code(code: &SqlState) -> Class {
     let listed = |codes: &[SqlState]| codes.iter().any(|c| c == code);
+    if listed(NOT_FOUND) {
+        return Class::InvalidInput;
+    }
     if listed(RETRYABLE) {
         return Class::Unavailable;
     }
@@ -247,8 +333,8 @@ mod tests {
         for c in [SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED] {
             assert_eq!(by_code(&c), Class::Corrupted, "{}", c.code());
         }
+        assert_eq!(by_code(&SqlState::INVALID_CATALOG_NAME), Class::InvalidInput);
         for c in [
-            SqlState::INVALID_CATALOG_NAME,
             SqlState::UNIQUE_VIOLATION,
             SqlState::SYNTAX_ERROR,
             SqlState::PROGRAM_LIMIT_EXCEEDED,
@@ -272,12 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn refusals_without_a_code_are_final_only_when_connecting() {
+        assert_eq!(without_code_or_io(Phase::Connect), Class::InvalidInput);
+        assert_eq!(without_code_or_io(Phase::Session), Class::Unavailable);
+    }
+
+    #[test]
     fn classes_become_their_error_kinds() {
         use outbox_core::ErrorKind;
         let kinds = [
             (Class::Unavailable, ErrorKind::Unavailable),
             (Class::QuotaExceeded, ErrorKind::QuotaExceeded),
             (Class::PermissionDenied, ErrorKind::PermissionDenied),
+            (Class::InvalidInput, ErrorKind::InvalidInput),
             (Class::Corrupted, ErrorKind::Corrupted),
             (Class::Internal, ErrorKind::Internal),
         ];
@@ -286,6 +379,8 @@ mod tests {
             assert_eq!(class.error("m".into(), e).kind(), kind);
         }
         assert!(Error::from(PgError::PoolClosed).is_retryable());
+        let timed_out = PgError::TimedOut { what: "claim", after: Duration::from_millis(300) };
+        assert!(Error::from(timed_out).is_retryable());
         assert!(Error::from(PgError::ListenerClosed).is_retryable());
     }
 }

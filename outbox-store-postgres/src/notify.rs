@@ -20,7 +20,8 @@ use outbox_core::Result;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
-use crate::error::{PgError, map};
+use crate::error::{PgError, map, map_connect};
+use crate::pool::{self, Connection, Timeouts};
 
 /// The NOTIFY channel a commit with events signals on.
 pub const COMMIT_CHANNEL: &str = "outbox_commit";
@@ -34,18 +35,25 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     /// Starts the notifying task for `schema` (it ends when the notifier
-    /// is dropped).
-    pub(crate) fn start(config: Config, schema: String) -> Self {
+    /// is dropped). Each signal waits at most the statement timeout (a
+    /// new connection first, the connect timeout more).
+    pub(crate) fn start(config: Config, schema: String, timeouts: Timeouts) -> Self {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         tokio::spawn(async move {
-            let mut conn: Option<(Client, Statement)> = None;
+            let mut conn: Option<(Connection, Statement)> = None;
             while rx.recv().await.is_some() {
-                if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-                    conn = connect(&config).await;
+                if conn.as_ref().is_none_or(|(c, _)| c.client.is_closed()) {
+                    conn = connect(&config, timeouts).await;
                 }
                 let Some((c, notify)) = &conn else { continue };
-                if let Err(e) = c.execute(notify, &[&COMMIT_CHANNEL, &schema]).await {
-                    tracing::debug!(target: "outbox", error = %e, "outbox: commit notification failed");
+                let sent = tokio::time::timeout(
+                    timeouts.statement,
+                    c.client.execute(notify, &[&COMMIT_CHANNEL, &schema]),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    tracing::debug!(target: "outbox", result = ?sent.map(|r| r.map(|_| ())), "outbox: commit notification failed");
+                    // Dropping the connection closes it.
                     conn = None;
                 }
             }
@@ -61,20 +69,20 @@ impl Notifier {
 
 /// A connection for signalling, with its `pg_notify` statement prepared
 /// (one round trip per signal instead of two).
-async fn connect(config: &Config) -> Option<(Client, Statement)> {
-    let (client, connection) = match config.connect(NoTls).await {
+async fn connect(config: &Config, timeouts: Timeouts) -> Option<(Connection, Statement)> {
+    let setup = format!("SET synchronous_commit TO off; {}", timeouts.session_sql());
+    let conn = match pool::connect(config, "connect the notifier", &setup, timeouts.connect).await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(target: "outbox", error = %e, "outbox: notifier connection failed");
             return None;
         }
     };
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client.batch_execute("SET synchronous_commit TO off").await.ok()?;
-    let notify = client.prepare("SELECT pg_notify($1, $2)").await.ok()?;
-    Some((client, notify))
+    let notify = tokio::time::timeout(timeouts.statement, conn.client.prepare("SELECT pg_notify($1, $2)"))
+        .await
+        .ok()?
+        .ok()?;
+    Some((conn, notify))
 }
 
 /// A running `LISTEN` on [`COMMIT_CHANNEL`]; dropping it stops listening.
@@ -99,9 +107,10 @@ impl Drop for CommitListener {
 pub(crate) async fn listen(
     config: Config,
     schema: String,
+    timeouts: Timeouts,
     on_commit: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<CommitListener> {
-    let first = listen_once(&config).await?;
+    let first = listen_once(&config, timeouts).await?;
     let task = tokio::spawn(async move {
         let mut conn = Some(first);
         let mut delay = Duration::from_millis(50);
@@ -112,7 +121,7 @@ pub(crate) async fn listen(
                 tracing::warn!(target: "outbox", "postgres LISTEN connection lost; reconnecting");
             }
             tokio::time::sleep(delay).await;
-            match listen_once(&config).await {
+            match listen_once(&config, timeouts).await {
                 Ok(c) => {
                     conn = Some(c);
                     on_commit();
@@ -131,10 +140,18 @@ type Notifications = std::pin::Pin<
     Box<dyn futures::Stream<Item = std::result::Result<AsyncMessage, tokio_postgres::Error>> + Send>,
 >;
 
-/// Opens a connection and runs `LISTEN` on it; the connection's messages
-/// are returned as a stream (which drives the connection).
-async fn listen_once(config: &Config) -> Result<(Client, Notifications)> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| map("connect the listener", e))?;
+/// Opens a connection and runs `LISTEN` on it, within the connect timeout
+/// plus the statement timeout; the connection's messages are returned as
+/// a stream (which drives the connection).
+async fn listen_once(config: &Config, timeouts: Timeouts) -> Result<(Client, Notifications)> {
+    // Dropped on timeout: the connection is not spawned, so dropping it
+    // closes it.
+    pool::bounded("listen", timeouts.call(), listen_unbounded(config)).await
+}
+
+async fn listen_unbounded(config: &Config) -> Result<(Client, Notifications)> {
+    let (client, mut connection) =
+        config.connect(NoTls).await.map_err(|e| map_connect("connect the listener", e))?;
     let mut messages: Notifications =
         Box::pin(futures::stream::poll_fn(move |cx| connection.poll_message(cx)));
     let sql = format!("LISTEN {COMMIT_CHANNEL}");

@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use outbox_core::{Error, Limits, Result, SharedClock, SystemClock};
 use tokio_postgres::Config;
+use tokio_postgres::config::SslMode;
 
 use crate::error::map;
 use crate::notify::Notifier;
-use crate::pool::{Pool, quote_ident};
+use crate::pool::{Pool, Timeouts, quote_ident};
 use crate::schema;
 use crate::store::{Inner, PostgresStore};
 
@@ -20,6 +22,8 @@ pub struct PostgresOptions {
     pool_size: usize,
     clock: SharedClock,
     limits: Limits,
+    connect_timeout: Option<Duration>,
+    statement_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresOptions {
@@ -28,14 +32,23 @@ impl fmt::Debug for PostgresOptions {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("limits", &self.limits)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl PostgresOptions {
+    /// The connect timeout unless the options or the URL set one.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The statement timeout unless the options set one.
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// Defaults for the database at `url` (a libpq connection string or a
     /// `postgresql://` URL): schema `public`, 8 pooled connections, system
-    /// clock.
+    /// clock, the URL's `connect_timeout` or
+    /// [`DEFAULT_CONNECT_TIMEOUT`](Self::DEFAULT_CONNECT_TIMEOUT),
+    /// [`DEFAULT_STATEMENT_TIMEOUT`](Self::DEFAULT_STATEMENT_TIMEOUT).
     pub fn new(url: impl Into<String>) -> Self {
         PostgresOptions {
             url: url.into(),
@@ -43,7 +56,32 @@ impl PostgresOptions {
             pool_size: 8,
             clock: SystemClock::shared(),
             limits: Limits::default(),
+            connect_timeout: None,
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
         }
+    }
+
+    /// Longest wait for a new connection (at least 1 ms): the socket,
+    /// the startup and authentication exchange and the session's
+    /// settings, together. Overrides the URL's `connect_timeout`. A server
+    /// that accepts the connection and never answers fails the open (or
+    /// the call that needed a connection) with `Unavailable` once it
+    /// passes.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Longest a statement may run (at least 1 ms): the server cancels it
+    /// past this (`statement_timeout`, SQLSTATE 57014: `Unavailable`).
+    /// And a whole store call (waiting for a pooled connection, opening
+    /// one, its statements, including the schema upgrade when opening)
+    /// gives up with `Unavailable` when it has not finished within the
+    /// connect timeout plus this, whatever the server or the network
+    /// does. Raise it for an upgrade that rewrites a large events table.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(1));
+        self
     }
 
     /// Puts the outbox tables in `schema` (created if missing).
@@ -71,30 +109,57 @@ impl PostgresOptions {
         self
     }
 
-    /// Connects, creates the schema if needed and migrates it.
+    /// Connects, creates the schema if needed and migrates it, within the
+    /// connect timeout plus the statement timeout.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a malformed URL, [`Error::Unavailable`]
-    /// when the server cannot be reached, [`Error::SchemaTooNew`] for a
-    /// schema written by a newer version (left untouched).
+    /// [`Error::InvalidInput`] for a malformed URL, a database that does
+    /// not exist, or a login the driver cannot complete (a password the
+    /// server asks for and the URL lacks); [`Error::Unsupported`] for a
+    /// URL requiring TLS (`sslmode=require`: this store connects without
+    /// TLS); [`Error::PermissionDenied`] for a login or an action the
+    /// server refuses (an unknown role, a wrong password, a host
+    /// `pg_hba.conf` does not admit, no `CREATE` on the database or
+    /// schema); [`Error::Unavailable`] when the server cannot be reached
+    /// or does not answer in time; [`Error::SchemaTooNew`] for a schema
+    /// written by a newer version (left untouched). The messages carry
+    /// the server's reason and SQLSTATE.
     pub async fn open(self) -> Result<PostgresStore> {
-        let config = Config::from_str(&self.url)
+        let mut config = Config::from_str(&self.url)
             .map_err(|e| Error::invalid_input(format!("not a PostgreSQL connection string: {e}")))?;
-        let pool = Pool::new(config.clone(), &self.schema, self.pool_size);
-        {
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(Error::Unsupported {
+                operation: "TLS (sslmode=require): this store connects without TLS; \
+                            use sslmode=disable or prefer, or a local TLS-terminating proxy",
+            });
+        }
+        let connect_timeout = self
+            .connect_timeout
+            .or_else(|| config.get_connect_timeout().copied())
+            .unwrap_or(Self::DEFAULT_CONNECT_TIMEOUT)
+            .max(Duration::from_millis(1));
+        // Each socket attempt too (one per address of a host), so a host
+        // that does not answer leaves time for the next.
+        config.connect_timeout(connect_timeout);
+        let timeouts = Timeouts { connect: connect_timeout, statement: self.statement_timeout };
+        let pool = Pool::new(config.clone(), &self.schema, self.pool_size, timeouts);
+        pool.bounded("open", async {
+            // Closed when dropped, not pooled.
             let mut first = pool.connect().await?;
             if self.schema != "public" {
                 first
+                    .client
                     .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.schema)))
                     .await
                     .map_err(|e| map("create schema", e))?;
             }
-            schema::migrate(&mut first, &self.schema).await?;
-        }
+            schema::migrate(&mut first.client, &self.schema).await
+        })
+        .await?;
         Ok(PostgresStore::new(Inner {
             pool,
-            notifier: Notifier::start(config.clone(), self.schema.clone()),
+            notifier: Notifier::start(config.clone(), self.schema.clone(), timeouts),
             config,
             schema: self.schema,
             clock: self.clock,

@@ -1,31 +1,136 @@
 //! A small connection pool: up to `size` connections, opened on demand,
-//! each with the store's `search_path`, handed back unless closed.
+//! each with the store's `search_path` and `statement_timeout`, handed
+//! back unless closed or left behind by a call that ran out of time.
+//!
+//! Every wait on the network is bounded ([`Timeouts`]): opening a
+//! connection by the connect timeout, each statement by the server's
+//! `statement_timeout`, and a whole store call (its wait for a pooled
+//! connection, a new connection if needed, and its statements) by
+//! [`Pool::bounded`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use outbox_core::{Error, Result};
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use crate::error::{PgError, map};
+use crate::error::{PgError, map, map_connect};
+
+/// How long the store waits on the server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    /// Opening a connection: socket, TLS negotiation, startup,
+    /// authentication and the session's settings, together.
+    pub(crate) connect: Duration,
+    /// One statement, enforced by the server (`statement_timeout`).
+    pub(crate) statement: Duration,
+}
+
+impl Timeouts {
+    /// A whole store call: a connection (pooled or new) and its
+    /// statements. The server cancels a statement running past the
+    /// statement timeout; this bound covers a server or network that
+    /// stops answering altogether.
+    pub(crate) fn call(&self) -> Duration {
+        self.connect.saturating_add(self.statement)
+    }
+
+    /// `SET statement_timeout` for a new session.
+    pub(crate) fn session_sql(&self) -> String {
+        format!("SET statement_timeout TO {}", self.statement.as_millis().max(1))
+    }
+}
+
+tokio::task_local! {
+    /// The deadline of the store call running on this task (set by
+    /// [`Pool::bounded`]).
+    static DEADLINE: Instant;
+}
+
+/// Runs `f`, the work of one store call (`what`), giving up with
+/// `Unavailable` once `limit` has passed. A pooled connection the call
+/// holds when it gives up is closed, not handed back: it may still wait
+/// for the server.
+pub(crate) async fn bounded<T>(
+    what: &'static str,
+    limit: Duration,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    match tokio::time::timeout_at(deadline, DEADLINE.scope(deadline, f)).await {
+        Ok(r) => r,
+        Err(_) => Err(PgError::TimedOut { what, after: limit }.into()),
+    }
+}
+
+/// An open connection and the task driving it. Dropping it closes the
+/// connection at once, whatever it is waiting for (dropping only the
+/// client would let the driver wait for the answers to requests already
+/// sent, without bound if the server stopped answering). The server
+/// takes a closed idle connection silently and rolls back an open
+/// transaction.
+pub(crate) struct Connection {
+    pub(crate) client: Client,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens a connection for `what` and runs `setup` on it, all within
+/// `timeout`.
+pub(crate) async fn connect(
+    config: &Config,
+    what: &'static str,
+    setup: &str,
+    timeout: Duration,
+) -> Result<Connection> {
+    let open = async {
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| map_connect(what, e))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "outbox", error = %e, "outbox: postgres connection ended");
+            }
+        });
+        let conn = Connection { client, driver };
+        conn.client.batch_execute(setup).await.map_err(|e| map("set up the session", e))?;
+        Ok(conn)
+    };
+    match tokio::time::timeout(timeout, open).await {
+        Ok(r) => r,
+        Err(_) => Err(PgError::TimedOut { what, after: timeout }.into()),
+    }
+}
 
 pub(crate) struct Pool {
     config: Config,
-    search_path: String,
+    setup: String,
+    timeouts: Timeouts,
     idle: Mutex<Vec<Pooled>>,
     permits: Semaphore,
+    size: usize,
 }
 
 /// A connection and the statements prepared on it, by SQL text.
 struct Pooled {
-    client: Client,
+    conn: Connection,
     statements: HashMap<&'static str, Statement>,
 }
 
 pub(crate) struct Conn<'a> {
     client: Option<Pooled>,
     pool: &'a Pool,
+    /// Past it, the call holding this connection has given up (or is
+    /// about to), and the connection is closed instead of pooled.
+    deadline: Instant,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -39,43 +144,68 @@ pub(crate) fn quote_ident(name: &str) -> String {
 }
 
 impl Pool {
-    pub(crate) fn new(config: Config, schema: &str, size: usize) -> Self {
+    pub(crate) fn new(config: Config, schema: &str, size: usize, timeouts: Timeouts) -> Self {
         Pool {
             config,
-            search_path: format!("SET search_path TO {}", quote_ident(schema)),
+            setup: format!("SET search_path TO {}; {}", quote_ident(schema), timeouts.session_sql()),
+            timeouts,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size.max(1)),
+            size: size.max(1),
         }
     }
 
-    /// A new connection, its driver task spawned on the current runtime.
-    pub(crate) async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| map("connect", e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target: "outbox", error = %e, "outbox: postgres connection ended");
-            }
-        });
-        client.batch_execute(&self.search_path).await.map_err(|e| map("set search_path", e))?;
-        Ok(client)
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
+    /// Runs `f`, one store call (`what`), within [`Timeouts::call`].
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        bounded(what, self.timeouts.call(), f).await
+    }
+
+    /// A new connection with the store's session settings, its driver
+    /// task spawned on the current runtime.
+    pub(crate) async fn connect(&self) -> Result<Connection> {
+        connect(&self.config, "connect", &self.setup, self.timeouts.connect).await
+    }
+
+    /// A connection: an idle one, or a new one while fewer than `size`
+    /// are open. Waits for one to be handed back at most until the
+    /// current call's deadline.
     pub(crate) async fn get(&self) -> Result<Conn<'_>> {
-        let permit = self.permits.acquire().await.map_err(|_| Error::from(PgError::PoolClosed))?;
+        let deadline = DEADLINE.try_with(|d| *d).unwrap_or_else(|_| Instant::now() + self.timeouts.call());
+        let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(p) => p.map_err(|_| Error::from(PgError::PoolClosed))?,
+            Err(_) => {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "postgres: all {} pooled connections stayed busy for {} ms",
+                        self.size,
+                        self.timeouts.call().as_millis()
+                    ),
+                    source: None,
+                });
+            }
+        };
         let idle = {
             let mut idle = lock(&self.idle);
             loop {
                 match idle.pop() {
-                    Some(c) if c.client.is_closed() => continue,
+                    Some(c) if c.conn.client.is_closed() => continue,
                     other => break other,
                 }
             }
         };
         let client = match idle {
             Some(c) => c,
-            None => Pooled { client: self.connect().await?, statements: HashMap::new() },
+            None => Pooled { conn: self.connect().await?, statements: HashMap::new() },
         };
-        Ok(Conn { client: Some(client), pool: self, _permit: permit })
+        Ok(Conn { client: Some(client), pool: self, deadline, _permit: permit })
     }
 }
 
@@ -86,7 +216,7 @@ impl Conn<'_> {
     }
 
     pub(crate) fn client(&mut self) -> &mut Client {
-        &mut self.pooled().client
+        &mut self.pooled().conn.client
     }
 
     /// `sqls` prepared on this connection: cached ones at once, the rest
@@ -99,7 +229,7 @@ impl Conn<'_> {
         let missing: Vec<&'static str> =
             sqls.iter().copied().filter(|s| !pooled.statements.contains_key(s)).collect();
         if !missing.is_empty() {
-            let client = &pooled.client;
+            let client = &pooled.conn.client;
             let prepared = futures::future::join_all(missing.iter().map(|s| client.prepare(s))).await;
             for (sql, st) in missing.into_iter().zip(prepared) {
                 pooled.statements.insert(sql, st.map_err(|e| map("prepare", e))?);
@@ -111,8 +241,11 @@ impl Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
+        // Past the deadline, the call holding it ran out of time, maybe
+        // mid-statement: the connection is dropped (closed), not pooled.
         if let Some(c) = self.client.take()
-            && !c.client.is_closed()
+            && Instant::now() < self.deadline
+            && !c.conn.client.is_closed()
         {
             lock(&self.pool.idle).push(c);
         }

@@ -52,6 +52,22 @@ pub(crate) const SQL_INSERT_MARK: &str =
     "INSERT INTO outbox_inbox (consumer, origin, event_id, processed_at) VALUES ($1, $2, $3, $4)
      ON CONFLICT DO NOTHING";
 
+/// Moves event `$1`, a row that breaks the envelope's rules, to the dead
+/// letters as its quarantine stores it (see `rows.rs`): valid origin `$2`,
+/// key `$3`, payload kind `$4` and headers `$5`, `last_error` `$6`; its
+/// payload bytes are kept as they are.
+/// A dead letter quarantined by a schema upgrade stays skipped if it was.
+pub(crate) const SQL_QUARANTINE: &str = "UPDATE outbox_events
+     SET status = 1, skipped = (status = 1 AND skipped), lease_until = NULL,
+         origin = $2, key = $3, payload_kind = $4, headers = $5, last_error = $6
+     WHERE id = $1";
+
+/// Hands back claimed events `$1` within the claim that leased them (a
+/// claim that quarantined an earlier event of their key, which now parks
+/// it): the attempt uncounted, the lease dropped, as `release` does.
+pub(crate) const SQL_UNCLAIM: &str =
+    "UPDATE outbox_events SET attempts = greatest(attempts - 1, 0), lease_until = NULL WHERE id = ANY($1)";
+
 /// A row if epoch `$1` was granted and not released.
 pub(crate) const SQL_GRANT_LIVE: &str = "SELECT 1 FROM outbox_leaders WHERE epoch = $1 AND NOT released";
 

@@ -4,13 +4,21 @@
 //! The version lives in `outbox_schema`. A database whose version is newer
 //! than [`SCHEMA_VERSION`] is refused with `SchemaTooNew` and not altered.
 
+use futures::StreamExt;
 use outbox_core::{Error, Result};
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Transaction};
 
 use crate::error::map;
+use crate::queries::ENVELOPE_COLS;
+use crate::rows::{Decoded, decode_at, quarantine};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
+
+/// The version whose upgrade quarantines the pending and dead rows that
+/// break the envelope's rules (its checks apply to rows written after).
+const CHECKED: usize = 6;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -109,6 +117,35 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox_events ADD CONSTRAINT outbox_events_status_check CHECK (status IN (0, 1, 2, 3));
     ALTER TABLE outbox_events ADD COLUMN skipped boolean NOT NULL DEFAULT false;
 ",
+    r#"
+    -- Checks on what a writer outside this library can get wrong with
+    -- these column types (an application in another language inserting
+    -- its own events): origin and key are 1 to 256 bytes (the ids'
+    -- rule), headers a JSON object of strings, attempts not negative. A
+    -- row breaking them now fails at its INSERT, not later in a
+    -- forwarder. (A payload marked json is checked when read instead:
+    -- parsing every payload again at insert would double a commit's
+    -- work on large payloads.) The headers are checked on their text (a
+    -- JSON text, matching an object of strings) and never unescaped:
+    -- `\u0000` is valid JSON a header may hold, and PostgreSQL cannot
+    -- unescape it to text. (An E'' literal: the function body is parsed
+    -- in the inserting session, whatever its standard_conforming_strings.)
+    -- NOT VALID: rows already stored are not
+    -- scanned for them; the pending and dead ones that break the
+    -- envelope's rules are quarantined right after this, in the same
+    -- transaction, and settled ones are never updated again. Negative
+    -- attempt counts are zeroed first (one scan of the table).
+    UPDATE outbox_events SET attempts = 0 WHERE attempts < 0;
+    CREATE OR REPLACE FUNCTION outbox_headers_ok(h text) RETURNS boolean
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        AS $$ SELECT h::json IS NOT NULL
+                     AND h ~ E'^\\s*\\{\\s*(?:"(?:[^"\\\\]|\\\\.)*"\\s*:\\s*"(?:[^"\\\\]|\\\\.)*"\\s*(?:,\\s*"(?:[^"\\\\]|\\\\.)*"\\s*:\\s*"(?:[^"\\\\]|\\\\.)*"\\s*)*)?\\}\\s*$' $$;
+    ALTER TABLE outbox_events
+        ADD CONSTRAINT outbox_events_origin_check CHECK (octet_length(origin) BETWEEN 1 AND 256) NOT VALID,
+        ADD CONSTRAINT outbox_events_key_check CHECK (octet_length(key) BETWEEN 1 AND 256) NOT VALID,
+        ADD CONSTRAINT outbox_events_headers_check CHECK (headers = '{}' OR outbox_headers_ok(headers)) NOT VALID,
+        ADD CONSTRAINT outbox_events_attempts_check CHECK (attempts >= 0) NOT VALID;
+"#,
 ];
 
 /// Brings the schema in `client`'s search path up to [`SCHEMA_VERSION`],
@@ -134,8 +171,11 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     if found < 0 {
         return Err(Error::Corrupted { message: format!("schema version {found}"), source: None });
     }
-    for m in &MIGRATIONS[found as usize..] {
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.batch_execute(m).await.map_err(|e| map("migrate", e))?;
+        if i + 1 == CHECKED && found > 0 {
+            quarantine_stored(&tx).await?;
+        }
     }
     tx.execute(
         "INSERT INTO outbox_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = $1",
@@ -144,4 +184,27 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     .await
     .map_err(|e| map("record the schema version", e))?;
     tx.commit().await.map_err(|e| map("commit migration", e))
+}
+
+/// Quarantines the pending and dead rows that break the envelope's rules
+/// (see `rows.rs`), for the upgrade that adds the checks: rows written
+/// before it may break them, and a row breaking a check cannot be
+/// updated (claimed, acked) until it is repaired.
+async fn quarantine_stored(tx: &Transaction<'_>) -> Result<()> {
+    let none: [&(dyn ToSql + Sync); 0] = [];
+    let rows = tx
+        .query_raw(
+            &format!("SELECT {ENVELOPE_COLS} FROM outbox_events WHERE status IN (0, 1)"),
+            none.iter().map(|p| *p as &dyn ToSql),
+        )
+        .await
+        .map_err(|e| map("read stored events", e))?;
+    let mut rows = std::pin::pin!(rows);
+    let mut bad = Vec::new();
+    while let Some(r) = rows.next().await {
+        if let Decoded::Corrupted(q) = decode_at(&r.map_err(|e| map("read stored events", e))?, 0)? {
+            bad.push(q);
+        }
+    }
+    quarantine(tx, &bad).await
 }

@@ -1,7 +1,9 @@
 //! PostgreSQL-specific behaviour on a real server: forwarders racing on one
-//! backlog keep per-key order and deliver each event once; a newer schema
+//! backlog keep per-key order and deliver each event once; a newer schema,
 //! a bad URL, a missing database and an undecodable column are typed
-//! errors; LISTEN wakes on another handle's commit.
+//! errors; rows a foreign writer got wrong fail at its insert or are
+//! quarantined without stopping delivery; LISTEN wakes on another handle's
+//! commit; older schemas upgrade in place.
 //!
 //! Needs `OUTBOX_PG_URL` (`scripts/servers.sh start`); without it each
 //! test says SKIPPED and passes.
@@ -406,6 +408,262 @@ async fn a_schema_4_database_upgrades_to_discard_and_skip() {
     assert_eq!(ids(&store.claim(&g, park(10)).await.unwrap()), vec![a1.id]);
 }
 
+/// Inserts a pending event row the way a writer in another language would,
+/// with the given `origin`, `key`, `payload_kind`, `payload` (SQL text for
+/// a bytea) and `headers`; returns its id.
+async fn foreign_insert(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    origin: &str,
+    key: &str,
+    kind: &str,
+    payload: &str,
+    headers: &str,
+) -> Result<outbox_core::EventId, tokio_postgres::Error> {
+    let id = outbox_core::EventId::new();
+    let uuid = uuid::Uuid::from_bytes(id.to_bytes());
+    client
+        .execute(
+            &format!(
+                "INSERT INTO \"{schema}\".outbox_events
+                     (id, origin, key, event_type, payload_kind, payload, headers, created_at, next_attempt_at)
+                 VALUES ($1, $2, $3, 'E', $4, {payload}, $5, 0, 0)"
+            ),
+            &[&uuid, &origin, &key, &kind, &headers],
+        )
+        .await?;
+    Ok(id)
+}
+
+/// Rows a foreign writer got wrong in ways the column checks cannot see
+/// (headers with a lone UTF-16 surrogate escape, which PostgreSQL's `json`
+/// accepts and no JSON decoder should; a payload marked json that is not
+/// JSON) do not stop delivery: a claim moves each to the dead letters
+/// (`last_error` "corrupted: ...", raw values kept) and delivers the rest,
+/// listing works before and after, and a quarantined row parks its key
+/// like any dead letter when the claim asks for that.
+#[tokio::test]
+async fn a_poison_row_is_quarantined_on_postgres() {
+    let Some(url) = url() else { return };
+    let schema = schema("poison");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let client = admin(&url).await;
+    let origin = ActorId::new("src").unwrap();
+    let on =
+        |k: &str| NewEvent::json(origin.clone(), "E", &k).unwrap().with_key(OrderingKey::new(k).unwrap());
+    let (a1, a2, b1) = (on("a"), on("a"), on("b"));
+    store.put_state_and_events(Commit::events_only().event(a1.clone())).await.unwrap();
+    let bad_headers = r#"{"trace":"\udc00"}"#;
+    let pa = foreign_insert(&client, &schema, "src", "a", "json", "'1'::bytea", bad_headers).await.unwrap();
+    let pc = foreign_insert(&client, &schema, "src", "c", "json", "'not json'::bytea", "{}").await.unwrap();
+    store.put_state_and_events(Commit::events_only().events(vec![a2.clone(), b1.clone()])).await.unwrap();
+    let ids = |v: &[outbox_core::Envelope]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+
+    // Inspecting does not fail: the bad rows are listed as their
+    // quarantine will store them.
+    assert_eq!(ids(&store.list_pending(10).await.unwrap()), vec![a1.id, pa, pc, a2.id, b1.id]);
+
+    let grant = store.acquire_leadership("f", Duration::from_secs(60)).await.unwrap().unwrap();
+    let lease = Duration::from_secs(60);
+    let batch = store.claim(&grant, ClaimRequest::new(10, lease)).await.unwrap();
+    assert_eq!(ids(&batch), vec![a1.id, a2.id, b1.id], "everything else, in commit order");
+    store.ack(&grant, &ids(&batch)).await.unwrap();
+    let s = store.stats().await.unwrap();
+    assert_eq!((s.pending, s.dead, s.delivered), (0, 2, 3));
+
+    let dead = store.list_dead(10).await.unwrap();
+    assert_eq!(ids(&dead), vec![pa, pc]);
+    for d in &dead {
+        assert!(d.last_error.as_deref().unwrap().starts_with("corrupted: "), "{:?}", d.last_error);
+    }
+    // The raw values are kept: the headers' text, the payload's bytes and
+    // the kind it was marked with.
+    assert_eq!(dead[0].headers.get("outbox.corrupted.headers").map(String::as_str), Some(bad_headers));
+    assert_eq!(dead[1].payload.kind(), outbox_core::PayloadKind::Bytes);
+    assert_eq!(dead[1].payload.as_bytes(), b"not json");
+    assert_eq!(dead[1].headers.get("outbox.corrupted.payload_kind").map(String::as_str), Some("json"));
+
+    // With parking: the quarantined head parks its key, and what the claim
+    // took after it on that key is handed back unattempted.
+    let pd = foreign_insert(&client, &schema, "src", "d", "json", "'{'::bytea", "{}").await.unwrap();
+    let d2 = on("d");
+    store.put_state_and_events(Commit::events_only().event(d2.clone())).await.unwrap();
+    let park = ClaimRequest::new(10, lease).park_dead_keys(true);
+    assert!(store.claim(&grant, park).await.unwrap().is_empty(), "d parked behind its bad head");
+    let pending = store.list_pending(10).await.unwrap();
+    assert_eq!((ids(&pending), pending[0].attempts), (vec![d2.id], 0));
+    assert_eq!(store.stats().await.unwrap().parked_keys, 3, "a, c and d");
+    assert_eq!(store.skip_dead(&[pd]).await.unwrap(), 1);
+    assert_eq!(
+        ids(&store.claim(&grant, park).await.unwrap()),
+        vec![d2.id],
+        "d flows once its bad head is skipped"
+    );
+}
+
+/// With the schema's checks, what a foreign writer gets wrong with the
+/// documented columns fails at its INSERT (a check violation, or invalid
+/// JSON text), not later in a forwarder; a row written by the rules is
+/// delivered.
+#[tokio::test]
+async fn a_foreign_writers_bad_row_fails_at_its_insert() {
+    let Some(url) = url() else { return };
+    let schema = schema("checks");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let client = admin(&url).await;
+    let long = "x".repeat(257);
+    let refused = [
+        ("", "k", "{}"),
+        (long.as_str(), "k", "{}"),
+        ("src", "", "{}"),
+        ("src", long.as_str(), "{}"),
+        ("src", "k", "not json"),
+        ("src", "k", "[]"),
+        ("src", "k", r#"{"n":1}"#),
+        ("src", "k", ""),
+    ];
+    for (origin, key, headers) in refused {
+        let err =
+            foreign_insert(&client, &schema, origin, key, "bytes", "'x'::bytea", headers).await.expect_err(
+                &format!("origin {} bytes, key {} bytes, headers {headers:?}", origin.len(), key.len()),
+            );
+        let code = err.code().unwrap().clone();
+        assert!(
+            code == tokio_postgres::error::SqlState::CHECK_VIOLATION
+                || code == tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION,
+            "{code:?}"
+        );
+    }
+    let err = client
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".outbox_events (id, origin, key, event_type, payload_kind, payload,
+                 created_at, next_attempt_at, attempts)
+             VALUES (gen_random_uuid(), 'src', 'k', 'E', 'bytes', 'x', 0, 0, -1)"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION));
+
+    let good = foreign_insert(
+        &client,
+        &schema,
+        "src",
+        "k",
+        "json",
+        "convert_to('{\"a\":1}', 'UTF8')",
+        r#"{"h":"v"}"#,
+    )
+    .await
+    .unwrap();
+    // What this library writes passes the checks, headers PostgreSQL
+    // cannot unescape to text included.
+    let mut ours = NewEvent::json(ActorId::new("src").unwrap(), "E", &1).unwrap();
+    ours.headers.insert("nul\0key".into(), "nul\0value \u{1F600}".into());
+    let ours_headers = ours.headers.clone();
+    store.put_state_and_events(Commit::events_only().event(ours.clone())).await.unwrap();
+    let grant = store.acquire_leadership("f", Duration::from_secs(60)).await.unwrap().unwrap();
+    let batch = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(60))).await.unwrap();
+    assert_eq!(batch.iter().map(|e| e.id).collect::<Vec<_>>(), vec![good, ours.id]);
+    assert_eq!(batch[0].headers.get("h").map(String::as_str), Some("v"));
+    assert_eq!(batch[1].headers, ours_headers);
+}
+
+/// A schema 5 database (no column checks) holding rows a foreign writer
+/// got wrong upgrades in place: pending and dead rows that break the
+/// envelope's rules are quarantined by the upgrade (they could not be
+/// claimed or settled under the new checks), a negative attempt count is
+/// zeroed, a delivered row is left as it was, the rest is delivered in
+/// order, and the checks apply from then on.
+#[tokio::test]
+async fn a_schema_5_database_upgrades_to_checked_columns() {
+    let Some(url) = url() else { return };
+    let schema = schema("upgrade5");
+    let events = three_events_committed(&url, &schema).await;
+    let client = admin(&url).await;
+    client
+        .batch_execute(&format!(
+            "{} UPDATE \"{schema}\".outbox_schema SET version = 5",
+            schema_5_events(&schema)
+        ))
+        .await
+        .unwrap();
+    let long = "x".repeat(300);
+    let bad_headers =
+        foreign_insert(&client, &schema, "src", "b", "bytes", "'x'::bytea", "nope").await.unwrap();
+    let bad_key = foreign_insert(&client, &schema, "src", "", "bytes", "'x'::bytea", "{}").await.unwrap();
+    let bad_origin = foreign_insert(&client, &schema, &long, "a", "bytes", "'x'::bytea", "{}").await.unwrap();
+    let negative = foreign_insert(&client, &schema, "src", "z", "bytes", "'x'::bytea", "{}").await.unwrap();
+    let dead = foreign_insert(&client, &schema, "src", "y", "bytes", "'x'::bytea", "[1]").await.unwrap();
+    let delivered = foreign_insert(&client, &schema, "src", "y", "bytes", "'x'::bytea", "zzz").await.unwrap();
+    let uuid = |id: outbox_core::EventId| uuid::Uuid::from_bytes(id.to_bytes());
+    client
+        .execute(
+            &format!("UPDATE \"{schema}\".outbox_events SET attempts = -3 WHERE id = $1"),
+            &[&uuid(negative)],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!(
+                "UPDATE \"{schema}\".outbox_events SET status = 1, last_error = 'sink said no' WHERE id = $1"
+            ),
+            &[&uuid(dead)],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("UPDATE \"{schema}\".outbox_events SET status = 2, delivered_at = 1 WHERE id = $1"),
+            &[&uuid(delivered)],
+        )
+        .await
+        .unwrap();
+
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let version: i32 = client
+        .query_one(&format!("SELECT version FROM \"{schema}\".outbox_schema"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, outbox_store_postgres::SCHEMA_VERSION);
+    let ids = |v: &[outbox_core::Envelope]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    let dead_letters = store.list_dead(10).await.unwrap();
+    assert_eq!(ids(&dead_letters), vec![bad_headers, bad_key, bad_origin, dead]);
+    for d in &dead_letters {
+        assert!(d.last_error.as_deref().unwrap().starts_with("corrupted: "), "{:?}", d.last_error);
+    }
+    assert_eq!(dead_letters[0].headers.get("outbox.corrupted.headers").map(String::as_str), Some("nope"));
+    assert_eq!(dead_letters[1].headers.get("outbox.corrupted.key").map(String::as_str), Some(""));
+    assert_eq!(dead_letters[2].headers.get("outbox.corrupted.origin"), Some(&long));
+    let kept: String = client
+        .query_one(
+            &format!("SELECT headers FROM \"{schema}\".outbox_events WHERE id = $1"),
+            &[&uuid(delivered)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, "zzz", "a delivered row is left as it was");
+
+    let grant = store.acquire_leadership("f", Duration::from_secs(10)).await.unwrap().unwrap();
+    let claimed = store.claim(&grant, ClaimRequest::new(10, Duration::from_secs(10))).await.unwrap();
+    let mut expected: Vec<_> = events.iter().map(|e| e.id).collect();
+    expected.push(negative);
+    assert_eq!(ids(&claimed), expected, "the rest, in commit order");
+    assert_eq!(claimed[3].attempts, 1, "a negative attempt count starts again from 0");
+    store.ack(&grant, &ids(&claimed)).await.unwrap();
+    assert_eq!(
+        store.discard_dead(&ids(&dead_letters)).await.unwrap(),
+        4,
+        "quarantined rows settle like dead letters"
+    );
+    assert_eq!(store.prune_delivered(Timestamp::from_millis(i64::MAX / 2), 100).await.unwrap(), 9);
+
+    let err = foreign_insert(&client, &schema, "src", "", "bytes", "'x'::bytea", "{}").await.unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "checked from now on");
+}
+
 /// Opens `schema` (at the current version) and commits three events on
 /// keys `b`, `a`, `b`; returns them as committed.
 async fn three_events_committed(url: &str, schema: &str) -> Vec<NewEvent> {
@@ -429,18 +687,31 @@ async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// SQL that takes a schema 5 events table back to schema 4: no
-/// `skipped` column, statuses 0 to 2 only.
-fn schema_4_events(schema: &str) -> String {
+/// SQL that takes a schema 6 events table back to schema 5: no checks
+/// on origin, key, headers and attempts.
+fn schema_5_events(schema: &str) -> String {
     format!(
-        "ALTER TABLE \"{schema}\".outbox_events DROP COLUMN skipped;
-         ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_status_check;
-         ALTER TABLE \"{schema}\".outbox_events
-             ADD CONSTRAINT outbox_events_status_check CHECK (status IN (0, 1, 2));"
+        "ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_origin_check,
+             DROP CONSTRAINT outbox_events_key_check, DROP CONSTRAINT outbox_events_headers_check,
+             DROP CONSTRAINT outbox_events_attempts_check;
+         DROP FUNCTION \"{schema}\".outbox_headers_ok(text);"
     )
 }
 
-/// SQL that gives a schema 5 events table the schema 3 columns, keys and
+/// SQL that takes a schema 6 events table back to schema 4: no
+/// `skipped` column, statuses 0 to 2 only.
+fn schema_4_events(schema: &str) -> String {
+    format!(
+        "{}
+         ALTER TABLE \"{schema}\".outbox_events DROP COLUMN skipped;
+         ALTER TABLE \"{schema}\".outbox_events DROP CONSTRAINT outbox_events_status_check;
+         ALTER TABLE \"{schema}\".outbox_events
+             ADD CONSTRAINT outbox_events_status_check CHECK (status IN (0, 1, 2));",
+        schema_5_events(schema)
+    )
+}
+
+/// SQL that gives a schema 6 events table the schema 3 columns, keys and
 /// indexes.
 fn schema_3_indexes(schema: &str) -> String {
     format!(
