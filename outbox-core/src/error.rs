@@ -258,15 +258,32 @@ impl Error {
     /// A copy of a storage failure for each caller it affected (errors are
     /// not `Clone`): the same kind for `QuotaExceeded`, `Unavailable`,
     /// `Corrupted` and `PermissionDenied`, `Internal` otherwise; the same
-    /// message; no source. For stores that fail a whole group commit.
+    /// message with the cause's text appended (the kind's prefix is not
+    /// repeated); no source. For stores that fail a whole group commit.
     pub fn shared_failure(&self) -> Error {
-        let message = self.to_string();
+        // The copy's message is the original's (its Display adds the
+        // kind's prefix once) with the cause folded in, as the cause
+        // itself cannot be shared.
+        fn folded(message: &str, source: &Option<BoxError>) -> String {
+            match source {
+                Some(s) => format!("{message}: {s}"),
+                None => message.to_owned(),
+            }
+        }
         match self {
-            Error::QuotaExceeded { .. } => Error::QuotaExceeded { message, source: None },
-            Error::Unavailable { .. } => Error::Unavailable { message, source: None },
-            Error::Corrupted { .. } => Error::Corrupted { message, source: None },
-            Error::PermissionDenied { .. } => Error::PermissionDenied { message, source: None },
-            _ => Error::Internal { message, source: None },
+            Error::QuotaExceeded { message, source } => {
+                Error::QuotaExceeded { message: folded(message, source), source: None }
+            }
+            Error::Unavailable { message, source } => {
+                Error::Unavailable { message: folded(message, source), source: None }
+            }
+            Error::Corrupted { message, source } => {
+                Error::Corrupted { message: folded(message, source), source: None }
+            }
+            Error::PermissionDenied { message, source } => {
+                Error::PermissionDenied { message: folded(message, source), source: None }
+            }
+            _ => Error::Internal { message: self.to_string(), source: None },
         }
     }
 }
@@ -293,6 +310,17 @@ impl fmt::Display for CurrentEpoch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_failure_keeps_the_kind_and_the_message_once() {
+        let e = Error::quota_exceeded("disk full", std::io::Error::other("ENOSPC"));
+        let copy = e.shared_failure();
+        assert_eq!(copy.kind(), ErrorKind::QuotaExceeded);
+        let Error::QuotaExceeded { message, source } = &copy else { unreachable!("same kind") };
+        assert_eq!(message, "disk full: ENOSPC", "the original message and its cause, no second prefix");
+        assert!(source.is_none());
+        assert_eq!(copy.shared_failure().to_string(), copy.to_string(), "copying again changes nothing");
+    }
 
     #[test]
     fn only_unavailable_is_retryable() {

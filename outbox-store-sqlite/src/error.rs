@@ -67,9 +67,12 @@ fn from_sqlite(what: &str, e: rusqlite::Error) -> Error {
             Error::Unavailable { message, source: Some(Box::new(e)) }
         }
         _ => match e {
+            // A row our schema always has is missing (the leader row,
+            // say): the file was changed under us.
             rusqlite::Error::FromSqlConversionFailure(..)
             | rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::QueryReturnedNoRows => {
                 Error::Corrupted { message, source: Some(Box::new(e)) }
             }
             _ => Error::Internal { message, source: Some(Box::new(e)) },

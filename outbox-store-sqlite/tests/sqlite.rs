@@ -656,3 +656,14 @@ fn one_leader_through_a_symlink() {
     p.stop();
     assert!(block_on(a.acquire_leadership("a", ttl)).unwrap().is_some(), "a takes over when it ends");
 }
+
+#[test]
+fn a_missing_leader_row_is_corrupted_not_internal() {
+    let (_d, path) = temp();
+    drop(SqliteStore::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("DELETE FROM outbox_leader", []).unwrap();
+    drop(c);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(kind(block_on(store.acquire_leadership("h", Duration::from_secs(5)))), ErrorKind::Corrupted);
+}
