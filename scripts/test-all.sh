@@ -71,10 +71,11 @@ cargo run --locked -q -p outbox-cli -- demo
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
 
-step "wasm32 builds: the core, the facade (IndexedDB only), the todo example shared with its native program"
+step "wasm32 builds: the core, the facade (IndexedDB only), the todo example shared with its native program, the Todo PWA"
 cargo build -p outbox-core --target wasm32-unknown-unknown --locked
 cargo build -p outbox --target wasm32-unknown-unknown --no-default-features --features idb --locked
 cargo build -p outbox-example-todo --target wasm32-unknown-unknown --locked
+cargo build -p todo-pwa --target wasm32-unknown-unknown --locked
 cargo run --locked -q -p outbox-example-todo -- --db "$(mktemp -d)/todo.db"
 
 step "mutation check: every conformance test fails on a store broken the way it checks"

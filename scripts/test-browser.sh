@@ -23,6 +23,7 @@ provision_browsers
 cargo clippy --locked -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy --locked -p outbox --target wasm32-unknown-unknown --lib --test browser -- -D warnings
 cargo clippy --locked -p outbox-consumer --target wasm32-unknown-unknown --lib -- -D warnings
+cargo clippy --locked -p outbox-panel -p todo-pwa --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy --locked -p outbox-core -p outbox-testkit -p outbox-size-app -p outbox-size-commit -p outbox-size-raw-commit \
     --target wasm32-unknown-unknown --lib -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --no-deps --target wasm32-unknown-unknown
@@ -53,6 +54,7 @@ suites=(
     "outbox-sink-http|11|-p outbox-sink-http --test browser"
     "outbox|7|-p outbox --test browser"
     "outbox-sink-http-worker|3|-p outbox-sink-http --test worker"
+    "outbox-panel|3|-p outbox-panel --test browser"
 )
 
 # "P F": the passed and failed counts of the libtest summaries in a log.
