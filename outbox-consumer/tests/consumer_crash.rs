@@ -3,14 +3,21 @@
 //! SQLite; after each kill, and after the final redelivery, the consumer's
 //! state must equal applying each event exactly once, in per-key order.
 //!
-//! `OUTBOX_CONSUMER_KILLS` sets the number of kills (default 100);
-//! `OUTBOX_CRASH_SEED` replays a run.
+//! The producer (the parent process, on its own store handle) keeps
+//! committing while the consumer runs and while it is killed: one new
+//! event for each one the consumer is handed, over a backlog of
+//! [`BACKLOG`], so every kill lands on work (checked: events are waiting
+//! after every kill).
+//!
+//! `OUTBOX_CONSUMER_KILLS` (or else `OUTBOX_CRASH_KILLS`) sets the number
+//! of kills (default 100); `OUTBOX_CRASH_SEED` replays a run.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use outbox_consumer::{Handler, HandlerError, Tx, async_trait, once_per_event};
@@ -25,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 const NAME: &str = "consumer_sigkill_applies_each_event_once";
 const KEYS: usize = 8;
-const EVENTS: usize = 8000;
+/// Events waiting when the first child starts; the producer keeps it so.
+const BACKLOG: usize = 512;
 
 #[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
 struct Ledger {
@@ -77,7 +85,7 @@ fn consumer_id() -> ConsumerId {
 }
 
 fn x_of(k: usize, i: usize) -> i64 {
-    (k * 10_000 + i) as i64
+    (k * 1_000_000 + i) as i64
 }
 
 fn forwarder(store: Arc<dyn DurableStore>, clock: SharedClock) -> Forwarder {
@@ -108,30 +116,73 @@ fn main() {
     });
 }
 
+/// The producer: commits ADD events for random keys, each key's `x`s in
+/// order ([`x_of`]), from the parent process while the consumer runs.
+struct Producer {
+    store: SqliteStore,
+    next: Vec<usize>,
+    produced: usize,
+    rng: SplitMix64,
+}
+
+impl Producer {
+    /// One commit of `n` events.
+    fn produce(&mut self, n: usize) {
+        let mut commit = Commit::events_only();
+        for _ in 0..n {
+            let k = (self.rng.next_u64() % KEYS as u64) as usize;
+            let a = ActorId::new(format!("key{k}")).expect("id");
+            let x = x_of(k, self.next[k]);
+            self.next[k] += 1;
+            commit = commit.event(NewEvent::json(a, "ADD", &serde_json::json!({ "x": x })).expect("json"));
+        }
+        let mut tries = 0;
+        loop {
+            match futures::executor::block_on(self.store.put_state_and_events(commit.clone())) {
+                Ok(_) => break,
+                // The consumer holds the write lock: again.
+                Err(e) if e.is_retryable() && tries < 1000 => tries += 1,
+                Err(e) => panic!("produce: {e}"),
+            }
+        }
+        self.produced += n;
+    }
+}
+
+/// Events the consumer is handed, waiting to be produced.
+#[derive(Default)]
+struct Credits {
+    owed: Mutex<usize>,
+    changed: Condvar,
+}
+
 fn parent() {
-    let kills = crash::env_u64("OUTBOX_CONSUMER_KILLS", 100);
+    let kills = std::env::var("OUTBOX_CONSUMER_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| crash::env_u64("OUTBOX_CRASH_KILLS", 100));
     let seed = crash::seed();
     println!("{NAME}: {kills} kills, OUTBOX_CRASH_SEED={seed}");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("consumer.db");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    // The producer's events: KEYS keys, interleaved.
-    rt.block_on(async {
-        let store = SqliteStore::open(&path).expect("open");
-        let mut commit = Commit::events_only();
-        for i in 0..EVENTS / KEYS {
-            for k in 0..KEYS {
-                let a = ActorId::new(format!("key{k}")).expect("id");
-                commit = commit
-                    .event(NewEvent::json(a, "ADD", &serde_json::json!({ "x": x_of(k, i) })).expect("json"));
-            }
-        }
-        store.put_state_and_events(commit).await.expect("produce");
-    });
+    let mut rng = SplitMix64::new(seed);
+    // The backlog: BACKLOG events, then one more for each one the consumer
+    // is handed, committed while it runs (and while it is killed).
+    let mut producer = Producer {
+        store: SqliteStore::open(&path).expect("open"),
+        next: vec![0; KEYS],
+        produced: 0,
+        rng: SplitMix64::new(rng.next_u64()),
+    };
+    while producer.produced < BACKLOG {
+        producer.produce(16);
+    }
 
     let exe = std::env::current_exe().expect("exe");
-    let mut rng = SplitMix64::new(seed);
+    let credits = Arc::new(Credits::default());
     let mut lines_seen = 0u64;
+    let mut least_backlog = usize::MAX;
     for k in 0..kills {
         let wait = if rng.next_u64().is_multiple_of(6) { 0 } else { rng.next_u64() % 12 };
         let mut child = Command::new(&exe)
@@ -142,16 +193,50 @@ fn parent() {
             .expect("spawn");
         // Progress lines arrive through a reader thread, so a child with
         // nothing left to do cannot hang the parent: after a quiet spell it
-        // is killed anyway.
+        // is killed anyway. Each one earns the producer as many events as
+        // the batch it reports.
         let reader = BufReader::new(child.stdout.take().expect("stdout"));
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in reader.lines() {
-                if line.is_err() || tx.send(()).is_err() {
-                    break;
+        let reading = {
+            let credits = credits.clone();
+            std::thread::spawn(move || {
+                let mut reader = reader;
+                while let Some(line) = crash::complete_line(&mut reader) {
+                    let n: usize =
+                        line.strip_prefix("D ").and_then(|n| n.parse().ok()).expect("a progress line");
+                    *credits.owed.lock().expect("credits") += n;
+                    credits.changed.notify_all();
+                    if tx.send(()).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            })
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let producing = {
+            let (credits, stop) = (credits.clone(), stop.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let n = {
+                        let mut owed = credits.owed.lock().expect("credits");
+                        while *owed == 0 && !stop.load(Ordering::Relaxed) {
+                            owed = credits
+                                .changed
+                                .wait_timeout(owed, Duration::from_millis(5))
+                                .expect("credits")
+                                .0;
+                        }
+                        let n = (*owed).min(4);
+                        *owed -= n;
+                        n
+                    };
+                    if n == 0 {
+                        return producer;
+                    }
+                    producer.produce(n);
+                }
+            })
+        };
         let mut n = 0;
         while n < wait {
             match rx.recv_timeout(Duration::from_secs(5)) {
@@ -165,8 +250,17 @@ fn parent() {
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("wait");
         assert!(status.code().is_none(), "kill {k}: the child exited by itself ({status})");
+        // The batches it reported before it died are owed too; then the
+        // producer stops.
+        reading.join().expect("reader");
+        stop.store(true, Ordering::Relaxed);
+        credits.changed.notify_all();
+        producer = producing.join().expect("producer");
         lines_seen += n;
-        rt.block_on(verify(&path, k, false));
+        let applied = rt.block_on(verify(&path, k, None));
+        let backlog = producer.produced.saturating_sub(applied);
+        assert!(backlog > 0, "kill {k}: the consumer ran out of work");
+        least_backlog = least_backlog.min(backlog);
     }
     // Redelivery to the end, in-process, on a clock past every lease.
     rt.block_on(async {
@@ -183,12 +277,18 @@ fn parent() {
         }
         f.step_down().await;
     });
-    rt.block_on(verify(&path, kills, true));
-    println!("{NAME}: ok: {kills} kills, {lines_seen} batches seen before kills, final state exact");
+    rt.block_on(verify(&path, kills, Some(producer.produced)));
+    println!(
+        "{NAME}: ok: {kills} kills, {lines_seen} batches seen before kills, {} events produced, most while the consumer ran ({least_backlog} or more waiting at every kill), final state exact",
+        producer.produced
+    );
     println!("{NAME}: 1 passed, 0 failed");
 }
 
-async fn verify(path: &Path, k: u64, complete: bool) {
+/// Checks the consumer's state against its inbox after kill `k`; with
+/// `complete`, that all `complete` events were applied. Returns how many
+/// were applied.
+async fn verify(path: &Path, k: u64, complete: Option<usize>) -> usize {
     let store = SqliteStore::open(path).unwrap_or_else(|e| panic!("kill {k}: reopen: {e}"));
     let ledger: Ledger = match store.load_state(&me()).await.expect("load") {
         Some(s) => serde_json::from_slice(&s.bytes).expect("ledger decodes"),
@@ -225,7 +325,8 @@ async fn verify(path: &Path, k: u64, complete: bool) {
         let want: Vec<i64> = (0..xs.len()).map(|i| x_of(kk, i)).collect();
         assert_eq!(xs, &want, "kill {k}: {key} is a prefix of its events in commit order");
     }
-    if complete {
-        assert_eq!(ledger.applied as usize, EVENTS, "every event applied once in the end");
+    if let Some(all) = complete {
+        assert_eq!(ledger.applied as usize, all, "every event applied once in the end");
     }
+    ledger.applied as usize
 }

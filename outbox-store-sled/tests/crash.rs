@@ -1,7 +1,12 @@
 //! Real crash test: the shared SIGKILL harness
 //! ([`outbox_testkit::crash::commit_and_forward`], the same one the SQLite
 //! store runs) on one sled database, with an index-vs-rows consistency
-//! check after every kill.
+//! check after every kill. Kills land in commits, claims, acks, retries,
+//! dead-lettering, requeue/skip/discard, pruning, lease renewal and
+//! leadership hand-overs (one process at a time: sled locks its
+//! directory, so the two-process takeover runs are SQLite's). After every
+//! kill: nothing reported is lost and each key's deliveries kept commit
+//! order; at the end a drain delivers every event not discarded.
 //!
 //! `OUTBOX_CRASH_KILLS` sets the number of kills (default 200);
 //! `OUTBOX_CRASH_SEED` replays a run.
