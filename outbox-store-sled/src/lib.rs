@@ -4,6 +4,7 @@ mod codec;
 mod commit;
 mod delivery;
 mod dump;
+mod durable;
 mod error;
 mod inspect;
 mod options;

@@ -10,7 +10,7 @@ use outbox_core::{Error, Limits, Result, SharedClock, SystemClock};
 
 use crate::error::{SledError, lock_held};
 use crate::store::SledStore;
-use crate::worker;
+use crate::{durable, worker};
 
 /// When the store makes writes durable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -40,6 +40,7 @@ pub struct SledOptions {
     pub(crate) max_batch: usize,
     pub(crate) max_size_bytes: Option<u64>,
     pub(crate) lock_timeout: Duration,
+    pub(crate) segment_size: Option<usize>,
 }
 
 impl fmt::Debug for SledOptions {
@@ -52,6 +53,7 @@ impl fmt::Debug for SledOptions {
             .field("max_batch", &self.max_batch)
             .field("max_size_bytes", &self.max_size_bytes)
             .field("lock_timeout", &self.lock_timeout)
+            .field("segment_size", &self.segment_size)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +71,7 @@ impl SledOptions {
             max_batch: 256,
             max_size_bytes: None,
             lock_timeout: Duration::from_secs(1),
+            segment_size: None,
         }
     }
 
@@ -121,6 +124,18 @@ impl SledOptions {
         self
     }
 
+    /// sled's log segment size in bytes (a power of two from 256 B to
+    /// 16 MiB; sled's default is 512 KiB), fixed when the database is
+    /// created: opening it with another is refused as `Corrupted`. For
+    /// tests: small segments make sled keep most tree nodes in blob files
+    /// (a node larger than a quarter of a segment) and reuse segments
+    /// early, as a large database with large values does.
+    #[doc(hidden)]
+    pub fn segment_size(mut self, bytes: usize) -> Self {
+        self.segment_size = Some(bytes);
+        self
+    }
+
     /// Opens (creating if needed) the database.
     ///
     /// # Errors
@@ -131,25 +146,38 @@ impl SledOptions {
     /// process or handle has it open, [`Error::PermissionDenied`] when the
     /// directory cannot be written.
     pub fn open(self) -> Result<SledStore> {
-        let mut config = sled::Config::new().path(&self.path).mode(sled::Mode::HighThroughput);
+        if durable::is_new(&self.path)? {
+            durable::create(|p| self.sled_config(p), &self.path)?;
+        }
+        let db = open_waiting(&self.sled_config(&self.path), &self.path, self.lock_timeout)?;
+        let (tx, handle, counts) = worker::start(db, &self)?;
+        Ok(SledStore::new(tx, handle, counts, self))
+    }
+
+    /// sled's configuration for a database directory at `path`.
+    fn sled_config(&self, path: &Path) -> sled::Config {
+        let mut config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput);
+        if let Some(n) = self.segment_size {
+            config = config.segment_size(n);
+        }
         if let Some(c) = self.cache_capacity {
             config = config.cache_capacity(c);
         }
-        config = match self.flush {
+        match self.flush {
             // Flushes happen on the worker, before replies.
             FlushPolicy::EveryWrite => config.flush_every_ms(None),
             FlushPolicy::Interval(d) => config.flush_every_ms(Some(d.as_millis().max(1) as u64)),
-        };
-        let db = open_waiting(&config, &self.path, self.lock_timeout)?;
-        let (tx, handle, counts) = worker::start(db, &self)?;
-        Ok(SledStore::new(tx, handle, counts, self))
+        }
     }
 }
 
 /// Opens sled, retrying every 10 ms for up to `wait` while another handle
 /// holds the directory lock (sled's background threads let go of a closed
-/// database a moment after the handle is dropped).
+/// database a moment after the handle is dropped). A snapshot sled was
+/// still writing when the machine stopped is removed first
+/// ([`durable::remove_partial_snapshots`]).
 pub(crate) fn open_waiting(config: &sled::Config, path: &Path, wait: Duration) -> Result<sled::Db> {
+    durable::remove_partial_snapshots(path)?;
     let deadline = Instant::now() + wait;
     // The lock may be let go between sled's attempt and the probe that
     // tells why it failed: one more attempt then says which it was.

@@ -210,15 +210,18 @@ pub(crate) fn watermark_path(dir: &Path) -> PathBuf {
 }
 
 /// Checks that the database in `dir` recovered every event known durable
-/// (`next_seq` is not below the watermark), then records `next_seq`.
+/// (`next_seq` is not below the watermark), then records `next_seq` (when
+/// it is not what is recorded already).
 pub(crate) fn check_watermark(dir: &Path, next_seq: u64) -> Result<()> {
     let path = watermark_path(dir);
-    if let Some(known) = read_watermark(&path)?
-        && next_seq < known
-    {
-        return Err(SledError::LostCommits { path: dir.to_owned(), recovered: next_seq, known }.into());
+    let known = read_watermark(&path)?;
+    match known {
+        Some(known) if next_seq < known => {
+            Err(SledError::LostCommits { path: dir.to_owned(), recovered: next_seq, known }.into())
+        }
+        Some(known) if next_seq == known => Ok(()),
+        _ => write_watermark(&path, next_seq),
     }
-    write_watermark(&path, next_seq)
 }
 
 /// The durable sequence number recorded in `path`, if the file exists.
@@ -234,7 +237,8 @@ fn read_watermark(path: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// Records `seq` in `path` atomically (write, fsync, rename).
+/// Records `seq` in `path` atomically and durably (write, fsync, rename,
+/// fsync the directory).
 pub(crate) fn write_watermark(path: &Path, seq: u64) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
@@ -242,7 +246,11 @@ pub(crate) fn write_watermark(path: &Path, seq: u64) -> Result<()> {
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&seq.to_be_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    match path.parent() {
+        Some(dir) => crate::durable::sync_dir(dir).map_err(io),
+        None => Ok(()),
+    }
 }
 
 /// The key of an event in `events`, `ids` (as value), `pending`, `dead`,

@@ -35,9 +35,11 @@ pub struct FlushStats {
 /// One background thread owns the database. It applies each operation in
 /// ONE multi-tree sled transaction (a commit writes the state, its events,
 /// their index entries and its inbox marks together), then makes every
-/// write of the batch durable with one flush before any of them returns
-/// (group commit). Operations never share a transaction, so a failing
-/// commit (a version conflict, a duplicate) fails alone.
+/// write of the batch durable with one flush and one fsync of sled's log
+/// before any of them returns (group commit; sled's flush alone does not
+/// survive a power loss: see the crate's Durability section). Operations
+/// never share a transaction, so a failing commit (a version conflict, a
+/// duplicate) fails alone.
 ///
 /// # Leadership and fencing
 ///

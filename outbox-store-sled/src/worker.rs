@@ -1,8 +1,9 @@
 //! The worker thread that owns the database: it runs jobs in arrival
 //! order, applies each in ONE multi-tree sled transaction, and makes every
-//! write of a run of queued jobs durable with one flush before any of them
-//! returns (group flush). Queued commits are checked one by one and
-//! written together ([`Worker::commit_group`]).
+//! write of a run of queued jobs durable with one flush and one fsync
+//! before any of them returns (group flush; sled's flush alone does not
+//! survive a power loss: see [`durable`](crate::durable)). Queued commits
+//! are checked one by one and written together ([`Worker::commit_group`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::codec::{Row, Status, encode_pending, encode_row, pending_of};
+use crate::durable::Files;
 use crate::error::{SledError, map, map_tx};
 use crate::options::{FlushPolicy, SledOptions};
 use crate::schema::{
@@ -59,13 +61,20 @@ pub(crate) struct Worker {
     pub(crate) next_seq: u64,
     pub(crate) leader: Option<LeaderGrant>,
     pub(crate) last_epoch: u64,
-    /// Set when a flush failed: what was applied may not be durable, so
-    /// nothing more is done through this handle.
+    /// Set when a flush (or its fsync) failed: what was applied may not
+    /// be durable, so nothing more is done through this handle.
     pub(crate) failed: Option<Error>,
+    /// sled's files, fsynced after each flush.
+    files: Files,
+    /// A failure to fsync blob files after a transaction, reported by
+    /// the next flush.
+    blob_error: Option<Error>,
     max_size: Option<u64>,
     /// Whether the size cap was hit, measured once per batch.
     capped: Option<bool>,
     watermark: PathBuf,
+    /// The sequence number the watermark file holds.
+    recorded: u64,
 }
 
 /// Opens the layout of `db` and starts the worker thread on it.
@@ -102,18 +111,18 @@ fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
                 Msg::Job(job) => {
                     run_group(&mut w, &mut group, &mut finished);
                     finished.push(job(&mut w));
+                    w.sync_new_blobs();
                 }
             }
         }
         run_group(&mut w, &mut group, &mut finished);
         let flush_error = if w.flush_each && finished.iter().any(|f| f.needs_flush) {
-            match w.db.flush() {
-                Ok(_) => {
+            match w.flush_durable() {
+                Ok(()) => {
                     w.counts.flushes.fetch_add(1, Ordering::Relaxed);
                     None
                 }
                 Err(e) => {
-                    let e = map("flush", e);
                     tracing::error!(target: "outbox", error = %e, "outbox: sled flush failed; the store refuses further work until reopened");
                     w.failed = Some(e.shared_failure());
                     Some(e)
@@ -131,7 +140,8 @@ fn run(mut w: Worker, rx: Receiver<Msg>, max_batch: usize) {
             (f.deliver)(err);
         }
     }
-    if w.failed.is_none() && w.db.flush().is_ok() {
+    // The watermark records only what is durable.
+    if w.failed.is_none() && w.flush_durable().is_ok() && w.next_seq != w.recorded {
         let _ = schema::write_watermark(&w.watermark, w.next_seq);
     }
 }
@@ -150,6 +160,7 @@ fn run_group(
         Some(e) => commits.iter().map(|_| Err(e.shared_failure())).collect(),
         None => w.commit_group(&commits),
     };
+    w.sync_new_blobs();
     for (r, reply) in results.into_iter().zip(replies) {
         let ok = r.is_ok();
         finished.push(Finish {
@@ -208,14 +219,16 @@ pub(crate) fn put_indexed(v: &[TransactionalTree], seq: u64, was: Status, row: &
 }
 
 impl Worker {
-    /// Opens the layout ([`schema::open_trees`]), checks recovery against
-    /// the watermark, and voids the leases of a grant left held.
+    /// Opens the layout ([`schema::open_trees`]), makes what sled
+    /// recovered durable ([`Files::open`]), checks recovery against the
+    /// watermark, and voids the leases of a grant left held.
     pub(crate) fn new(db: sled::Db, o: &SledOptions) -> Result<Self> {
         let all = schema::open_trees(&db)?;
+        let files = Files::open(&o.path)?;
         let next_seq = schema::next_seq(&all)?;
         schema::check_watermark(&o.path, next_seq)?;
         let last_epoch = schema::last_epoch(&all)?;
-        let w = Worker {
+        let mut w = Worker {
             db,
             all,
             clock: o.clock.clone(),
@@ -225,9 +238,12 @@ impl Worker {
             leader: None,
             last_epoch,
             failed: None,
+            files,
+            blob_error: None,
             max_size: o.max_size_bytes,
             capped: None,
             watermark: schema::watermark_path(&o.path),
+            recorded: next_seq,
         };
         w.void_inherited_leases()?;
         Ok(w)
@@ -239,7 +255,7 @@ impl Worker {
     /// batch it had in flight is claimable at once instead of after its
     /// lease. The lost attempt stays counted. Leases of a released grant
     /// stand, as they do in a live store.
-    fn void_inherited_leases(&self) -> Result<()> {
+    fn void_inherited_leases(&mut self) -> Result<()> {
         if !schema::grant_left_held(&self.all)? {
             return Ok(());
         }
@@ -259,8 +275,32 @@ impl Worker {
         })?;
         self.write_settled("void leases", &rows)?;
         self.all[META].remove(HELD_KEY).map_err(|e| map("clear held epoch", e))?;
+        self.flush_durable()
+    }
+
+    /// Flushes sled, then fsyncs what it wrote ([`Files::sync`]): sled's
+    /// flush alone reaches neither the file's metadata nor the disk. A
+    /// blob fsync that failed since the last flush fails it.
+    pub(crate) fn flush_durable(&mut self) -> Result<()> {
+        if let Some(e) = self.blob_error.take() {
+            return Err(e);
+        }
         self.db.flush().map_err(|e| map("flush", e))?;
-        Ok(())
+        self.files.sync()
+    }
+
+    /// After a transaction: fsyncs the blob files it made, before sled
+    /// writes (at the latest at the flush) the log entries that point to
+    /// them ([`Files::sync_new_blobs`]). Only when every write is flushed
+    /// (the interval policy promises no durability). A failure is kept for
+    /// the next flush to report.
+    fn sync_new_blobs(&mut self) {
+        if self.flush_each
+            && self.blob_error.is_none()
+            && let Err(e) = self.files.sync_new_blobs()
+        {
+            self.blob_error = Some(e);
+        }
     }
 
     pub(crate) fn now(&self) -> Timestamp {

@@ -239,7 +239,7 @@ fn trace_child(root: &Path, marks: &Path, trace: &Path, name: &str) {
         .args(["-e", &format!("trace={}", TRACED.join(","))])
         .arg("--")
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
         .env(CHILD_ENV, root)
         .env(MARKS_ENV, marks)
         .stdout(Stdio::null())

@@ -1,5 +1,6 @@
 //! Raw sled baselines for benchmarks: the same writes as the store, done
-//! the plain way (a two-tree transaction + flush per commit), so a
+//! the plain way (a two-tree transaction + flush + fsync of sled's log
+//! per commit, as durable as the store, which fsyncs after its flush), so a
 //! benchmark can report our cost as a ratio measured in the same run.
 //!
 //! Each returns (operations, elapsed). Panics on any sled error (a
@@ -14,7 +15,14 @@ use std::time::{Duration, Instant};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-fn open(path: &Path) -> (sled::Db, sled::Tree, sled::Tree) {
+/// Flushes and fsyncs sled's log (sled's own flush only calls
+/// `sync_file_range`, which a power loss can undo).
+fn durable_flush(db: &sled::Db, log: &std::fs::File) {
+    db.flush().expect("flush");
+    log.sync_data().expect("fsync");
+}
+
+fn open(path: &Path) -> (sled::Db, sled::Tree, sled::Tree, std::fs::File) {
     let db = sled::Config::new()
         .path(path)
         .mode(sled::Mode::HighThroughput)
@@ -23,19 +31,20 @@ fn open(path: &Path) -> (sled::Db, sled::Tree, sled::Tree) {
         .expect("raw open");
     let state = db.open_tree("raw_state").expect("tree");
     let events = db.open_tree("raw_events").expect("tree");
-    (db, state, events)
+    let log = std::fs::File::open(path.join("db")).expect("log");
+    (db, state, events, log)
 }
 
 /// `committers` threads, each doing `per` commits: a transaction over a
 /// state tree and an events tree (state upsert of 64 bytes, one 100-byte
 /// event under the next sequence number), then `flush`.
 pub(crate) fn raw_commits(path: &Path, committers: usize, per: u64) -> (u64, Duration) {
-    let (db, state, events) = open(path);
+    let (db, state, events, log) = open(path);
     let seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     std::thread::scope(|s| {
         for c in 0..committers {
-            let (db, state, events, seq) = (&db, &state, &events, &seq);
+            let (db, state, events, seq, log) = (&db, &state, &events, &seq, &log);
             s.spawn(move || {
                 let actor = format!("raw-{c}");
                 for _ in 0..per {
@@ -47,7 +56,7 @@ pub(crate) fn raw_commits(path: &Path, committers: usize, per: u64) -> (u64, Dur
                             Ok::<_, ConflictableTransactionError>(())
                         })
                         .expect("raw commit");
-                    db.flush().expect("flush");
+                    durable_flush(db, log);
                 }
             });
         }
@@ -57,7 +66,7 @@ pub(crate) fn raw_commits(path: &Path, committers: usize, per: u64) -> (u64, Dur
 
 /// Fills the raw events tree with `n` 100-byte events.
 pub(crate) fn raw_fill(path: &Path, n: u64) {
-    let (db, _, events) = open(path);
+    let (db, _, events, log) = open(path);
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         let mut b = sled::Batch::default();
         for i in chunk {
@@ -65,14 +74,14 @@ pub(crate) fn raw_fill(path: &Path, n: u64) {
         }
         events.apply_batch(b).expect("fill");
     }
-    db.flush().expect("flush");
+    durable_flush(&db, &log);
 }
 
 /// The raw drain: per batch, scan the next `batch` pending events, mark
 /// them leased in one transaction + flush, then delivered in another +
 /// flush (a status byte prepended to the value).
 pub(crate) fn raw_drain(path: &Path, batch: usize) -> (u64, Duration) {
-    let (db, _, events) = open(path);
+    let (db, _, events, log) = open(path);
     let leased = db.open_tree("raw_leased").expect("tree");
     let start = Instant::now();
     let mut from: Vec<u8> = Vec::new();
@@ -94,7 +103,7 @@ pub(crate) fn raw_drain(path: &Path, batch: usize) -> (u64, Duration) {
                 Ok::<_, ConflictableTransactionError>(())
             })
             .expect("lease");
-        db.flush().expect("flush");
+        durable_flush(&db, &log);
         (&events, &leased)
             .transaction(|(ev, le)| {
                 for (k, _) in &rows {
@@ -104,7 +113,7 @@ pub(crate) fn raw_drain(path: &Path, batch: usize) -> (u64, Duration) {
                 Ok::<_, ConflictableTransactionError>(())
             })
             .expect("deliver");
-        db.flush().expect("flush");
+        durable_flush(&db, &log);
         ops += rows.len() as u64;
         from = rows.last().map(|(k, _)| k.to_vec()).unwrap_or_default();
         from.push(0);
