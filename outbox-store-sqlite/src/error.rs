@@ -72,9 +72,7 @@ fn from_sqlite(what: &str, e: rusqlite::Error) -> Error {
             rusqlite::Error::FromSqlConversionFailure(..)
             | rusqlite::Error::InvalidColumnType(..)
             | rusqlite::Error::IntegralValueOutOfRange(..)
-            | rusqlite::Error::QueryReturnedNoRows => {
-                Error::Corrupted { message, source: Some(Box::new(e)) }
-            }
+            | rusqlite::Error::QueryReturnedNoRows => Error::Corrupted { message, source: Some(Box::new(e)) },
             _ => Error::Internal { message, source: Some(Box::new(e)) },
         },
     }
