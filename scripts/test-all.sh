@@ -65,6 +65,14 @@ rm -f "$blog"
 passed=$((passed + bpassed))
 failed=$((failed + bfailed))
 
+step "end-to-end: the Todo PWA in Chromium (Playwright) and Firefox ESR (selenium-webdriver + geckodriver), WebKit attempted; Lighthouse PWA and accessibility"
+elog=$(mktemp)
+scripts/e2e.sh 2>&1 | tee "$elog"
+read -r epassed efailed < <(awk '/^e2e: [0-9]+ passed, [0-9]+ failed$/ { print $2, $4 }' "$elog")
+rm -f "$elog"
+passed=$((passed + epassed))
+failed=$((failed + efailed))
+
 step "demo (the README's first command, as a smoke test)"
 cargo run --locked -q -p outbox-cli -- demo
 

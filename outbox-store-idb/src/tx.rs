@@ -7,6 +7,7 @@
 //! operation is written.
 
 use indexed_db_futures::database::Database;
+use indexed_db_futures::internals::SystemRepr;
 use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::{
@@ -14,10 +15,10 @@ use indexed_db_futures::transaction::{
 };
 use outbox_core::Result;
 use outbox_core::codec::{PendingEntry, corrupt, decode_pending};
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 
 use crate::codec::{js_bytes, js_u64, seq_js};
-use crate::error::map;
+use crate::error::{from_dom, map};
 use crate::options::Durability;
 use crate::quarantine::{Healing, at};
 
@@ -55,9 +56,17 @@ impl Db {
     }
 }
 
-/// Commits `tx`, mapping a failure (a quota abort shows up here).
+/// Commits `tx`, mapping a failure (a quota abort shows up here). The
+/// browser refuses a commit that does not fit the origin's quota by
+/// aborting the transaction, which `indexed_db_futures` reports as a bare
+/// "transaction aborted": the reason (`QuotaExceededError`, ...) is the
+/// transaction's `error`, so that is what is classified.
 pub(crate) async fn finish(tx: Tx<'_>, what: &str) -> Result<()> {
-    tx.commit().await.map_err(|e| map(what, e))
+    let raw: web_sys::IdbTransaction = tx.as_sys().unchecked_ref::<web_sys::IdbTransaction>().clone();
+    tx.commit().await.map_err(|e| match raw.error() {
+        Some(dom) => from_dom(&dom.name(), &dom.message(), what),
+        None => map(what, e),
+    })
 }
 
 /// The object store `name` of `tx`.
