@@ -16,7 +16,7 @@ use outbox::{
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
-#[command(name = "outbox", about = "The transactional outbox: demo and inspection")]
+#[command(name = "outbox", version, about = "The transactional outbox: demo and inspection")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -33,7 +33,9 @@ enum Cmd {
         #[arg(long, hide = true)]
         phase: Option<String>,
     },
-    /// Show what an outbox file holds.
+    /// Show what an outbox file holds. Read-only: the file is never
+    /// created, migrated or changed; a missing path, a file that is not an
+    /// outbox file or one of another schema version is an error (exit 1).
     Inspect {
         /// The SQLite file.
         file: PathBuf,
@@ -323,7 +325,7 @@ async fn online_phase(path: &Path, snapshotter: &Snapshotter) -> outbox::Result<
 }
 
 async fn inspect(file: &Path) -> outbox::Result<()> {
-    let store = SqliteStore::open(file)?;
+    let store = SqliteStore::options(file).read_only(true).open()?;
     let s = store.stats().await?;
     println!(
         "{}: {} pending ({} in flight), {} dead ({} keys parked), {} delivered, {} discarded",

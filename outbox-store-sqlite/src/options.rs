@@ -2,16 +2,17 @@
 //! (the connection's pragmas, the schema, the worker thread).
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use outbox_core::{Limits, Result, SharedClock, SystemClock};
+use outbox_core::{Error, Limits, Result, SharedClock, SystemClock};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{SqliteError, is_busy, map};
 use crate::leader::LockFile;
-use crate::schema;
+use crate::schema::{self, SCHEMA_VERSION};
 use crate::store::SqliteStore;
 use crate::worker::WorkerHandle;
 
@@ -39,6 +40,7 @@ pub struct SqliteOptions {
     busy_timeout: Duration,
     max_batch: usize,
     max_size_bytes: Option<u64>,
+    read_only: bool,
 }
 
 impl fmt::Debug for SqliteOptions {
@@ -50,6 +52,7 @@ impl fmt::Debug for SqliteOptions {
             .field("busy_timeout", &self.busy_timeout)
             .field("max_batch", &self.max_batch)
             .field("max_size_bytes", &self.max_size_bytes)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -67,6 +70,7 @@ impl SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_batch: 256,
             max_size_bytes: None,
+            read_only: false,
         }
     }
 
@@ -109,7 +113,36 @@ impl SqliteOptions {
         self
     }
 
-    /// Opens (creating if needed, migrating if older) the store.
+    /// Opens the store read-only (for inspection): see
+    /// [`SqliteOptions::open`].
+    ///
+    /// A read-only open never creates the file, never migrates it and
+    /// writes no pragma that changes it: the connection is opened with
+    /// `SQLITE_OPEN_READONLY` and `PRAGMA query_only = 1`. A file with a
+    /// `-wal` beside it (a process has it open, or one crashed) is read
+    /// through the WAL, as any reader does; a cleanly closed file (no
+    /// `-wal`) is read as `immutable`, so no `-wal` or `-shm` is created
+    /// beside it (a writer that opens the file afterwards is not seen by
+    /// this store). Refusals, with nothing written:
+    ///
+    /// - a missing path, a directory or anything but a file:
+    ///   `InvalidInput` (`PermissionDenied` when the path cannot be read);
+    /// - a file that is not an outbox file (another program's database,
+    ///   an empty file, not SQLite at all): `Corrupted`;
+    /// - an outbox file of a newer schema: `SchemaTooNew`; of an older one:
+    ///   `InvalidInput` (reading it needs a migration: open it once with
+    ///   [`SqliteOptions::open`] to upgrade it).
+    ///
+    /// Every write through a read-only store (a commit, leadership,
+    /// delivery, requeueing, pruning) fails with `PermissionDenied`.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Opens (creating if needed, migrating if older) the store; with
+    /// [`SqliteOptions::read_only`], opens an existing outbox file for
+    /// reading only.
     ///
     /// A file that is not an outbox file is refused before anything writes
     /// to it (see [`crate::schema`]). Opening waits for other processes
@@ -117,6 +150,9 @@ impl SqliteOptions {
     /// timeout, retrying what SQLite reports busy), so any number of
     /// processes can open a new file at once.
     pub fn open(self) -> Result<SqliteStore> {
+        if self.read_only {
+            return self.open_read_only();
+        }
         let conn = self.connect_retrying()?;
         let cap_pages = match self.max_size_bytes {
             Some(bytes) => {
@@ -129,7 +165,56 @@ impl SqliteOptions {
         };
         let lock = LockFile::for_database(&self.path)?;
         let worker = WorkerHandle::spawn(conn, self.clock, cap_pages, self.max_batch)?;
-        Ok(SqliteStore::new(worker, lock, self.path, self.limits, self.synchronous))
+        Ok(SqliteStore::new(worker, lock, self.path, self.limits, self.synchronous, false))
+    }
+
+    /// [`SqliteOptions::open`] with [`SqliteOptions::read_only`].
+    fn open_read_only(self) -> Result<SqliteStore> {
+        let conn = self.connect_read_only()?;
+        let lock = LockFile::for_database(&self.path)?;
+        let worker = WorkerHandle::spawn(conn, self.clock, None, self.max_batch)?;
+        Ok(SqliteStore::new(worker, lock, self.path, self.limits, self.synchronous, true))
+    }
+
+    /// A read-only connection to the existing outbox file at the path, of
+    /// this build's schema version (see [`SqliteOptions::read_only`]).
+    fn connect_read_only(&self) -> Result<Connection> {
+        let shown = self.path.display();
+        let meta = std::fs::metadata(&self.path).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                message: format!("cannot read {shown}: {e}"),
+                source: Some(Box::new(e)),
+            },
+            _ => Error::invalid_input(format!("no outbox file at {shown}: {e}")),
+        })?;
+        if meta.is_dir() {
+            return Err(Error::invalid_input(format!("{shown} is a directory, not an outbox file")));
+        }
+        if !meta.is_file() {
+            return Err(Error::invalid_input(format!("{shown} is not a regular file")));
+        }
+        // Without a `-wal` no process has the file open (a connection in
+        // WAL mode keeps one while it is open) and everything is in the
+        // file itself: read it as immutable, so SQLite creates no `-wal`
+        // and `-shm` beside it. With one, read through it as any reader.
+        let immutable = !wal_path(&self.path).exists();
+        let uri = read_only_uri(&self.path, immutable);
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(uri, flags).map_err(|e| map("open read-only", e))?;
+        conn.busy_timeout(self.busy_timeout).map_err(|e| map("set busy timeout", e))?;
+        conn.pragma_update(None, "query_only", true).map_err(|e| map("set query_only", e))?;
+        match schema::identify(&conn)? {
+            schema::Found::Outbox(SCHEMA_VERSION) => Ok(conn),
+            schema::Found::Outbox(found) => Err(Error::invalid_input(format!(
+                "{shown} has outbox schema version {found}, older than the {SCHEMA_VERSION} this build \
+                 reads; a read-only open does not migrate: open it with the library once to upgrade it"
+            ))),
+            schema::Found::Empty => Err(Error::Corrupted {
+                message: format!("not an outbox file, left as it is: {shown} is empty"),
+                source: None,
+            }),
+        }
     }
 
     /// [`SqliteOptions::connect`], again while it fails with SQLite's BUSY
@@ -186,6 +271,26 @@ impl SqliteOptions {
         schema::migrate(&mut conn)?;
         Ok(conn)
     }
+}
+
+/// The `file:` URI SQLite opens `path` by, read-only (`mode=ro`) and, if
+/// `immutable`, as a file nothing changes: every byte of the path but
+/// unreserved ones is percent-encoded.
+fn read_only_uri(path: &Path, immutable: bool) -> String {
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().replace('\\', "/").into_bytes();
+    let mut uri = String::from("file:");
+    for b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_' | b'~') {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str(if immutable { "?mode=ro&immutable=1" } else { "?mode=ro" });
+    uri
 }
 
 /// Where SQLite keeps the WAL of the database at `path`: beside the file

@@ -45,6 +45,8 @@ pub struct SqliteStore {
     path: PathBuf,
     limits: Limits,
     synchronous: Synchronous,
+    /// Opened with [`SqliteOptions::read_only`]: every write is refused.
+    read_only: bool,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -52,6 +54,7 @@ impl fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("synchronous", &self.synchronous)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -84,14 +87,33 @@ impl SqliteStore {
         path: PathBuf,
         limits: Limits,
         synchronous: Synchronous,
+        read_only: bool,
     ) -> Self {
-        SqliteStore { worker, lock, path, limits, synchronous }
+        SqliteStore { worker, lock, path, limits, synchronous, read_only }
+    }
+
+    /// Whether the store was opened with [`SqliteOptions::read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Refuses `operation` with `PermissionDenied` on a read-only store,
+    /// before anything (the leadership lock file included) is touched.
+    fn writable(&self, operation: &str) -> Result<()> {
+        if self.read_only {
+            return Err(outbox_core::Error::PermissionDenied {
+                message: format!("{operation}: {} was opened read-only", self.path.display()),
+                source: None,
+            });
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
+        self.writable("commit")?;
         commit.validate(&self.limits)?;
         let headers =
             commit.events.iter().map(|e| serde_json::to_string(&e.headers)).collect::<Result<Vec<_>, _>>()?;
@@ -107,6 +129,7 @@ impl StateStore for SqliteStore {
 #[async_trait]
 impl LeaderStore for SqliteStore {
     async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
+        self.writable("acquire leadership")?;
         check_ttl(ttl)?;
         if !self.lock.take()? {
             return Ok(None);
@@ -186,21 +209,25 @@ impl InspectStore for SqliteStore {
     }
 
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
+        self.writable("requeue")?;
         let ids = ids.to_vec();
         self.worker.call(move |w| w.requeue_dead(&ids)).await
     }
 
     async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
+        self.writable("discard")?;
         let ids = ids.to_vec();
         self.worker.call(move |w| w.discard_dead(&ids)).await
     }
 
     async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
+        self.writable("skip")?;
         let ids = ids.to_vec();
         self.worker.call(move |w| w.skip_dead(&ids)).await
     }
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.writable("prune")?;
         self.worker.call(move |w| w.prune_delivered(before, limit)).await
     }
 }
@@ -213,6 +240,7 @@ impl InboxStore for SqliteStore {
     }
 
     async fn prune_inbox(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.writable("prune the inbox")?;
         self.worker.call(move |w| w.prune_inbox(before, limit)).await
     }
 }

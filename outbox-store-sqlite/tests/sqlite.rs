@@ -667,3 +667,131 @@ fn a_missing_leader_row_is_corrupted_not_internal() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(kind(block_on(store.acquire_leadership("h", Duration::from_secs(5)))), ErrorKind::Corrupted);
 }
+
+/// The names in the directory `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn open_read_only(path: &Path) -> Result<SqliteStore> {
+    SqliteStore::options(path).read_only(true).open()
+}
+
+/// A read-only open refuses, by kind and with nothing created or changed,
+/// what it cannot read: a missing path, a directory, a file that is not
+/// an outbox file, and an outbox file of another schema version (newer,
+/// or older, which would need a migration).
+#[test]
+fn a_read_only_open_refuses_what_it_cannot_read_untouched() {
+    use rusqlite::Connection;
+    let (dir, path) = temp();
+    assert_eq!(kind(open_read_only(&path)), ErrorKind::InvalidInput, "a missing file");
+    assert_eq!(kind(open_read_only(&dir.path().join("no/such/dir/x.db"))), ErrorKind::InvalidInput);
+    assert!(names_in(dir.path()).is_empty(), "nothing was created");
+    assert_eq!(kind(open_read_only(dir.path())), ErrorKind::InvalidInput, "a directory");
+
+    type Make = fn(&Path);
+    let cases: [(&str, Make, ErrorKind); 6] = [
+        ("an empty file", |p| std::fs::write(p, b"").unwrap(), ErrorKind::Corrupted),
+        ("not SQLite", |p| std::fs::write(p, vec![7u8; 8192]).unwrap(), ErrorKind::Corrupted),
+        (
+            "another program's database",
+            |p| {
+                let c = Connection::open(p).unwrap();
+                c.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+                    .unwrap();
+            },
+            ErrorKind::Corrupted,
+        ),
+        (
+            "a SQLite database with nothing in it",
+            |p| drop(Connection::open(p).unwrap().pragma_update(None, "page_size", 4096)),
+            ErrorKind::Corrupted,
+        ),
+        (
+            "an outbox file of a newer schema",
+            |p| {
+                store_with_events(p, 2);
+                Connection::open(p).unwrap().pragma_update(None, "user_version", 99).unwrap();
+            },
+            ErrorKind::SchemaTooNew,
+        ),
+        (
+            "an outbox file of an older schema",
+            |p| {
+                store_with_events(p, 2);
+                let v = outbox_store_sqlite::schema::SCHEMA_VERSION - 1;
+                Connection::open(p).unwrap().pragma_update(None, "user_version", v).unwrap();
+            },
+            ErrorKind::InvalidInput,
+        ),
+    ];
+    for (what, make, want) in cases {
+        let (dir, path) = temp();
+        make(&path);
+        let (before, names) = (snapshot(&path), names_in(dir.path()));
+        assert_eq!(kind(open_read_only(&path)), want, "{what}");
+        assert_eq!(snapshot(&path), before, "{what}: the files changed");
+        assert_eq!(names_in(dir.path()), names, "{what}: a file was created or removed");
+    }
+}
+
+/// A cleanly closed outbox file opens read-only: it reads what the file
+/// holds, refuses every write with `PermissionDenied`, and leaves the
+/// directory as it was (no `-wal`, `-shm` or lock file created, the file's
+/// bytes and mtime unchanged).
+#[test]
+fn a_read_only_store_reads_a_closed_file_and_refuses_writes() {
+    let (dir, path) = temp();
+    store_with_events(&path, 3);
+    let (before, names) = (snapshot(&path), names_in(dir.path()));
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    {
+        let store = open_read_only(&path).unwrap();
+        assert!(store.is_read_only());
+        assert_eq!(block_on(store.stats()).unwrap().pending, 3);
+        assert_eq!(block_on(store.list_pending(10)).unwrap().len(), 3);
+        let a = actor("a");
+        let commit = Commit::events_only().event(event(&a, 1));
+        assert_eq!(kind(block_on(store.put_state_and_events(commit))), ErrorKind::PermissionDenied);
+        let ttl = Duration::from_secs(30);
+        assert_eq!(kind(block_on(store.acquire_leadership("l", ttl))), ErrorKind::PermissionDenied);
+        assert_eq!(kind(block_on(store.requeue_dead(&[EventId::new()]))), ErrorKind::PermissionDenied);
+        assert_eq!(kind(block_on(store.discard_dead(&[EventId::new()]))), ErrorKind::PermissionDenied);
+        assert_eq!(kind(block_on(store.skip_dead(&[EventId::new()]))), ErrorKind::PermissionDenied);
+        let now = Timestamp::from_millis(i64::MAX / 2);
+        assert_eq!(kind(block_on(store.prune_delivered(now, 10))), ErrorKind::PermissionDenied);
+        assert_eq!(kind(block_on(store.prune_inbox(now, 10))), ErrorKind::PermissionDenied);
+    }
+    assert_eq!(snapshot(&path), before, "the files changed");
+    assert_eq!(names_in(dir.path()), names, "a file was created or removed");
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    // The writable store still opens it as before.
+    assert_eq!(block_on(SqliteStore::open(&path).unwrap().stats()).unwrap().pending, 3);
+}
+
+/// With a writer open on the file, a read-only store reads through its
+/// WAL: it sees what the writer committed, before and after it opened,
+/// and its own writes are refused.
+#[test]
+fn a_read_only_store_reads_a_file_with_a_live_writer() {
+    let (_d, path) = temp();
+    let writer = SqliteStore::open(&path).unwrap();
+    let a = actor("a");
+    block_on(writer.put_state_and_events(Commit::events_only().event(event(&a, 1)))).unwrap();
+    assert!(wal_of(&path).exists());
+    let reader = open_read_only(&path).unwrap();
+    assert_eq!(block_on(reader.stats()).unwrap().pending, 1);
+    block_on(writer.put_state_and_events(Commit::events_only().event(event(&a, 2)))).unwrap();
+    assert_eq!(block_on(reader.stats()).unwrap().pending, 2, "a later commit is seen");
+    let commit = Commit::events_only().event(event(&a, 3));
+    assert_eq!(kind(block_on(reader.put_state_and_events(commit))), ErrorKind::PermissionDenied);
+    drop(reader);
+    block_on(writer.put_state_and_events(Commit::events_only().event(event(&a, 4)))).unwrap();
+    assert_eq!(block_on(writer.stats()).unwrap().pending, 3);
+}
