@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod actor;
+#[cfg(all(target_arch = "wasm32", store_idb))]
+pub mod browser;
 mod config;
 mod fallback;
 mod runtime;

@@ -61,9 +61,9 @@ fn data_dir() -> Option<std::path::PathBuf> {
 /// The running forwarder: a Tokio task natively; in a browser, the tab's
 /// bid for the origin's forwarder role (a Web Lock).
 #[cfg(not(target_arch = "wasm32"))]
-type ForwarderTask = outbox_forwarder::ForwarderHandle;
+pub(crate) type ForwarderTask = outbox_forwarder::ForwarderHandle;
 #[cfg(target_arch = "wasm32")]
-type ForwarderTask = outbox_forwarder::browser::TabForwarder;
+pub(crate) type ForwarderTask = outbox_forwarder::browser::TabForwarder;
 
 struct Inner {
     store: Arc<dyn DurableStore>,
@@ -77,7 +77,17 @@ struct Inner {
     sink: Arc<dyn Sink>,
     durability: Durability,
     on_error: Option<ErrorCallback>,
+    /// A page whose forwarder runs in a worker: told of each commit.
+    #[cfg_attr(not(all(target_arch = "wasm32", store_idb)), allow(dead_code))]
+    page: Option<PageLink>,
 }
+
+/// A page whose forwarder runs in a worker (`outbox::browser`); nothing
+/// off the browser.
+#[cfg(all(target_arch = "wasm32", store_idb))]
+pub(crate) type PageLink = std::rc::Rc<crate::browser::Page>;
+#[cfg(not(all(target_arch = "wasm32", store_idb)))]
+pub(crate) type PageLink = std::convert::Infallible;
 
 /// A running outbox: a store, a forwarder delivering to a sink, and the
 /// actors committing to it. Cheap to clone.
@@ -96,7 +106,7 @@ impl fmt::Debug for Outbox {
     }
 }
 
-async fn open_durable(
+pub(crate) async fn open_durable(
     choice: &StoreChoice,
     app: Option<&str>,
     clock: &SharedClock,
@@ -234,6 +244,23 @@ fn start_forwarder(
 /// commits durably, a commit in any tab wakes the forwarding one). The
 /// store reads time from the same clock.
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
+    configure_with(config, sink, |store, name, sink, fwd| Some(start_forwarder(store, name, sink, fwd)), None)
+        .await
+}
+
+/// [`configure_outbox`] with the forwarder started by `start` (none for a
+/// page whose forwarder runs in a worker, `page`).
+pub(crate) async fn configure_with(
+    config: OutboxConfig,
+    sink: Arc<dyn Sink>,
+    start: impl FnOnce(
+        Arc<dyn DurableStore>,
+        Option<&str>,
+        Arc<dyn Sink>,
+        ForwarderConfig,
+    ) -> Option<(ForwarderTask, Wake)>,
+    page: Option<PageLink>,
+) -> Result<Outbox> {
     let OutboxConfig {
         durability,
         store: store_choice,
@@ -295,8 +322,10 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
     let (forwarder, wake) = if durability == Durability::Off {
         (None, None)
     } else {
-        let (task, wake) = start_forwarder(store.clone(), db_name.as_deref(), sink.clone(), fwd);
-        (Some(task), Some(wake))
+        match start(store.clone(), db_name.as_deref(), sink.clone(), fwd) {
+            Some((task, wake)) => (Some(task), Some(wake)),
+            None => (None, None),
+        }
     };
     Ok(Outbox {
         inner: Arc::new(Inner {
@@ -309,6 +338,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
             sink,
             durability,
             on_error,
+            page,
         }),
     })
 }
@@ -366,6 +396,10 @@ impl Outbox {
         }
         if let Some(w) = &self.inner.wake {
             w.wake();
+        }
+        #[cfg(all(target_arch = "wasm32", store_idb))]
+        if let Some(p) = &self.inner.page {
+            p.committed();
         }
         Ok(receipt)
     }
@@ -476,11 +510,26 @@ impl Outbox {
         }
     }
 
+    /// The tab forwarder's role changes (wasm32), if it runs one.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn watch_role(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<outbox_forwarder::browser::TabRole>> {
+        self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.watch_role())
+    }
+
     /// Whether this tab forwards now (holds the origin's forwarder lock):
     /// for a UI that shows which tab delivers. Always `false` for
     /// [`Durability::Off`] and after [`Outbox::shutdown`].
+    /// For a page whose forwarder runs in a worker
+    /// ([`browser::configure_page`](crate::browser::configure_page)):
+    /// whether this page's worker forwards now.
     #[cfg(target_arch = "wasm32")]
     pub fn is_forwarding(&self) -> bool {
+        #[cfg(store_idb)]
+        if let Some(p) = &self.inner.page {
+            return p.is_forwarding();
+        }
         self.inner
             .forwarder
             .lock()

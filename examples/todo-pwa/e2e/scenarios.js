@@ -327,6 +327,65 @@ async function screenshots(ctx) {
 // needs: persistent (a profile that survives a relaunch), offline (an
 // offline switch), kill (the browser's process id), cdp (Chromium's
 // DevTools protocol); only: run in that browser alone.
+/**
+ * 8. Delivered with no tab open (Background Sync, Chromium): saved while
+ * offline, every tab of the app closed, the network back, the sync fired
+ * (the DevTools protocol's ServiceWorker.dispatchSyncEvent, as the
+ * browser does on reconnecting): the service worker delivers each event
+ * exactly once with no page of the app open. An about:blank page hosts
+ * the DevTools session (it is not a page of the app's origin).
+ */
+async function noTabBackgroundSync(ctx) {
+  const profile = ctx.profile('main');
+  const s = await ctx.launch(profile);
+  const tab = await s.open(ctx.server.url);
+  await A.waitReady(tab);
+  await A.waitUntil('the service worker controls the page', async () =>
+    (await tab.eval(() => !!navigator.serviceWorker.controller)) || 'no controller yet',
+  );
+  await s.setOffline(true);
+  await A.waitUntil('data-online=false', async () => (await A.attrs(tab)).online === 'false' || A.attrs(tab));
+  await A.add(tab, 'Pay the rent');
+  await A.add(tab, 'Book the flights');
+  const expected = [
+    { title: 'Pay the rent', done: false },
+    { title: 'Book the flights', done: false },
+  ];
+  await A.waitItems(tab, expected);
+  const snap = await A.snapshot(tab);
+  check(snap.stats.pending === 2, `2 events pending while offline, not ${JSON.stringify(snap.stats)}`);
+  const origin = new URL(ctx.server.url).origin;
+  const blank = await s.newTab('about:blank');
+  await tab.page.close();
+  const appPages = () => s.context.pages().filter((p) => p.url().startsWith(origin));
+  check(appPages().length === 0, `app pages still open: ${appPages().map((p) => p.url())}`);
+  const before = await ctx.server.state();
+  check(before.applied === 0, `the server got events while offline: ${JSON.stringify(before.events)}`);
+
+  await s.setOffline(false);
+  const cdp = await s.cdp(blank);
+  const registration = new Promise((resolve) => {
+    cdp.on('ServiceWorker.workerRegistrationUpdated', ({ registrations }) => {
+      const r = registrations.find((x) => x.scopeURL.startsWith(origin) && !x.isDeleted);
+      if (r) resolve(r.registrationId);
+    });
+  });
+  await cdp.send('ServiceWorker.enable');
+  const registrationId = await Promise.race([
+    registration,
+    sleep(10000).then(() => {
+      throw new Error('no service worker registration reported by the DevTools protocol');
+    }),
+  ]);
+  // The browser fires the sync itself once it is back online; firing it
+  // here does not wait for its schedule.
+  await cdp.send('ServiceWorker.dispatchSyncEvent', { origin, registrationId, tag: 'outbox:todo-pwa', lastChance: false });
+  const state = await A.waitExactlyOnce(ctx.server, { events: 2, expected });
+  check(appPages().length === 0, 'an app page was opened during the drain');
+  ctx.note(`2 events saved offline, delivered with no tab open: applied ${state.applied}, duplicates dropped ${state.duplicates}`);
+  await s.close();
+}
+
 module.exports = [
   { id: 'offline-close-reopen', name: 'saved offline, browser closed, reopened online: items kept, each event applied once', needs: ['persistent', 'offline'], run: offlineCloseReopen },
   { id: 'sigkill-after-ack', name: 'browser SIGKILLed right after an acknowledged save: nothing lost, nothing applied twice', needs: ['persistent', 'kill'], run: killedAfterAck },
@@ -334,5 +393,6 @@ module.exports = [
   { id: 'two-tabs', name: 'two tabs: both save, both delivered, exactly one leader', needs: [], run: twoTabs },
   { id: 'quota-exceeded', name: 'storage quota exceeded: works in memory, non-durable shown, on_error fired; durable again after', needs: ['cdp'], only: 'chromium', why: "Chromium's DevTools protocol lowers the quota", run: quotaExceeded },
   { id: 'offline-start', name: 'the app loads offline from the service worker', needs: [], run: offlineStart },
+  { id: 'no-tab-background-sync', name: 'saved offline, every tab closed, back online: the service worker delivers each event once (Background Sync)', needs: ['cdp'], only: 'chromium', why: 'Background Sync is Chromium-only; the DevTools protocol fires it', run: noTabBackgroundSync },
   { id: 'screenshots', name: "the README's screenshots (app; panel offline with a dead event)", needs: [], only: 'chromium', why: 'taken once, in Chromium', run: screenshots },
 ];

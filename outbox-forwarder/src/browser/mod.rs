@@ -15,10 +15,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use outbox_core::{DurableStore, Sink};
+use outbox_core::{DurableStore, Result, Sink};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Forwarder, ForwarderConfig, Wake};
+use crate::{Forwarder, ForwarderConfig, Wake, mono};
 use platform::{Channel, GlobalListener, acquire_lock, lock_manager};
 
 /// What a [`TabForwarder`] is doing.
@@ -72,6 +72,7 @@ pub struct TabForwarder {
     cancel: CancellationToken,
     wake: Wake,
     role: Rc<Cell<TabRole>>,
+    roles: tokio::sync::watch::Receiver<TabRole>,
     done: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
 }
 
@@ -94,6 +95,7 @@ impl TabForwarder {
     {
         let cancel = CancellationToken::new();
         let role = Rc::new(Cell::new(TabRole::Follower));
+        let (role_tx, roles) = tokio::sync::watch::channel(TabRole::Follower);
         let (lock, commits) = (lock.to_owned(), commits.to_owned());
         let locks = lock_manager();
         if locks.is_some() {
@@ -103,6 +105,10 @@ impl TabForwarder {
         let wake = fwd.waker();
         let (done_tx, done_rx) = futures::channel::oneshot::channel();
         let (task_cancel, task_role, task_wake) = (cancel.clone(), role.clone(), wake.clone());
+        let set_role = move |r: TabRole| {
+            task_role.set(r);
+            role_tx.send_replace(r);
+        };
         wasm_bindgen_futures::spawn_local(async move {
             let held = match &locks {
                 Some(l) => {
@@ -111,7 +117,7 @@ impl TabForwarder {
                     match futures::future::select(acquire, stop).await {
                         futures::future::Either::Left((Ok(Some(held)), _)) => Some(held),
                         _ => {
-                            task_role.set(TabRole::Stopped);
+                            set_role(TabRole::Stopped);
                             let _ = done_tx.send(());
                             return;
                         }
@@ -119,7 +125,7 @@ impl TabForwarder {
                 }
                 None => None,
             };
-            task_role.set(if held.is_some() { TabRole::Leader } else { TabRole::LeaseContender });
+            set_role(if held.is_some() { TabRole::Leader } else { TabRole::LeaseContender });
             let w = task_wake.clone();
             let _commits = Channel::listen(&commits, move |_| w.wake());
             let w = task_wake.clone();
@@ -133,15 +139,21 @@ impl TabForwarder {
             let _visible = GlobalListener::on("visibilitychange", move |_| w.wake());
             fwd.run(task_cancel).await;
             drop(held);
-            task_role.set(TabRole::Stopped);
+            set_role(TabRole::Stopped);
             let _ = done_tx.send(());
         });
-        TabForwarder { cancel, wake, role, done: done_rx.shared() }
+        TabForwarder { cancel, wake, role, roles, done: done_rx.shared() }
     }
 
     /// What this tab is doing now.
     pub fn role(&self) -> TabRole {
         self.role.get()
+    }
+
+    /// A receiver that sees [`TabForwarder::role`] change (say, to tell
+    /// the page that started this worker when it leads).
+    pub fn watch_role(&self) -> tokio::sync::watch::Receiver<TabRole> {
+        self.roles.clone()
     }
 
     /// Whether this tab forwards now (holds the lock, or contends by lease
@@ -162,4 +174,101 @@ impl TabForwarder {
         self.cancel.cancel();
         let _ = self.done.clone().await;
     }
+}
+
+/// What one [`drain`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Another tab or worker kept the forwarder lock for the whole wait:
+    /// it forwards (a commit wakes it), so this drain did nothing.
+    Busy,
+    /// Held the lock and forwarded until nothing was due: `delivered`
+    /// events delivered, `pending` still pending (backed off after a
+    /// failure, or committed meanwhile).
+    Done {
+        /// Events delivered and acked by this drain.
+        delivered: u64,
+        /// Pending events left in the store when it stopped (backed off,
+        /// parked behind a dead letter, or committed meanwhile).
+        pending: u64,
+        /// Whether it stopped because a delivery failed (the sink is
+        /// still unreachable): the events it attempted are backed off.
+        failed: bool,
+    },
+}
+
+impl Drained {
+    /// Whether to try again later: a delivery failed and events are
+    /// left pending. A service worker's `sync` handler rejects then, so
+    /// the browser fires the sync again with its own back-off.
+    pub fn retry_later(&self) -> bool {
+        matches!(self, Drained::Done { pending, failed: true, .. } if *pending > 0)
+    }
+}
+
+/// Forwards once, for a service worker's `sync` (Background Sync) or
+/// `message` event, where nothing may run after the event's promise
+/// settles: waits up to `wait` for the origin's forwarder lock `lock`
+/// (a tab that is closing releases it), then runs forwarder cycles until
+/// a claim finds nothing due, releases leadership and the lock, and
+/// reports what is left. When another tab or worker keeps the lock for
+/// all of `wait`, it forwards: returns [`Drained::Busy`] having done
+/// nothing.
+///
+/// Without Web Locks it contends by the store's leadership lease as
+/// [`TabForwarder`] does.
+pub async fn drain<S>(
+    store: Arc<S>,
+    sink: Arc<dyn Sink>,
+    mut cfg: ForwarderConfig,
+    lock: &str,
+    wait: std::time::Duration,
+) -> Result<Drained>
+where
+    S: DurableStore + ?Sized + 'static,
+{
+    let locks = lock_manager();
+    let held = match &locks {
+        Some(l) => {
+            let acquire = Box::pin(acquire_lock(l, lock, false));
+            let timeout = Box::pin(mono::sleep(wait));
+            match futures::future::select(acquire, timeout).await {
+                futures::future::Either::Left((Ok(Some(held)), _)) => Some(held),
+                futures::future::Either::Left((Ok(None) | Err(_), _)) | futures::future::Either::Right(_) => {
+                    return Ok(Drained::Busy);
+                }
+            }
+        }
+        None => None,
+    };
+    if held.is_some() {
+        cfg.holder = lock.to_owned();
+    }
+    let mut fwd = Forwarder::new(store.clone(), sink, cfg);
+    if platform::navigator_offline() {
+        fwd.waker().notify_offline();
+    } else {
+        // A sync fires when the browser is back online: whatever backed
+        // off during the outage is due now.
+        fwd.waker().notify_online();
+    }
+    let mut delivered = 0u64;
+    let mut failed = false;
+    let outcome = loop {
+        match fwd.run_once().await {
+            Ok(r) => {
+                delivered += r.delivered as u64;
+                failed = r.retried > 0 || matches!(r.circuit, crate::BreakerState::Open { .. });
+                if !r.leader || r.claimed == 0 || failed || r.fenced {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    fwd.step_down().await;
+    drop(held);
+    outcome?;
+    let pending = store.stats().await?.pending;
+    Ok(Drained::Done { delivered, pending, failed })
 }

@@ -2,13 +2,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
 
-use outbox::{ActorId, ActorRef, Outbox, OutboxConfig, RetryPolicy, configure_outbox};
+use outbox::browser::{WorkerForwarding, configure_page};
+use outbox::{ActorId, ActorRef, Outbox, OutboxConfig};
 use outbox_example_todo::{TodoList, TodoMsg, TodoState};
 use outbox_panel::{PanelHandle, PanelOptions};
-use outbox_sink_http::HttpSink;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
@@ -143,13 +141,11 @@ fn listen(target: &web_sys::EventTarget, event: &str, f: impl FnMut(Event) + 'st
 async fn run() -> Result<(), JsValue> {
     let window = web_sys::window().ok_or("no window")?;
     let doc = window.document().ok_or("no document")?;
-    let origin = window.location().origin()?;
-    let sink = HttpSink::new(format!("{origin}/events")).map_err(|e| e.to_string())?;
+    // The forwarder (and the HTTP sink to the sync server) runs in a
+    // worker of its own bundle (`todo-pwa-worker`, web/outbox-worker.js):
+    // this page only commits.
     let config = OutboxConfig::default()
         .app_name(DB)
-        // Retry every 5 s at most: a demo that comes back online delivers
-        // soon (the `online` event makes everything due at once anyway).
-        .retry(RetryPolicy::default().cap(Duration::from_secs(5)))
         .on_error(|event, error| {
             let n = ERRORS.with(|c| {
                 c.set(c.get() + 1);
@@ -164,7 +160,9 @@ async fn run() -> Result<(), JsValue> {
                 status.set_text_content(Some(&format!("Outbox: {error}{what}")));
             }
         });
-    let outbox = configure_outbox(config, Arc::new(sink)).await.map_err(|e| e.to_string())?;
+    let outbox = configure_page(config, WorkerForwarding::new("/outbox-worker.js"))
+        .await
+        .map_err(|e| e.to_string())?;
 
     let app = Rc::new(App {
         outbox,
