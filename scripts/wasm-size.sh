@@ -4,7 +4,10 @@
 # opt-level "z", lto, one codegen unit (profile `wasm-size`), wasm-bindgen
 # with the name section removed, npm binaryen's wasm-opt -Oz, gzip -9.
 # size/raw-commit is the commit's writes hand-written on indexed_db_futures:
-# a lower bound for the commit path.
+# a lower bound for the commit path. size/page is the page of an app whose
+# forwarder runs in a worker (an actor, configure_page, send); size/worker
+# is that worker's bundle (store, forwarder, HTTP sink). Budgets (issue 24):
+# page <= 10 KB, worker <= 31 KB above the floor.
 # Usage: scripts/wasm-size.sh   (needs wasm-bindgen-cli; see test-all.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +22,13 @@ fi
 WASM_OPT=$TOOLS/node_modules/.bin/wasm-opt
 
 cargo build --locked --profile wasm-size --target wasm32-unknown-unknown \
-    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-commit -p outbox-size-raw-commit -p outbox-size-app
+    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-commit -p outbox-size-raw-commit -p outbox-size-app \
+    -p outbox-size-page -p outbox-size-worker
 
 gz() { gzip -9 -c "$1" | wc -c; }
 printf '%-12s %10s %10s %10s %12s\n' app "wasm B" "wasm gz B" "js gz B" "total gz B"
 declare -A total
-for app in empty idb_floor raw_commit commit app; do
+for app in empty idb_floor raw_commit commit app page worker; do
     dir=$OUT/$app
     rm -rf "$dir"
     wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir "$dir" \
@@ -44,3 +48,10 @@ echo "  of which the commit path (size/commit):       $((total[commit] - total[i
 echo "  and forwarding (size/app - size/commit):      $((total[app] - total[commit])) bytes gzipped"
 echo "the same commit hand-written (size/raw-commit): $((total[raw_commit] - total[idb_floor])) bytes gzipped"
 echo "indexed_db_futures floor above the empty app:   $((total[idb_floor] - total[empty])) bytes gzipped"
+echo
+kb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1000 }'; }
+page=$((total[page] - total[idb_floor]))
+worker=$((total[worker] - total[idb_floor]))
+raw=$((total[raw_commit] - total[idb_floor]))
+echo "page: $(kb "$page") KB gz above the floor (budget 10.0; $(awk -v p="$page" -v r="$raw" 'BEGIN { printf "%.1f", p / r }')x the hand-written commit)"
+echo "worker: $(kb "$worker") KB gz above the floor (budget 31.0)"

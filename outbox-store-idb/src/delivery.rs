@@ -11,10 +11,10 @@ use outbox_core::{
 
 use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, time_seq_js};
 use crate::leader::current_epoch;
-use crate::quarantine::{Fault, Healing, at, healing, pending_row, row_by_id};
+use crate::quarantine::{Fault, Healing, at, healing, pending_row, pending_rows, rows_by_id};
 use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING, QUARANTINE};
 use crate::tx::{
-    Db, Tx, delete, finish, get, get_all, get_all_keys, pending_after, pending_entries, put, store,
+    Db, Tx, delete, finish, get_all, get_all_keys, get_many, pending_after, pending_entries, put, store,
 };
 
 /// Claims up to `request.limit` due events under `grant` (see
@@ -85,9 +85,10 @@ async fn claim_once(
         }
     }
     // Every row is read (and checked) before anything is written.
+    let seqs: Vec<u64> = picked.iter().map(|(seq, _)| *seq).collect();
+    let read = pending_rows(&ev, &q, &seqs).await?;
     let mut rows = Vec::with_capacity(picked.len());
-    for (seq, entry) in picked {
-        let row = pending_row(&ev, &q, seq).await?;
+    for ((seq, entry), row) in picked.into_iter().zip(read) {
         if row.status() != Status::Pending || row.env().key != entry.key {
             // The pending entry disagrees with its event.
             return Err(Fault::Bad(seq));
@@ -140,11 +141,14 @@ async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Healin
     let ev = store(tx, EVENTS, "settle")?;
     let (q, pending, dead) =
         (store(tx, QUARANTINE, "settle")?, store(tx, PENDING, "settle")?, store(tx, DEAD, "settle")?);
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(s) = get(&id_st, id_js(*id), "read id").await? else { continue };
-        let seq = js_u64(&s, "id index")?;
-        let Some(row) = row_by_id(&ev, &q, [&pending, &dead], seq).await? else { continue };
+    let mut seqs = Vec::with_capacity(ids.len());
+    for s in get_many(&id_st, ids.iter().map(|id| id_js(*id)), "read id").await?.into_iter().flatten() {
+        seqs.push(js_u64(&s, "id index")?);
+    }
+    let rows = rows_by_id(&ev, &q, [&pending, &dead], &seqs).await?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for (seq, row) in seqs.into_iter().zip(rows) {
+        let Some(row) = row else { continue };
         if row.status() != Status::Pending {
             continue;
         }

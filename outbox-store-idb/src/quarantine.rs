@@ -39,7 +39,7 @@ use crate::codec::{
     time_seq_js,
 };
 use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
-use crate::tx::{Db, delete, finish, get, get_all, get_all_keys, put, store};
+use crate::tx::{Db, delete, finish, get, get_all, get_all_keys, get_many, put, store};
 
 /// Why a read through an index could not go on.
 #[derive(Debug)]
@@ -132,6 +132,51 @@ pub(crate) async fn pending_row(ev: &ObjectStore<'_>, q: &ObjectStore<'_>, seq: 
         Found::Row(row) => Ok(row),
         Found::Quarantined(..) => Err(Fault::Bad(seq)),
     }
+}
+
+/// The events at `seqs`, which the pending index names, read with
+/// pipelined requests ([`get_many`]): `Bad` for the first that is
+/// missing, does not decode or is quarantined, as [`pending_row`].
+pub(crate) async fn pending_rows(
+    ev: &ObjectStore<'_>,
+    q: &ObjectStore<'_>,
+    seqs: &[u64],
+) -> Healing<Vec<Event>> {
+    let rows = get_many(ev, seqs.iter().map(|s| seq_js(*s)), "read event").await?;
+    let held = get_many(q, seqs.iter().map(|s| seq_js(*s)), "read quarantine").await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for ((seq, raw), held) in seqs.iter().zip(rows).zip(held) {
+        match (raw, held) {
+            (Some(v), None) => out.push(decode_at(*seq, &v)?),
+            _ => return Err(Fault::Bad(*seq)),
+        }
+    }
+    Ok(out)
+}
+
+/// The events at `seqs` reached by id, as [`row_by_id`] (each `None` when
+/// missing, quarantined, or unreadable and in no live index), read with
+/// pipelined requests; an unreadable one is looked at again by
+/// [`row_by_id`].
+pub(crate) async fn rows_by_id(
+    ev: &ObjectStore<'_>,
+    q: &ObjectStore<'_>,
+    live: [&ObjectStore<'_>; 2],
+    seqs: &[u64],
+) -> Healing<Vec<Option<Event>>> {
+    let held = get_many(q, seqs.iter().map(|s| seq_js(*s)), "read quarantine").await?;
+    let rows = get_many(ev, seqs.iter().map(|s| seq_js(*s)), "read event").await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for ((seq, raw), held) in seqs.iter().zip(rows).zip(held) {
+        out.push(match (raw, held) {
+            (_, Some(_)) | (None, None) => None,
+            (Some(v), None) => match decode_at(*seq, &v) {
+                Ok(row) => Some(row),
+                Err(_) => row_by_id(ev, q, live, *seq).await?,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// The event at `seq`, reached by id (not through an index): `None` when

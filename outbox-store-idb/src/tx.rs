@@ -81,6 +81,26 @@ pub(crate) async fn get(st: &ObjectStore<'_>, key: JsValue, what: &str) -> Resul
 
 /// Issues a put (not awaited: requests of a transaction run in order, and
 /// the transaction's commit reports the first failure).
+/// The values at `keys` in `st`, in order: every request is issued
+/// before the first is awaited, so the browser serves them back to back
+/// instead of one per round trip (a request that finished before it is
+/// awaited is read at once).
+pub(crate) async fn get_many(
+    st: &ObjectStore<'_>,
+    keys: impl IntoIterator<Item = JsValue>,
+    what: &str,
+) -> Result<Vec<Option<JsValue>>> {
+    let mut reqs = Vec::new();
+    for key in keys {
+        reqs.push(st.get::<JsValue, JsValue, JsValue>(key).primitive().map_err(|e| map(what, e))?);
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        out.push(req.await.map_err(|e| map(what, e))?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn put(st: &ObjectStore<'_>, key: JsValue, value: JsValue, what: &str) -> Result<()> {
     st.put(value).with_key(key).primitive().map_err(|e| map(what, e)).map(drop)
 }
