@@ -79,11 +79,14 @@ cargo run --locked -q -p outbox-cli -- demo
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
 
-step "wasm32 builds: the core, the facade (IndexedDB only), the todo example shared with its native program, the Todo PWA"
+step "wasm32 builds: the core, the facade (IndexedDB only), the todo example shared with its native program, the Todo PWA (page and worker bundles), clippy on wasm32"
 cargo build -p outbox-core --target wasm32-unknown-unknown --locked
 cargo build -p outbox --target wasm32-unknown-unknown --no-default-features --features idb --locked
 cargo build -p outbox-example-todo --target wasm32-unknown-unknown --locked
-cargo build -p todo-pwa --target wasm32-unknown-unknown --locked
+cargo build -p todo-pwa -p todo-pwa-worker --target wasm32-unknown-unknown --locked
+cargo clippy --target wasm32-unknown-unknown --locked --lib -p outbox -p outbox-forwarder \
+    -p outbox-store-idb -p outbox-sink-http -p todo-pwa -p todo-pwa-worker -p outbox-size-page \
+    -p outbox-size-worker -- -D warnings
 cargo run --locked -q -p outbox-example-todo -- --db "$(mktemp -d)/todo.db"
 
 step "mutation check: every conformance test fails on a store broken the way it checks"
