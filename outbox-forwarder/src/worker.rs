@@ -136,6 +136,9 @@ pub struct Forwarder<S: DurableStore + ?Sized = dyn DurableStore> {
     /// `notify_online` was called: backed-off events are to be made due
     /// (done once leadership is held).
     expedite: bool,
+    /// The next claim's limit while ramping up after an idle cycle
+    /// ([`ForwarderConfig::first_batch`]).
+    ramp: Option<usize>,
     next_due: Option<Timestamp>,
     last_prune: Option<Timestamp>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -195,6 +198,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             wake: Wake::default(),
             grant: None,
             expedite: false,
+            ramp: None,
             next_due: None,
             last_prune: None,
             last_stats: None,
@@ -390,7 +394,11 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         };
         report.leader = true;
         let limit = match permit {
-            Permit::All => self.cfg.batch_size,
+            Permit::All => match (self.cfg.first_batch, self.ramp) {
+                (Some(first), None) => first.clamp(1, self.cfg.batch_size.max(1)),
+                (Some(_), Some(r)) => r,
+                (None, _) => self.cfg.batch_size,
+            },
             Permit::Probe => 1,
             Permit::Wait(until) => {
                 self.next_due = Some(self.next_due.map_or(until, |t| t.min(until)));
@@ -412,6 +420,11 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             },
         };
         report.claimed = batch.len();
+        if permit == Permit::All && self.cfg.first_batch.is_some() {
+            // Ramp up while batches come back full; start small again
+            // once the backlog is drained.
+            self.ramp = (batch.len() >= limit).then(|| (limit * 2).min(self.cfg.batch_size.max(1)));
+        }
         let mut next = None;
         if !batch.is_empty() {
             let delivered = if prefetch && permit == Permit::All {

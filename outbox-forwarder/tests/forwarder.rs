@@ -112,6 +112,26 @@ async fn delivers_per_key_in_commit_order_with_bounded_concurrency() {
 }
 
 #[tokio::test]
+async fn first_batch_ramps_up_and_starts_small_after_idle() {
+    let mut rig = Rig::new();
+    rig.commit(20, 1).await;
+    let mut f = rig.forwarder(rig.config().batch_size(8).max_concurrency(8).first_batch(Some(2)));
+    let mut limits = Vec::new();
+    loop {
+        let r = f.run_once().await.unwrap();
+        limits.push((r.limit, r.claimed));
+        if r.claimed == 0 {
+            break;
+        }
+    }
+    assert_eq!(limits, vec![(2, 2), (4, 4), (8, 8), (8, 6), (2, 0)], "doubling up to batch_size");
+    rig.commit(5, 1).await;
+    let r = f.run_once().await.unwrap();
+    assert_eq!((r.limit, r.claimed), (2, 2), "small again after an idle cycle");
+    assert_eq!(rig.delivered().len(), 22);
+}
+
+#[tokio::test]
 async fn backoff_schedule_is_full_jitter_with_a_cap() {
     let rig = Rig::new();
     let committed = rig.commit(1, 1).await;

@@ -10,13 +10,15 @@ use crate::store::IdbStore;
 /// How hard a commit's transaction presses the data to disk: the
 /// IndexedDB transaction durability hint.
 ///
-/// - [`Durability::Strict`] (the default): the browser reports the
-///   transaction complete only after the data is flushed to disk, so a
-///   commit that returned `Ok` survives a power loss. Slower: one flush
-///   per commit.
-/// - [`Durability::Relaxed`]: complete once the browser has the data; it
-///   survives the tab and the browser process crashing, not necessarily
-///   an operating-system crash or power loss. Much faster.
+/// - [`Durability::Relaxed`] (the default): complete once the browser has
+///   the data. A commit that returned `Ok` survives the tab closing or
+///   crashing and the browser process crashing, which is what a web app
+///   meets; an operating-system crash or a power loss may lose the last
+///   moments of commits. Chromium's own default, at a fraction of strict's
+///   latency.
+/// - [`Durability::Strict`]: the browser reports the transaction complete
+///   only after the data is flushed to disk, so a commit that returned
+///   `Ok` also survives a power loss. One flush per commit.
 /// - [`Durability::BrowserDefault`]: whatever the browser does without a
 ///   hint (Chromium: relaxed; Firefox: strict).
 ///
@@ -25,9 +27,9 @@ use crate::store::IdbStore;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Flushed to disk before a commit returns.
-    #[default]
     Strict,
     /// Handed to the browser before a commit returns.
+    #[default]
     Relaxed,
     /// No hint.
     BrowserDefault,

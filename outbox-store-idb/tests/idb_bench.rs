@@ -105,7 +105,11 @@ const fn parse_u32(s: &str) -> u32 {
     }
     n
 }
-const BATCH: u32 = 100;
+/// The drain's batch: `BENCH_IDB_BATCH` at build time (default 100).
+const BATCH: u32 = match option_env!("BENCH_IDB_BATCH") {
+    Some(s) => parse_u32(s),
+    None => 100,
+};
 
 /// Drains a backlog of `BACKLOG` events by `claim` + `ack` batches of
 /// `BATCH`: events drained per second.
@@ -123,19 +127,25 @@ async fn drain_ours() -> f64 {
         store.acquire_leadership("bench", Duration::from_secs(600)).await.expect("lead").expect("grant");
     let t0 = now_ms();
     let mut n = 0;
+    let (mut claiming, mut acking) = (0.0, 0.0);
     loop {
+        let t = now_ms();
         let batch = store
             .claim(&grant, ClaimRequest::new(BATCH as usize, Duration::from_secs(60)))
             .await
             .expect("claim");
+        claiming += now_ms() - t;
         if batch.is_empty() {
             break;
         }
         n += batch.len();
         let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+        let t = now_ms();
         store.ack(&grant, &ids).await.expect("ack");
+        acking += now_ms() - t;
     }
     assert_eq!(n, BACKLOG as usize, "drained everything");
+    console_log!("BENCH idb drain split: claim {claiming:.0} ms, ack {acking:.0} ms");
     f64::from(BACKLOG) / ((now_ms() - t0) / 1e3)
 }
 
