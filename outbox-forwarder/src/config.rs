@@ -55,6 +55,12 @@ pub struct ForwarderConfig {
     pub first_batch: Option<usize>,
     /// Most events in flight at once (each of a different key).
     pub max_concurrency: usize,
+    /// This forwarder holds an exclusive lock over the store's delivery
+    /// (set by the browser's `TabForwarder` and `drain` while they hold
+    /// the origin's Web Lock): its claims are marked
+    /// [`ClaimRequest::exclusive`](outbox_core::ClaimRequest::exclusive),
+    /// so a store may skip writing leases. Default `false`.
+    pub exclusive: bool,
     /// How long claimed events stay leased.
     pub lease: Duration,
     /// Leadership grant lifetime; renewed when half gone.
@@ -111,6 +117,7 @@ impl Default for ForwarderConfig {
             batch_size: 256,
             first_batch: if cfg!(target_arch = "wasm32") { Some(16) } else { None },
             max_concurrency: 64,
+            exclusive: false,
             lease: outbox_core::retry::DEFAULT_LEASE,
             leader_ttl: Duration::from_secs(15),
             flush_interval: Duration::from_millis(100),
@@ -147,6 +154,13 @@ impl ForwarderConfig {
     /// `batch_size` (see [`ForwarderConfig::first_batch`]).
     pub fn first_batch(mut self, v: Option<usize>) -> Self {
         self.first_batch = v;
+        self
+    }
+
+    /// Sets: whether this forwarder holds an exclusive lock over the
+    /// store's delivery (see [`ForwarderConfig::exclusive`]).
+    pub fn exclusive(mut self, v: bool) -> Self {
+        self.exclusive = v;
         self
     }
 

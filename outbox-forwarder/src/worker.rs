@@ -409,7 +409,8 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         };
         report.limit = limit;
         let request = ClaimRequest::new(limit, self.cfg.lease)
-            .park_dead_keys(self.cfg.dead_letters == DeadLetterPolicy::Park);
+            .park_dead_keys(self.cfg.dead_letters == DeadLetterPolicy::Park)
+            .exclusive(self.cfg.exclusive);
         let Some(grant) = self.grant.clone() else { return Ok((report, None)) };
         let batch = match usable {
             Some(b) => b,

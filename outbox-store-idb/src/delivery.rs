@@ -3,6 +3,9 @@
 //! letter) and making backed-off events due (retry now), each one
 //! transaction fenced by the leader's epoch.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use outbox_core::codec::{PendingEntry, encode_pending};
 use outbox_core::rules::{ClaimEntry, ClaimPlan, check_claim_holder, check_fence};
 use outbox_core::{
@@ -17,6 +20,58 @@ use crate::tx::{
     Db, Tx, delete, finish, get_all, get_all_keys, get_many, pending_after, pending_entries, put, store,
 };
 
+/// Claims made with [`ClaimRequest::exclusive`] (the claimer holds the
+/// origin's exclusive Web Lock and settles through this handle): kept
+/// here, in this handle's memory, instead of a lease written per event.
+/// Each row is kept as the claim would have written it (attempt counted,
+/// claimed by the grant's epoch, leased until `lease_until`), and is
+/// written with its settlement. Claims of an older grant are dropped when
+/// a newer grant claims: they were never written, so there is nothing to
+/// undo.
+#[derive(Debug, Default)]
+pub(crate) struct Inflight {
+    epoch: u64,
+    rows: HashMap<u64, Event>,
+    by_id: HashMap<EventId, u64>,
+}
+
+impl Inflight {
+    /// Drops claims of another grant and lapsed ones.
+    fn refresh(&mut self, epoch: u64, now: Timestamp) {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            self.rows.clear();
+            self.by_id.clear();
+        }
+        let lapsed: Vec<u64> = self
+            .rows
+            .iter()
+            .filter(|(_, r)| r.lease_until().is_none_or(|t| t <= now))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in lapsed {
+            if let Some(r) = self.rows.remove(&seq) {
+                self.by_id.remove(&r.env().id);
+            }
+        }
+    }
+
+    /// The claimed row of `id` under `epoch`, if held here.
+    fn get(&self, epoch: u64, id: EventId) -> Option<(u64, &Event)> {
+        if self.epoch != epoch {
+            return None;
+        }
+        let seq = *self.by_id.get(&id)?;
+        Some((seq, self.rows.get(&seq)?))
+    }
+
+    fn remove(&mut self, seq: u64) {
+        if let Some(r) = self.rows.remove(&seq) {
+            self.by_id.remove(&r.env().id);
+        }
+    }
+}
+
 /// Claims up to `request.limit` due events under `grant` (see
 /// [`ClaimPlan`]): dead events first from the dead index (when parking;
 /// a skipped one is [`ClaimEntry::Skipped`] and parks nothing), then the
@@ -24,13 +79,31 @@ use crate::tx::{
 /// a claim reads about what it takes, not the backlog. An event that does
 /// not read is quarantined on the way ([`healing`]) and the claim runs
 /// again.
+///
+/// With [`ClaimRequest::exclusive`] the claim writes nothing: the rows are
+/// kept in `inflight` (see [`Inflight`]).
 pub(crate) async fn claim(
     db: &Db,
     now: Timestamp,
     grant: &LeaderGrant,
     request: &ClaimRequest,
+    inflight: &RefCell<Inflight>,
 ) -> Result<Vec<Envelope>> {
-    healing(db, now, || claim_once(db, now, grant, request)).await
+    if request.exclusive {
+        inflight.borrow_mut().refresh(grant.epoch.0, now);
+    }
+    let claimed = healing(db, now, || claim_once(db, now, grant, request, inflight)).await?;
+    if !request.exclusive {
+        return Ok(claimed.into_iter().map(|(_, row)| row.into_env()).collect());
+    }
+    let mut held = inflight.borrow_mut();
+    let mut out = Vec::with_capacity(claimed.len());
+    for (seq, row) in claimed {
+        held.by_id.insert(row.env().id, seq);
+        out.push(row.env().clone());
+        held.rows.insert(seq, row);
+    }
+    Ok(out)
 }
 
 async fn claim_once(
@@ -38,9 +111,10 @@ async fn claim_once(
     now: Timestamp,
     grant: &LeaderGrant,
     request: &ClaimRequest,
-) -> Healing<Vec<Envelope>> {
+    inflight: &RefCell<Inflight>,
+) -> Healing<Vec<(u64, Event)>> {
     let what = "claim";
-    let tx = db.tx(&[META, PENDING, DEAD, EVENTS, QUARANTINE], true)?;
+    let tx = db.tx(&[META, PENDING, DEAD, EVENTS, QUARANTINE], !request.exclusive)?;
     let (meta, pending) = (store(&tx, META, what)?, store(&tx, PENDING, what)?);
     let (dead, ev) = (store(&tx, DEAD, what)?, store(&tx, EVENTS, what)?);
     let q = store(&tx, QUARANTINE, what)?;
@@ -72,10 +146,12 @@ async fn claim_once(
                 break;
             }
             after = seq;
-            let offered = ClaimEntry::Pending {
-                lease_until: entry.lease_until,
-                next_attempt_at: entry.next_attempt_at,
+            // A claim held in memory leases its event as a written one.
+            let lease_until = match request.exclusive {
+                true => inflight.borrow().rows.get(&seq).and_then(Event::lease_until).or(entry.lease_until),
+                false => entry.lease_until,
             };
+            let offered = ClaimEntry::Pending { lease_until, next_attempt_at: entry.next_attempt_at };
             if plan.offer(&entry.key, seq, offered) {
                 picked.push((seq, entry));
             }
@@ -101,10 +177,12 @@ async fn claim_once(
         let env = row.env_mut();
         env.attempts = env.attempts.saturating_add(1);
         row.set_claim(Some(grant.epoch.0), Some(lease_until));
-        let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
-        put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
-        put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
-        out.push(row.into_env());
+        if !request.exclusive {
+            let entry = PendingEntry { lease_until: Some(lease_until), ..entry };
+            put(&ev, seq_js(seq), bytes_js(&row.encode()), what)?;
+            put(&pending, seq_js(seq), bytes_js(&encode_pending(&entry)), what)?;
+        }
+        out.push((seq, row));
     }
     finish(tx, what).await?;
     Ok(out)
@@ -114,6 +192,10 @@ async fn claim_once(
 /// one transaction: `Fenced` if `grant` is not the current grant or any
 /// id is held by another claim. Delivered, dead and unknown ids are
 /// skipped (a pending or dead one that does not read is quarantined).
+///
+/// Ids claimed into `inflight` by an exclusive claim under `grant` are
+/// settled from there (nothing read but the fence), and dropped from it
+/// once written.
 pub(crate) async fn settle(
     db: &Db,
     now: Timestamp,
@@ -121,16 +203,39 @@ pub(crate) async fn settle(
     grant: &LeaderGrant,
     ids: &[EventId],
     change: impl Fn(&mut Event),
+    inflight: &RefCell<Inflight>,
 ) -> Result<()> {
+    let (held, others): (Vec<(u64, Event)>, Vec<EventId>) = {
+        let mem = inflight.borrow();
+        let (mut held, mut others) = (Vec::new(), Vec::new());
+        for id in ids {
+            match mem.get(grant.epoch.0, *id) {
+                Some((seq, row)) => held.push((seq, row.clone())),
+                None => others.push(*id),
+            }
+        }
+        (held, others)
+    };
     healing(db, now, || async {
         let tx = db.tx(&[META, IDS, EVENTS, PENDING, DEAD, DELIVERED, QUARANTINE], true)?;
-        let mut rows = settleable(&tx, grant, ids).await?;
+        let mut rows = if others.is_empty() {
+            check_fence(grant, current_epoch(&store(&tx, META, "settle")?).await?)?;
+            Vec::new()
+        } else {
+            settleable(&tx, grant, &others).await?
+        };
+        rows.extend(held.iter().cloned());
         for (_, row) in &mut rows {
             change(row);
         }
         Ok(write_settled(tx, what, &rows).await?)
     })
-    .await
+    .await?;
+    let mut mem = inflight.borrow_mut();
+    for (seq, _) in &held {
+        mem.remove(*seq);
+    }
+    Ok(())
 }
 
 /// The rows `grant` may settle (read inside `tx`).

@@ -2,7 +2,7 @@
 //! one transaction (see the job modules: `commit`, `delivery`, `leader`,
 //! `inspect`, `inbox`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub struct IdbStore {
     commits: Option<Channel>,
     /// The epoch of the last grant this handle made (0: none).
     granted: Cell<u64>,
+    /// Exclusive claims held in memory ([`delivery::Inflight`]).
+    inflight: RefCell<delivery::Inflight>,
 }
 
 impl fmt::Debug for IdbStore {
@@ -75,6 +77,7 @@ impl IdbStore {
             limits: opts.limits,
             persisted,
             granted: Cell::new(0),
+            inflight: RefCell::new(delivery::Inflight::default()),
         }
     }
 
@@ -160,26 +163,42 @@ impl LeaderStore for IdbStore {
 impl DeliveryStore for IdbStore {
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
         check_lease(&request)?;
-        delivery::claim(&self.db, self.now(), grant, &request).await
+        delivery::claim(&self.db, self.now(), grant, &request, &self.inflight).await
     }
 
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         let now = self.now();
-        delivery::settle(&self.db, self.now(), "ack", grant, ids, |row| {
-            row.set_status(Status::Delivered(now));
-            row.end_lease();
-        })
+        delivery::settle(
+            &self.db,
+            self.now(),
+            "ack",
+            grant,
+            ids,
+            |row| {
+                row.set_status(Status::Delivered(now));
+                row.end_lease();
+            },
+            &self.inflight,
+        )
         .await
     }
 
     async fn release(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
-        delivery::settle(&self.db, self.now(), "release", grant, ids, |row| {
-            if row.lease_until().is_some() {
-                let env = row.env_mut();
-                env.attempts = env.attempts.saturating_sub(1);
-                row.end_lease();
-            }
-        })
+        delivery::settle(
+            &self.db,
+            self.now(),
+            "release",
+            grant,
+            ids,
+            |row| {
+                if row.lease_until().is_some() {
+                    let env = row.env_mut();
+                    env.attempts = env.attempts.saturating_sub(1);
+                    row.end_lease();
+                }
+            },
+            &self.inflight,
+        )
         .await
     }
 
@@ -191,18 +210,26 @@ impl DeliveryStore for IdbStore {
         error: &str,
         attempt: Attempt,
     ) -> Result<()> {
-        delivery::settle(&self.db, self.now(), "retry later", grant, &[id], |row| {
-            // Uncounted: take back the attempt the claim counted (as
-            // `release` does), if the event is claimed.
-            let take_back = attempt == Attempt::Uncounted && row.lease_until().is_some();
-            let env = row.env_mut();
-            if take_back {
-                env.attempts = env.attempts.saturating_sub(1);
-            }
-            env.next_attempt_at = at;
-            env.last_error = Some(error.to_owned());
-            row.end_lease();
-        })
+        delivery::settle(
+            &self.db,
+            self.now(),
+            "retry later",
+            grant,
+            &[id],
+            |row| {
+                // Uncounted: take back the attempt the claim counted (as
+                // `release` does), if the event is claimed.
+                let take_back = attempt == Attempt::Uncounted && row.lease_until().is_some();
+                let env = row.env_mut();
+                if take_back {
+                    env.attempts = env.attempts.saturating_sub(1);
+                }
+                env.next_attempt_at = at;
+                env.last_error = Some(error.to_owned());
+                row.end_lease();
+            },
+            &self.inflight,
+        )
         .await
     }
 
@@ -211,11 +238,19 @@ impl DeliveryStore for IdbStore {
     }
 
     async fn dead_letter(&self, grant: &LeaderGrant, id: EventId, error: &str) -> Result<()> {
-        delivery::settle(&self.db, self.now(), "dead letter", grant, &[id], |row| {
-            row.set_status(Status::Dead { skipped: false });
-            row.env_mut().last_error = Some(error.to_owned());
-            row.end_lease();
-        })
+        delivery::settle(
+            &self.db,
+            self.now(),
+            "dead letter",
+            grant,
+            &[id],
+            |row| {
+                row.set_status(Status::Dead { skipped: false });
+                row.env_mut().last_error = Some(error.to_owned());
+                row.end_lease();
+            },
+            &self.inflight,
+        )
         .await
     }
 }
@@ -232,6 +267,18 @@ impl InspectStore for IdbStore {
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
         inspect::list(&self.db, self.now(), true, limit).await
+    }
+
+    async fn list_by_status(&self, status: outbox_core::EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        use crate::schema::{DELIVERED, DISCARDED};
+        match status {
+            outbox_core::EventStatus::Pending => self.list_pending(limit).await,
+            outbox_core::EventStatus::Dead => self.list_dead(limit).await,
+            outbox_core::EventStatus::Delivered => {
+                inspect::list_settled(&self.db, self.now(), DELIVERED, limit).await
+            }
+            _ => inspect::list_settled(&self.db, self.now(), DISCARDED, limit).await,
+        }
     }
 
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {

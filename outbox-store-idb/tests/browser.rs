@@ -825,3 +825,33 @@ async fn a_commit_with_events_posts_on_the_commit_channel() {
     assert_eq!(early.get(), 0, "the state-only commit posted nothing");
     listener.close();
 }
+
+/// An exclusive claim (the forwarder holds the origin's Web Lock) writes
+/// no lease: another handle on the database sees the event pending and
+/// not in flight, and the raw event record is unchanged until the ack.
+#[wasm_bindgen_test]
+async fn exclusive_claims_write_no_lease_until_settled() {
+    let name = unique("exclusive");
+    let store = IdbStore::open(&name).await.expect("open");
+    let other = IdbStore::open(&name).await.expect("second handle");
+    let a = ActorId::new("a").expect("actor");
+    let e = NewEvent::json(a, "saved", &1).expect("event");
+    store.put_state_and_events(Commit::events_only().event(e.clone())).await.expect("commit");
+    let before = stored_event(&name, 1).await;
+    let g = store
+        .acquire_leadership("tab", std::time::Duration::from_secs(60))
+        .await
+        .expect("lead")
+        .expect("grant");
+    let claimed = store
+        .claim(&g, ClaimRequest::new(10, std::time::Duration::from_secs(30)).exclusive(true))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(stored_event(&name, 1).await, before, "nothing written by the claim");
+    let s = other.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight), (1, 0), "no lease on disk: {s:?}");
+    store.ack(&g, &[e.id]).await.expect("ack");
+    let s = other.stats().await.expect("stats");
+    assert_eq!((s.pending, s.delivered), (0, 1), "{s:?}");
+}

@@ -108,7 +108,8 @@ async fn drain(store: Arc<IdbStore>, http: Option<outbox_sink_http::HttpSink>) -
     let seen = Rc::new(Cell::new(0));
     let t0 = now_ms();
     let sink = Arc::new(Counting { inner: http, t0, first: Cell::new(None), seen: seen.clone() });
-    let mut fwd = Forwarder::new(store.clone(), sink.clone(), ForwarderConfig::default());
+    // As the browser's forwarder runs it: holding the origin's Web Lock.
+    let mut fwd = Forwarder::new(store.clone(), sink.clone(), ForwarderConfig::default().exclusive(true));
     fwd.waker().notify_online();
     let mut delivered = 0u64;
     loop {

@@ -99,7 +99,9 @@ impl TabForwarder {
         let (lock, commits) = (lock.to_owned(), commits.to_owned());
         let locks = lock_manager();
         if locks.is_some() {
+            // It forwards only while it holds the origin's exclusive lock.
             cfg.holder = lock.clone();
+            cfg.exclusive = true;
         }
         let fwd = Forwarder::new(store, sink, cfg);
         let wake = fwd.waker();
@@ -243,6 +245,7 @@ where
     };
     if held.is_some() {
         cfg.holder = lock.to_owned();
+        cfg.exclusive = true;
     }
     let mut fwd = Forwarder::new(store.clone(), sink, cfg);
     if platform::navigator_offline() {
