@@ -17,7 +17,7 @@ use crate::leader::current_epoch;
 use crate::quarantine::{Fault, Healing, at, healing, pending_row, pending_rows, rows_by_id};
 use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING, QUARANTINE};
 use crate::tx::{
-    Db, Tx, delete, finish, get_all, get_all_keys, get_many, pending_after, pending_entries, put, store,
+    Db, Tx, delete_seqs, finish, get_all, get_all_keys, get_many, pending_after, pending_entries, put, store,
 };
 
 /// Claims made with [`ClaimRequest::exclusive`] (the claimer holds the
@@ -267,6 +267,9 @@ async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Healin
 async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Event)]) -> Result<()> {
     let (ev, pending) = (store(&tx, EVENTS, what)?, store(&tx, PENDING, what)?);
     let (dead, delivered) = (store(&tx, DEAD, what)?, store(&tx, DELIVERED, what)?);
+    // Pending entries leaving the index, deleted together (by key range
+    // where they are consecutive).
+    let mut gone = Vec::new();
     for (seq, row) in rows {
         put(&ev, seq_js(*seq), bytes_js(&row.encode()), what)?;
         match row.status() {
@@ -274,11 +277,11 @@ async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Event)]) -> Result<
                 put(&pending, seq_js(*seq), bytes_js(&encode_pending(&row.pending_entry())), what)?
             }
             Status::Dead { skipped } => {
-                delete(&pending, seq_js(*seq), what)?;
+                gone.push(*seq);
                 put(&dead, seq_js(*seq), dead_js(&row.env().key, skipped), what)?;
             }
             Status::Delivered(at) => {
-                delete(&pending, seq_js(*seq), what)?;
+                gone.push(*seq);
                 put(&delivered, time_seq_js(at, *seq), seq_js(*seq), what)?;
             }
             // Settling starts from a pending event: only an operator
@@ -286,6 +289,9 @@ async fn write_settled(tx: Tx<'_>, what: &str, rows: &[(u64, Event)]) -> Result<
             Status::Discarded(_) => return Err(Error::internal("a claimed event cannot be discarded")),
         }
     }
+    gone.sort_unstable();
+    gone.dedup();
+    delete_seqs(&pending, &gone, what).await?;
     finish(tx, what).await
 }
 

@@ -101,6 +101,70 @@ pub(crate) async fn get_many(
     Ok(out)
 }
 
+/// The keys (seqs) and values of `st` from `lo` to `hi` inclusive, in
+/// key order: two requests, however many records.
+pub(crate) async fn seq_range(
+    st: &ObjectStore<'_>,
+    lo: u64,
+    hi: u64,
+    what: &str,
+) -> Result<Vec<(u64, JsValue)>> {
+    let range = || indexed_db_futures::KeyRange::Bound(seq_js(lo), false, seq_js(hi), false);
+    let keys = st.get_all_keys::<JsValue>().with_query::<JsValue, _>(range()).primitive();
+    let keys = keys.map_err(|e| map(what, e))?;
+    let values = st.get_all::<JsValue>().with_query::<JsValue, _>(range()).primitive();
+    let values = values.map_err(|e| map(what, e))?;
+    let keys = keys.await.map_err(|e| map(what, e))?;
+    let values = values.await.map_err(|e| map(what, e))?;
+    let mut out = Vec::new();
+    for (k, v) in keys.zip(values) {
+        let (k, v) = (k.map_err(|e| map(what, e))?, v.map_err(|e| map(what, e))?);
+        out.push((js_u64(&k, what)?, v));
+    }
+    Ok(out)
+}
+
+/// The keys (seqs) of `st` from `lo` to `hi` inclusive: one request.
+pub(crate) async fn seq_keys(st: &ObjectStore<'_>, lo: u64, hi: u64, what: &str) -> Result<Vec<u64>> {
+    let range = indexed_db_futures::KeyRange::Bound(seq_js(lo), false, seq_js(hi), false);
+    let keys = st.get_all_keys::<JsValue>().with_query::<JsValue, _>(range).primitive();
+    let keys = keys.map_err(|e| map(what, e))?.await.map_err(|e| map(what, e))?;
+    keys.map(|k| js_u64(&k.map_err(|e| map(what, e))?, what)).collect()
+}
+
+/// Deletes the records of `st` keyed `seqs` (ascending): one range delete
+/// per run of `seqs` with no other key of `st` between its ends (found
+/// with one key read), so a batch of consecutive seqs costs two requests,
+/// not one per record.
+pub(crate) async fn delete_seqs(st: &ObjectStore<'_>, seqs: &[u64], what: &str) -> Result<()> {
+    let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else { return Ok(()) };
+    if seqs.len() < 4 {
+        for seq in seqs {
+            delete(st, seq_js(*seq), what)?;
+        }
+        return Ok(());
+    }
+    let present = seq_keys(st, lo, hi, what).await?;
+    let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+    // Runs of present keys that are all wanted.
+    let mut run: Option<(u64, u64)> = None;
+    let flush = |run: Option<(u64, u64)>| -> Result<()> {
+        if let Some((a, b)) = run {
+            let range = indexed_db_futures::KeyRange::Bound(seq_js(a), false, seq_js(b), false);
+            st.delete::<JsValue, _>(range).primitive().map_err(|e| map(what, e)).map(drop)?;
+        }
+        Ok(())
+    };
+    for k in present {
+        if wanted.contains(&k) {
+            run = Some(run.map_or((k, k), |(a, _)| (a, k)));
+        } else {
+            flush(run.take())?;
+        }
+    }
+    flush(run)
+}
+
 pub(crate) fn put(st: &ObjectStore<'_>, key: JsValue, value: JsValue, what: &str) -> Result<()> {
     st.put(value).with_key(key).primitive().map_err(|e| map(what, e)).map(drop)
 }
