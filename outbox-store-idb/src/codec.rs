@@ -29,6 +29,26 @@ pub(crate) fn js_bytes(v: &JsValue, what: &str) -> Result<Vec<u8>> {
     v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec).ok_or_else(|| corrupt(what))
 }
 
+/// A delivered batch's seqs: little-endian u64s, ascending.
+pub(crate) fn seqs_js(seqs: &[u64]) -> JsValue {
+    let mut b = Vec::with_capacity(seqs.len() * 8);
+    for s in seqs {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    bytes_js(&b)
+}
+
+/// The seqs of a delivered batch ([`seqs_js`]).
+pub(crate) fn js_seqs(v: &JsValue, what: &str) -> Result<Vec<u64>> {
+    let b = js_bytes(v, what)?;
+    if b.len() % 8 != 0 {
+        return Err(corrupt(what));
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
 pub(crate) fn js_u64(v: &JsValue, what: &str) -> Result<u64> {
     match v.as_f64() {
         Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => Ok(f as u64),

@@ -12,10 +12,10 @@ use outbox_core::{
     ClaimRequest, Envelope, Epoch, Error, EventId, LeaderGrant, OrderingKey, Result, Timestamp,
 };
 
-use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, time_seq_js};
+use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, seqs_js, time_seq_js};
 use crate::leader::current_epoch;
 use crate::quarantine::{Fault, Healing, at, healing, pending_row, pending_rows, rows_by_id};
-use crate::schema::{DEAD, DELIVERED, EVENTS, IDS, META, PENDING, QUARANTINE};
+use crate::schema::{DEAD, DELIVERED, DELIVERED_BATCHES, EVENTS, IDS, META, PENDING, QUARANTINE};
 use crate::tx::{
     Db, Tx, delete_seqs, finish, get_all, get_all_keys, get_many, pending_after, pending_entries, put, store,
 };
@@ -238,6 +238,47 @@ pub(crate) async fn settle(
     Ok(())
 }
 
+/// Acks `ids` when every one is held in `inflight` under `grant` (an
+/// exclusive claim's batch), in one transaction of a few requests
+/// whatever the batch's size: the fence read, the pending entries deleted
+/// by key range, and one `delivered_batches` record `[now, first seq]` ->
+/// the seqs. The rows are left as committed (their pending status is
+/// overridden by their absence from the pending index). Returns `false`,
+/// having done nothing, when some id is not held: the caller settles them
+/// one by one.
+pub(crate) async fn ack_batch(
+    db: &Db,
+    now: Timestamp,
+    grant: &LeaderGrant,
+    ids: &[EventId],
+    inflight: &RefCell<Inflight>,
+) -> Result<bool> {
+    let what = "ack";
+    let mut seqs = Vec::with_capacity(ids.len());
+    {
+        let mem = inflight.borrow();
+        for id in ids {
+            match mem.get(grant.epoch.0, *id) {
+                Some((seq, _)) => seqs.push(seq),
+                None => return Ok(false),
+            }
+        }
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    let Some(&first) = seqs.first() else { return Ok(true) };
+    let tx = db.tx(&[META, PENDING, DELIVERED_BATCHES], true)?;
+    check_fence(grant, current_epoch(&store(&tx, META, what)?).await?)?;
+    delete_seqs(&store(&tx, PENDING, what)?, &seqs, what).await?;
+    put(&store(&tx, DELIVERED_BATCHES, what)?, time_seq_js(now, first), seqs_js(&seqs), what)?;
+    finish(tx, what).await?;
+    let mut mem = inflight.borrow_mut();
+    for seq in seqs {
+        mem.remove(seq);
+    }
+    Ok(true)
+}
+
 /// The rows `grant` may settle (read inside `tx`).
 async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Healing<Vec<(u64, Event)>> {
     let meta = store(tx, META, "settle")?;
@@ -251,10 +292,13 @@ async fn settleable(tx: &Tx<'_>, grant: &LeaderGrant, ids: &[EventId]) -> Healin
         seqs.push(js_u64(&s, "id index")?);
     }
     let rows = rows_by_id(&ev, &q, [&pending, &dead], &seqs).await?;
+    // A row acked in a batch keeps its committed (pending) status: the
+    // pending index says whether it still is.
+    let listed = get_many(&pending, seqs.iter().map(|s| seq_js(*s)), "read pending").await?;
     let mut out = Vec::with_capacity(seqs.len());
-    for (seq, row) in seqs.into_iter().zip(rows) {
+    for ((seq, row), listed) in seqs.into_iter().zip(rows).zip(listed) {
         let Some(row) = row else { continue };
-        if row.status() != Status::Pending {
+        if row.status() != Status::Pending || listed.is_none() {
             continue;
         }
         check_claim_holder(grant, row.claimed_by().map(Epoch))?;

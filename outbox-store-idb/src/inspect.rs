@@ -12,19 +12,21 @@ use outbox_core::{Envelope, EventId, OrderingKey, Result, StoreStats, Timestamp}
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::codec::{
-    Event, Status, bytes_js, dead_js, id_js, js_bytes, js_dead, js_u64, quarantined_envelope, salvage,
-    seq_js, time_seq_js,
+    Event, Status, bytes_js, dead_js, id_js, js_bytes, js_dead, js_seqs, js_u64, quarantined_envelope,
+    salvage, seq_js, seqs_js, time_seq_js,
 };
 use crate::quarantine::{Fault, Found, Healing, at, found, healing, quarantined, row_by_id, seq_of_id};
-use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
-use crate::tx::{Db, Tx, count, delete, finish, get, get_all, get_all_keys, pending_entries, put, store};
+use crate::schema::{DEAD, DELIVERED, DELIVERED_BATCHES, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
+use crate::tx::{
+    Db, Tx, count, delete, finish, get, get_all, get_all_keys, get_many, pending_entries, put, store,
+};
 
 /// Counts by status, the events in flight at `now`, the oldest pending,
 /// the keys parked by a dead letter. A pending or dead index entry that
 /// does not read is fixed on the way ([`healing`]).
 pub(crate) async fn stats(db: &Db, now: Timestamp) -> Result<StoreStats> {
     healing(db, now, || async {
-        let tx = db.tx(&[PENDING, DEAD, DELIVERED, DISCARDED], false)?;
+        let tx = db.tx(&[PENDING, DEAD, DELIVERED, DELIVERED_BATCHES, DISCARDED], false)?;
         let mut s = StoreStats::default();
         for (_, e) in pending_entries(&store(&tx, PENDING, "stats")?).await? {
             s.pending += 1;
@@ -47,6 +49,9 @@ pub(crate) async fn stats(db: &Db, now: Timestamp) -> Result<StoreStats> {
         }
         s.parked_keys = parked.len() as u64;
         s.delivered = count(&store(&tx, DELIVERED, "stats")?, "count delivered").await?;
+        for batch in get_all(&store(&tx, DELIVERED_BATCHES, "stats")?, "scan delivered batches").await? {
+            s.delivered += js_seqs(&batch, "delivered batch")?.len() as u64;
+        }
         s.discarded = count(&store(&tx, DISCARDED, "stats")?, "count discarded").await?;
         Ok(s)
     })
@@ -77,6 +82,43 @@ pub(crate) async fn list(db: &Db, now: Timestamp, dead: bool, limit: usize) -> R
                 Found::Quarantined(rec, raw) if dead => quarantined_envelope(&rec, raw.as_ref()),
                 // A pending entry of an event that is not pending.
                 _ => return Err(Fault::Bad(seq)),
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Up to `limit` settled events of the index `index` ([`DELIVERED`] or
+/// [`DISCARDED`], whose values are the seqs), in seq order; a
+/// quarantined one as [`quarantined_envelope`] shows it.
+pub(crate) async fn list_settled(
+    db: &Db,
+    now: Timestamp,
+    index: &'static str,
+    limit: usize,
+) -> Result<Vec<Envelope>> {
+    healing(db, now, || async {
+        let tx = db.tx(&[index, DELIVERED_BATCHES, EVENTS, QUARANTINE], false)?;
+        let mut seqs: Vec<u64> = get_all(&store(&tx, index, "list settled")?, "scan settled")
+            .await?
+            .iter()
+            .map(|v| js_u64(v, "settled seq"))
+            .collect::<Result<_>>()?;
+        if index == DELIVERED {
+            for batch in
+                get_all(&store(&tx, DELIVERED_BATCHES, "list settled")?, "scan delivered batches").await?
+            {
+                seqs.extend(js_seqs(&batch, "delivered batch")?);
+            }
+        }
+        seqs.sort_unstable();
+        let (ev, q) = (store(&tx, EVENTS, "list settled")?, store(&tx, QUARANTINE, "list settled")?);
+        let mut out = Vec::new();
+        for seq in seqs.into_iter().take(limit) {
+            out.push(match found(&ev, &q, seq).await? {
+                Found::Row(row) => row.into_env(),
+                Found::Quarantined(rec, raw) => quarantined_envelope(&rec, raw.as_ref()),
             });
         }
         Ok(out)
@@ -228,24 +270,39 @@ pub(crate) async fn prune_delivered(db: &Db, before: Timestamp, limit: usize) ->
     if limit == 0 {
         return Ok(0);
     }
-    let tx = db.tx(&[DELIVERED, DISCARDED, EVENTS, IDS, QUARANTINE], true)?;
+    let tx = db.tx(&[DELIVERED, DELIVERED_BATCHES, DISCARDED, EVENTS, IDS, QUARANTINE], true)?;
     let (delivered, discarded) = (store(&tx, DELIVERED, what)?, store(&tx, DISCARDED, what)?);
+    let batches_st = store(&tx, DELIVERED_BATCHES, what)?;
     let (ev, ids, q) = (store(&tx, EVENTS, what)?, store(&tx, IDS, what)?, store(&tx, QUARANTINE, what)?);
     let cap = u32::try_from(limit).unwrap_or(u32::MAX);
     let before = before.as_millis() as f64;
     // Both indexes' oldest `limit`, merged by time: the oldest `limit` of
     // their union.
-    let mut doomed: Vec<(f64, u64, JsValue, bool)> = Vec::new();
+    // `Some(i)`: an event of `batches[i]`; `None`: of an index entry.
+    let mut doomed: Vec<(f64, u64, JsValue, bool, Option<usize>)> = Vec::new();
     for (st, is_discarded) in [(&delivered, false), (&discarded, true)] {
         for (at, seq, k) in by_time(st, cap, what).await? {
             if at < before {
-                doomed.push((at, seq, k, is_discarded));
+                doomed.push((at, seq, k, is_discarded, None));
             }
         }
     }
+    // Batches (`delivered_batches`), each event on its own.
+    let mut batches: Vec<(JsValue, Vec<u64>, usize)> = Vec::new();
+    let keys: Vec<(f64, u64, JsValue)> = by_time(&batches_st, cap, what).await?;
+    let values =
+        get_many(&batches_st, keys.iter().map(|(_, _, k)| k.clone()), "read delivered batch").await?;
+    for ((at, _, k), v) in keys.into_iter().zip(values) {
+        let (Some(v), true) = (v, at < before) else { continue };
+        let seqs = js_seqs(&v, "delivered batch")?;
+        for seq in &seqs {
+            doomed.push((at, *seq, k.clone(), false, Some(batches.len())));
+        }
+        batches.push((k, seqs, 0));
+    }
     doomed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     doomed.truncate(limit);
-    for (_, seq, k, is_discarded) in &doomed {
+    for (_, seq, k, is_discarded, batch) in &doomed {
         // The id of a quarantined event is its record's; an event that
         // went bad once settled gives what can be read of it.
         let id = match quarantined(&q, *seq).await? {
@@ -265,7 +322,20 @@ pub(crate) async fn prune_delivered(db: &Db, before: Timestamp, limit: usize) ->
         }
         delete(&q, seq_js(*seq), what)?;
         delete(&ev, seq_js(*seq), what)?;
-        delete(if *is_discarded { &discarded } else { &delivered }, k.clone(), what)?;
+        match batch {
+            Some(i) => batches[*i].2 += 1,
+            None => delete(if *is_discarded { &discarded } else { &delivered }, k.clone(), what)?,
+        }
+    }
+    // A batch pruned whole goes; one pruned in part keeps the rest.
+    let gone: HashSet<u64> = doomed.iter().filter(|d| d.4.is_some()).map(|d| d.1).collect();
+    for (k, seqs, pruned) in &batches {
+        if *pruned == seqs.len() {
+            delete(&batches_st, k.clone(), what)?;
+        } else if *pruned > 0 {
+            let rest: Vec<u64> = seqs.iter().copied().filter(|s| !gone.contains(s)).collect();
+            put(&batches_st, k.clone(), seqs_js(&rest), what)?;
+        }
     }
     finish(tx, what).await?;
     Ok(doomed.len() as u64)

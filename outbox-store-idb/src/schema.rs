@@ -48,7 +48,7 @@ use crate::error::{is, map_open};
 /// The schema version this build writes: the IndexedDB database version.
 /// A database at a higher version is refused with
 /// [`Error::SchemaTooNew`] and left untouched.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub(crate) const META: &str = "meta";
 pub(crate) const STATE: &str = "state";
@@ -61,12 +61,18 @@ pub(crate) const DISCARDED: &str = "discarded";
 pub(crate) const INBOX: &str = "inbox";
 pub(crate) const INBOX_AT: &str = "inbox_at";
 pub(crate) const QUARANTINE: &str = "quarantine";
+/// Events delivered by one batch ack, `[time, first seq]` -> their seqs
+/// (see `delivery::ack_batch`): delivered like the `delivered` index's
+/// events, their rows left as committed.
+pub(crate) const DELIVERED_BATCHES: &str = "delivered_batches";
 /// The object stores version 1 created.
 const V1: [&str; 9] = [META, STATE, EVENTS, IDS, PENDING, DEAD, DELIVERED, INBOX, INBOX_AT];
 /// The object stores version 2 added.
 const V2: [&str; 1] = [DISCARDED];
 /// The object stores version 3 added.
 const V3: [&str; 1] = [QUARANTINE];
+/// The object stores version 4 added.
+const V4: [&str; 1] = [DELIVERED_BATCHES];
 
 /// `meta` key: the seq the next event gets.
 pub(crate) const NEXT_SEQ: &str = "next_seq";
@@ -116,6 +122,12 @@ pub(crate) async fn open(name: &str) -> Result<Database> {
                     db.create_object_store(name).build()?;
                 }
             }
+            // Version 3 -> 4: batches delivered by one ack.
+            if old < 4.0 {
+                for name in V4 {
+                    db.create_object_store(name).build()?;
+                }
+            }
             Ok(())
         })
         .await;
@@ -130,7 +142,11 @@ pub(crate) async fn open(name: &str) -> Result<Database> {
         }
         Err(e) => return Err(map_open(e)),
     };
-    if let Some(gone) = missing(&db, &V1).or_else(|| missing(&db, &V2)).or_else(|| missing(&db, &V3)) {
+    if let Some(gone) = missing(&db, &V1)
+        .or_else(|| missing(&db, &V2))
+        .or_else(|| missing(&db, &V3))
+        .or_else(|| missing(&db, &V4))
+    {
         let e = not_an_outbox(name, db.version() as u32, gone);
         db.close();
         return Err(e);

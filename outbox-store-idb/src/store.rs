@@ -168,6 +168,9 @@ impl DeliveryStore for IdbStore {
 
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         let now = self.now();
+        if delivery::ack_batch(&self.db, now, grant, ids, &self.inflight).await? {
+            return Ok(());
+        }
         delivery::settle(
             &self.db,
             self.now(),

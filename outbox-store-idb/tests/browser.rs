@@ -855,3 +855,47 @@ async fn exclusive_claims_write_no_lease_until_settled() {
     let s = other.stats().await.expect("stats");
     assert_eq!((s.pending, s.delivered), (0, 1), "{s:?}");
 }
+
+/// An ack of an exclusively claimed batch is one `delivered_batches`
+/// record: the events count, list and prune as delivered (in part, then
+/// whole), a second ack or a retry of one of them changes nothing, and
+/// none is claimed again.
+#[wasm_bindgen_test]
+async fn a_batch_ack_counts_lists_and_prunes_as_delivered() {
+    use outbox_core::{Attempt, EventStatus};
+    let name = unique("batch-ack");
+    let clock = ManualClock::new(T0);
+    let store = IdbStore::options(name.as_str()).clock(clock.clone()).open().await.expect("open");
+    let events: Vec<NewEvent> = (0..10)
+        .map(|i| NewEvent::json(ActorId::new(format!("a{i}")).expect("actor"), "saved", &i).expect("event"))
+        .collect();
+    store.put_state_and_events(Commit::events_only().events(events.clone())).await.expect("commit");
+    let ttl = std::time::Duration::from_secs(60);
+    let g = store.acquire_leadership("tab", ttl).await.expect("lead").expect("grant");
+    let claimed = store.claim(&g, ClaimRequest::new(100, ttl).exclusive(true)).await.expect("claim");
+    let ids: Vec<EventId> = claimed.iter().map(|e| e.id).collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+    store.ack(&g, &ids).await.expect("ack");
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.delivered), (0, 10), "{s:?}");
+    let listed = store.list_by_status(EventStatus::Delivered, 100).await.expect("list");
+    assert_eq!(listed.iter().map(|e| e.id).collect::<Vec<_>>(), ids, "listed as delivered");
+    assert!(store.list_pending(100).await.expect("list").is_empty());
+    // Settled again one by one: delivered events are skipped.
+    store.ack(&g, &ids[..3]).await.expect("ack again");
+    store.retry_later(&g, ids[4], T0, "late", Attempt::Counted).await.expect("retry");
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.delivered), (0, 10), "nothing counted twice or made pending: {s:?}");
+    assert!(
+        store.claim(&g, ClaimRequest::new(100, ttl)).await.expect("claim").is_empty(),
+        "none claimed again"
+    );
+    clock.set(at(1));
+    assert_eq!(store.prune_delivered(at(1), 4).await.expect("prune"), 4);
+    let s = store.stats().await.expect("stats");
+    assert_eq!(s.delivered, 6, "the batch keeps the rest: {s:?}");
+    assert_eq!(store.prune_delivered(at(1), 100).await.expect("prune"), 6);
+    assert_eq!(store.stats().await.expect("stats").delivered, 0);
+    // Pruned ids are forgotten, as for events acked one by one.
+    store.put_state_and_events(Commit::events_only().event(events[0].clone())).await.expect("recommit");
+}
