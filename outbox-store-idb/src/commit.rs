@@ -53,12 +53,24 @@ pub(crate) async fn commit(
     let (inbox, inbox_at) = (store(&tx, INBOX, what)?, store(&tx, INBOX_AT, what)?);
 
     // Reads first: the version check, the next seq.
-    let next = match get(&meta, NEXT_SEQ.into(), "read next seq").await? {
+    // Both reads sent before either is awaited: one round trip.
+    let next_req =
+        meta.get::<JsValue, JsValue, JsValue>(NEXT_SEQ.into()).primitive().map_err(|e| map(what, e))?;
+    let state_req = match &state {
+        Some((actor, ..)) => Some(
+            state_st
+                .get::<JsValue, JsValue, JsValue>(actor.as_str().into())
+                .primitive()
+                .map_err(|e| map(what, e))?,
+        ),
+        None => None,
+    };
+    let next = match next_req.await.map_err(|e| map("read next seq", e))? {
         Some(v) => js_u64(&v, "next seq")?,
         None => 1,
     };
-    if let Some((actor, expected, _, _)) = &state {
-        let actual = match get(&state_st, actor.as_str().into(), "read state").await? {
+    if let (Some((actor, expected, _, _)), Some(req)) = (&state, state_req) {
+        let actual = match req.await.map_err(|e| map("read state", e))? {
             Some(v) => decode_state(&js_bytes(&v, "state")?)?.version,
             None => Version::NONE,
         };
