@@ -49,10 +49,10 @@ echo "HTTP sink test server: $OUTBOX_HTTP_TEST_URL"
 # Each suite: a name, the fewest tests it may report per browser (a suite
 # that shrinks unnoticed is a failure), and its cargo arguments.
 suites=(
-    "outbox-store-idb|30|-p outbox-store-idb"
+    "outbox-store-idb|50|-p outbox-store-idb"
     "outbox-forwarder|3|-p outbox-forwarder --test browser"
     "outbox-sink-http|11|-p outbox-sink-http --test browser"
-    "outbox|7|-p outbox --test browser"
+    "outbox|8|-p outbox --test browser"
     "outbox-sink-http-worker|3|-p outbox-sink-http --test worker"
     "outbox-panel|3|-p outbox-panel --test browser"
 )

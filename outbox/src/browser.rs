@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use js_sys::{Function, Object, Promise, Reflect};
 use outbox_core::{Envelope, Error, Outcome, Result, Sink};
+use outbox_forwarder::ErrorCallback;
 use outbox_forwarder::browser::{TabRole, lock_name};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
@@ -113,6 +114,7 @@ pub(crate) struct Page {
     forwarding: Rc<Cell<bool>>,
     sync: Option<String>,
     _on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
+    _on_error: Closure<dyn FnMut(JsValue)>,
     _on_hide: Option<Closure<dyn FnMut(JsValue)>>,
 }
 
@@ -123,7 +125,7 @@ impl Drop for Page {
 }
 
 impl Page {
-    fn start(how: &WorkerForwarding, db: &str) -> Result<Page> {
+    fn start(how: &WorkerForwarding, db: &str, on_error: Option<ErrorCallback>) -> Result<Page> {
         let worker = web_sys::Worker::new(&how.script).map_err(|e| {
             Error::invalid_input(format!("starting the forwarder worker {}: {e:?}", how.script))
         })?;
@@ -137,6 +139,22 @@ impl Page {
             }
         }) as Box<dyn FnMut(web_sys::MessageEvent)>);
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        // A script that does not load or throws: nothing is delivered
+        // while this page is open (commits still are kept), so say so.
+        let script = how.script.clone();
+        let on_error = Closure::wrap(Box::new(move |e: JsValue| {
+            let what =
+                Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_default();
+            let err = Error::Unavailable {
+                message: format!("the forwarder worker {script} failed: {what}"),
+                source: None,
+            };
+            tracing::error!(target: "outbox", error = %err, "the forwarder worker failed");
+            if let Some(cb) = &on_error {
+                cb(None, &err);
+            }
+        }) as Box<dyn FnMut(JsValue)>);
+        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         let sync = how.background_sync.then(|| sync_tag(db));
         let on_hide = sync.clone().and_then(|tag| {
             let cb =
@@ -145,7 +163,7 @@ impl Page {
             target.add_event_listener_with_callback("pagehide", cb.as_ref().unchecked_ref()).ok()?;
             Some(cb)
         });
-        Ok(Page { worker, forwarding, sync, _on_message: on_message, _on_hide: on_hide })
+        Ok(Page { worker, forwarding, sync, _on_message: on_message, _on_error: on_error, _on_hide: on_hide })
     }
 
     /// After each commit: offline, ask for a Background Sync, so the
@@ -217,6 +235,10 @@ impl Sink for NoSink {
 /// leading worker of any tab; [`Outbox::is_forwarding`] says whether this
 /// page's worker leads.
 ///
+/// A worker that fails (its script does not load, or throws) is reported
+/// as `Unavailable` to `on_error` and logged: nothing is delivered while
+/// this page is open, and commits are still kept.
+///
 /// Errors: `InvalidInput` for a store other than IndexedDB, for
 /// [`Durability::Off`] (no events are kept, so none can reach a worker),
 /// and when the worker cannot be started (a script URL the page may not
@@ -226,7 +248,7 @@ pub async fn configure_page(config: OutboxConfig, worker: WorkerForwarding) -> R
         return Err(Error::invalid_input("Durability::Off keeps no events for a worker to deliver"));
     }
     let db = database(&config)?;
-    let page = Rc::new(Page::start(&worker, &db)?);
+    let page = Rc::new(Page::start(&worker, &db, config.forwarder.on_error.clone())?);
     configure_with(config, Arc::new(NoSink), |_, _, _, _| None, Some(page)).await
 }
 

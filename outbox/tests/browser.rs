@@ -279,3 +279,39 @@ async fn a_full_indexeddb_falls_back_to_memory_and_keeps_delivering() {
     assert_eq!(idb.stats().await.expect("stats").delivered, 1, "what IndexedDB held was delivered");
     outbox.shutdown().await;
 }
+
+/// A page whose forwarder runs in a worker (`outbox::browser`): it
+/// commits durably with no forwarder of its own, and a worker script that
+/// does not load is reported to `on_error` as `Unavailable`.
+#[wasm_bindgen_test]
+async fn a_page_commits_and_reports_a_worker_that_does_not_load() {
+    use outbox::browser::{WorkerForwarding, configure_page};
+    let db = unique("page");
+    let failures = Rc::new(Cell::new(0u32));
+    let kinds = Rc::new(RefCell::new(Vec::new()));
+    let (f, k) = (failures.clone(), kinds.clone());
+    let cfg = config(&db).on_error(move |_, e| {
+        f.set(f.get() + 1);
+        k.borrow_mut().push(e.kind());
+    });
+    let outbox =
+        configure_page(cfg, WorkerForwarding::new("/no-such-outbox-worker.js").background_sync(false))
+            .await
+            .expect("configure_page");
+    let form = outbox.spawn_actor(ActorId::new("form").expect("actor"), FormActor).await.expect("spawn");
+    let sent = form.send("Draft".to_owned()).await.expect("send");
+    assert!(sent.durable, "committed to IndexedDB");
+    assert!(!outbox.is_forwarding(), "no worker leads");
+    wait_until("the worker's failure is reported", 10_000, || failures.get() > 0).await;
+    assert_eq!(kinds.borrow()[0], outbox::ErrorKind::Unavailable);
+    let stats = outbox.store().stats().await.expect("stats");
+    assert_eq!(stats.pending, 1, "kept for a worker to deliver: {stats:?}");
+    let off =
+        configure_page(config(&unique("off")).durability(Durability::Off), WorkerForwarding::new("/w.js"))
+            .await;
+    assert_eq!(
+        off.map(|_| ()).map_err(|e| e.kind()),
+        Err(outbox::ErrorKind::InvalidInput),
+        "Off keeps nothing for a worker"
+    );
+}
