@@ -17,6 +17,12 @@
 # nothing). With OUTBOX_SERVERS_DIR and OUTBOX_PG_PORT a test runs a
 # server of its own.
 #
+# PostgreSQL also accepts TLS (ssl=on; plain connections keep working):
+# at the first start a self-signed CA and a server certificate for the
+# host name `localhost` are made with the `openssl` CLI in $DIR/tls (kept
+# afterwards, like the data). The env gives OUTBOX_PG_TLS_URL (sslmode
+# verify-full, host localhost at 127.0.0.1) and OUTBOX_PG_CA_FILE.
+#
 # Env: OUTBOX_SERVERS_DIR (target/servers), OUTBOX_PG_PORT (55432),
 # OUTBOX_NATS_PORT (54222).
 set -euo pipefail
@@ -36,6 +42,36 @@ install() {
     if ! command -v nats-server >/dev/null; then
         sudo_or apt-get install -y nats-server
     fi
+    if ! command -v openssl >/dev/null; then
+        sudo_or apt-get install -y openssl
+    fi
+}
+
+# make_tls: a CA and a server certificate for `localhost` (signed by the
+# CA, valid for 10 years) in $DIR/tls, made once: existing files are kept.
+make_tls() {
+    local tls=$DIR/tls
+    if [ -f "$tls/ca.crt" ] && [ -f "$tls/server.crt" ] && [ -f "$tls/server.key" ]; then
+        return
+    fi
+    if ! command -v openssl >/dev/null; then
+        echo "openssl not found: PostgreSQL starts without TLS (the tls_ tests will say SKIPPED)" >&2
+        return
+    fi
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=outbox test CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        >"$tls/openssl.log" 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" >>"$tls/openssl.log" 2>&1
+    printf '%s\n' "subjectAltName=DNS:localhost" "basicConstraints=CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$tls/server.ext" -out "$tls/server.crt" >>"$tls/openssl.log" 2>&1
+    # PostgreSQL refuses a key others can read.
+    chmod 600 "$tls/server.key" "$tls/ca.key"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$tls/server.key" "$tls/server.crt"; fi
 }
 
 sudo_or() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -50,6 +86,7 @@ pg_running() {
 start_pg() {
     local data=$DIR/pg
     if pg_running; then
+        enable_ssl_running
         return
     fi
     mkdir -p "$data" "$DIR/pg-sock" "$DIR/pg-log"
@@ -60,8 +97,26 @@ start_pg() {
         echo "$data is not empty and not a PostgreSQL data directory; move it away to start afresh" >&2
         exit 1
     fi
+    local ssl=""
+    if [ -f "$DIR/tls/server.key" ]; then
+        if [ "$(id -u)" = 0 ]; then chmod 755 "$DIR/tls"; chown postgres "$DIR/tls/server.key" "$DIR/tls/server.crt"; fi
+        ssl="-c ssl=on -c ssl_cert_file=$DIR/tls/server.crt -c ssl_key_file=$DIR/tls/server.key"
+    fi
     as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/pg-log/pg.log" -w \
-        -o "-k $DIR/pg-sock -h 127.0.0.1 -p $PG_PORT -c max_connections=200 -c fsync=on" start >/dev/null
+        -o "-k $DIR/pg-sock -h 127.0.0.1 -p $PG_PORT -c max_connections=200 -c fsync=on $ssl" start >/dev/null
+}
+
+# enable_ssl_running: a server started without TLS (by an older version
+# of this script) gets it by a configuration reload, not a restart.
+enable_ssl_running() {
+    if [ -f "$DIR/tls/server.key" ] && ! grep -q "ssl=on" "$DIR/pg/postmaster.opts" 2>/dev/null \
+        && [ "$(as_postgres "$PG_BIN/psql" -h "$DIR/pg-sock" -p "$PG_PORT" -U postgres -d postgres -tAc 'SHOW ssl')" != on ]; then
+        if [ "$(id -u)" = 0 ]; then chmod 755 "$DIR/tls"; chown postgres "$DIR/tls/server.key" "$DIR/tls/server.crt"; fi
+        as_postgres "$PG_BIN/psql" -h "$DIR/pg-sock" -p "$PG_PORT" -U postgres -d postgres -q \
+            -c "ALTER SYSTEM SET ssl_cert_file = '$DIR/tls/server.crt'" \
+            -c "ALTER SYSTEM SET ssl_key_file = '$DIR/tls/server.key'" \
+            -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
+    fi
 }
 
 # stop_pg [fast|immediate]: stops PostgreSQL if it runs; its data stays.
@@ -114,6 +169,7 @@ case "${1:-}" in
 start)
     mkdir -p "$DIR"
     install
+    make_tls
     start_pg
     start_nats
     cat >"$DIR/env" <<ENV
@@ -122,6 +178,12 @@ export OUTBOX_NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export OUTBOX_NATS_PID_FILE="$DIR/nats.pid"
 export OUTBOX_SERVERS_SCRIPT="$PWD/scripts/servers.sh"
 ENV
+    if [ -f "$DIR/tls/server.key" ]; then
+        cat >>"$DIR/env" <<ENV
+export OUTBOX_PG_TLS_URL="host=localhost hostaddr=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$DIR/tls/ca.crt"
+export OUTBOX_PG_CA_FILE="$DIR/tls/ca.crt"
+ENV
+    fi
     cat "$DIR/env"
     ;;
 stop)
@@ -140,6 +202,7 @@ pg-start)
     # ... and start it again on its data (created if missing).
     require_pg_binaries
     mkdir -p "$DIR"
+    make_tls
     start_pg
     ;;
 nats-stop)

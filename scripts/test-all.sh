@@ -73,8 +73,36 @@ rm -f "$elog"
 passed=$((passed + epassed))
 failed=$((failed + efailed))
 
+step "the inspector's web view (outbox ui) in Chromium (Playwright): requeue a dead event from the page, see it delivered"
+ulog=$(mktemp)
+scripts/ui-e2e.sh 2>&1 | tee "$ulog"
+read -r upassed ufailed < <(awk '/^ui-e2e: [0-9]+ passed, [0-9]+ failed$/ { print $2, $4 }' "$ulog")
+rm -f "$ulog"
+echo "ui-e2e: ${upassed} passed, ${ufailed} failed"
+passed=$((passed + upassed))
+failed=$((failed + ufailed))
+
 step "demo (the README's first command, as a smoke test)"
 cargo run --locked -q -p outbox-cli -- demo
+
+step "book and examples: mdbook build (the book's Rust blocks ran as outbox-book's doctests in \"tests\"), each example run (pg-nats on the servers above), semver-checks"
+# mdbook 0.5.4 without its `serve`/`watch` features: a build needs nothing else.
+command -v mdbook >/dev/null || cargo install mdbook --version 0.5.4 --locked --no-default-features --features search
+mdbook build docs
+# Built with the workspace's features, as in "tests", so nothing but the
+# three binaries is compiled again.
+cargo build --locked --workspace --all-features \
+    --bin outbox-example-todo-service --bin outbox-example-custom-store --bin outbox-example-pg-nats
+bin=${CARGO_TARGET_DIR:-target}/debug
+"$bin/outbox-example-custom-store"
+"$bin/outbox-example-todo-service" --data "$(mktemp -d)" --port 0 --exit-after 3 --timeout 60
+"$bin/outbox-example-pg-nats"
+if prev=$(git describe --tags --abbrev=0 --match 'v*' 2>/dev/null); then
+    command -v cargo-semver-checks >/dev/null || cargo install cargo-semver-checks --locked
+    cargo semver-checks --workspace --baseline-rev "$prev"
+else
+    echo "semver-checks: skipped: no previous tagged version"
+fi
 
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked

@@ -1,30 +1,242 @@
-//! The `outbox` command.
+#![doc = include_str!("../README.md")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+mod commands;
+mod demo;
+mod open;
+mod ui;
+mod view;
 
-use clap::{Parser, Subcommand};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use outbox::consumer::{Delivery, Handler, HandlerError, Tx, once_per_event};
-use outbox::prelude::*;
-use outbox::{
-    Actor, ActorId, Bus, ConsumerId, Context, Envelope, EventId, ForwarderConfig, OutboxConfig, Outcome,
-    Sink, SqliteStore, StoreChoice, Topic, configure_outbox,
-};
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use outbox_core::{ErrorKind, EventId, EventStatus};
+
+use crate::view::parse_duration;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  the store cannot be used as asked: a missing path, a file or directory
+     that is not an outbox, a newer (or, read-only, older) schema, no
+     permission, a write refused by a read-only open, damaged data
+  2  usage: unknown command, bad or missing arguments
+  3  the store is unavailable for now (server unreachable or not answering,
+     database locked by another process): trying again may work
+  4  an event, actor or cursor named was not found, or not in the state the
+     command needs (e.g. `discard` of an event that is not dead); nothing
+     was changed
+
+STORE is a SQLite file, a sled database directory, or a PostgreSQL URL
+(postgres://… or host=… dbname=…); `-`, or nothing where STORE is the only
+argument, reads $OUTBOX_DATABASE_URL. Every command but requeue, discard,
+skip, prune (without --dry-run) and the web view's buttons opens the store
+read-only and never creates, migrates or changes it.";
 
 #[derive(Parser, Debug)]
-#[command(name = "outbox", version, about = "The transactional outbox: demo and inspection")]
+#[command(
+    name = "outbox",
+    version,
+    about = "Inspect and repair a transactional outbox: pending, dead and delivered events, actor state, inbox marks",
+    after_help = EXIT_CODES
+)]
 struct Cli {
+    /// One JSON object per line on stdout, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The PostgreSQL schema holding the outbox tables.
+    #[arg(long, global = true, env = "OUTBOX_PG_SCHEMA", default_value = "public")]
+    schema: String,
     #[command(subcommand)]
     command: Cmd,
 }
 
+/// Which events a listing shows.
+#[derive(Args, Debug, Clone)]
+struct FilterArgs {
+    /// Only events of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// Only events of this ordering key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only events emitted by this actor.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Only events committed within this long (90s, 15m, 2h, 7d).
+    #[arg(long, value_parser = parse_duration, value_name = "AGE")]
+    since: Option<std::time::Duration>,
+}
+
+/// What a writing command does before changing anything.
+#[derive(Args, Debug, Clone, Copy)]
+struct WriteArgs {
+    /// Show what would change and change nothing (the store is opened
+    /// read-only).
+    #[arg(long)]
+    dry_run: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Counts by status, the oldest pending event's age, the parked keys.
+    #[command(after_help = "Example:\n  outbox stats app.db\n  outbox stats postgres://app@db/app --json")]
+    Stats {
+        /// The store (see `outbox --help`).
+        store: Option<String>,
+    },
+    /// Events of one status, filtered, a page at a time, in commit order.
+    #[command(after_help = "Examples:\n  outbox list app.db --status dead\n  \
+                            outbox list app.db --type ORDER_PLACED --since 1h --limit 50 --json\n  \
+                            outbox list app.db --after 0190c1c2-…  (the cursor the previous page printed)")]
+    List {
+        /// The store (see `outbox --help`).
+        store: Option<String>,
+        /// pending, dead, delivered or discarded.
+        #[arg(long, default_value = "pending", value_parser = parse_status)]
+        status: EventStatus,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Most events shown.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Start after this event id (the cursor a previous page printed).
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<EventId>,
+        /// Keep watching for changes after the list, like `outbox watch`.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// One event: payload, headers, attempts, next attempt, last error, and
+    /// what its key waits for.
+    #[command(after_help = "Example:\n  outbox show app.db 0190c1c2-8d2e-7a31-9b4c-3f5e6a7b8c9d")]
+    Show {
+        /// The store (see `outbox --help`).
+        store: String,
+        /// The event id.
+        id: EventId,
+    },
+    /// An actor's committed state snapshot and version.
+    #[command(after_help = "Example:\n  outbox state app.db form-42")]
+    State {
+        /// The store (see `outbox --help`).
+        store: String,
+        /// The actor id.
+        actor: String,
+    },
+    /// The events of this store a consumer has marked processed in it.
+    #[command(after_help = "Example:\n  outbox inbox app.db mailer")]
+    Inbox {
+        /// The store (see `outbox --help`).
+        store: String,
+        /// The consumer id.
+        consumer: String,
+        /// Most events shown.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Follow the outbox like `tail -f`: a line per event that appears or
+    /// changes status (the current ones first).
+    #[command(
+        after_help = "Examples:\n  outbox watch app.db\n  outbox watch app.db --status dead --json\n  \
+                            outbox watch app.db --max-events 10 --interval 200ms"
+    )]
+    Watch {
+        /// The store (see `outbox --help`).
+        store: Option<String>,
+        /// Only this status (default: every status).
+        #[arg(long, value_parser = parse_status)]
+        status: Option<EventStatus>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How often the store is read.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Stop after printing this many lines.
+        #[arg(long, value_name = "N")]
+        max_events: Option<usize>,
+    },
+    /// Move dead events back to pending, due now, each before its key's
+    /// later events.
+    #[command(after_help = "Examples:\n  outbox requeue app.db 0190c1c2-8d2e-7a31-9b4c-3f5e6a7b8c9d\n  \
+                            outbox requeue app.db --all --dry-run")]
+    Requeue {
+        /// The store (see `outbox --help`).
+        store: String,
+        /// The dead events to requeue.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<EventId>,
+        /// Requeue every dead event.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Give up on dead events: kept as `discarded` until pruned, never
+    /// delivered; their keys flow on.
+    #[command(after_help = "Example:\n  outbox discard app.db 0190c1c2-8d2e-7a31-9b4c-3f5e6a7b8c9d")]
+    Discard {
+        /// The store (see `outbox --help`).
+        store: String,
+        /// The dead events to discard.
+        #[arg(required = true)]
+        ids: Vec<EventId>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Let the keys parked behind dead events flow past them (the events
+    /// stay dead and can still be requeued).
+    #[command(after_help = "Example:\n  outbox skip app.db 0190c1c2-8d2e-7a31-9b4c-3f5e6a7b8c9d")]
+    Skip {
+        /// The store (see `outbox --help`).
+        store: String,
+        /// The dead events to skip.
+        #[arg(required = true)]
+        ids: Vec<EventId>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Delete delivered and discarded events (and, with --inbox, inbox
+    /// marks) settled more than a while ago.
+    #[command(after_help = "Example:\n  outbox prune app.db --older-than 7d --inbox --dry-run")]
+    Prune {
+        /// The store (see `outbox --help`).
+        store: Option<String>,
+        /// Keep what was settled within this long.
+        #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "AGE")]
+        older_than: std::time::Duration,
+        /// Prune inbox marks older than that too.
+        #[arg(long)]
+        inbox: bool,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Serve a web view of the store on 127.0.0.1: lists with filters, event
+    /// detail, requeue / discard / skip buttons, live counts and a chart.
+    #[command(
+        after_help = "Example:\n  outbox ui app.db            (prints the URL to open, with its token)\n  \
+                            outbox ui postgres://app@db/app --port 8099 --read-only"
+    )]
+    Ui {
+        /// The store (see `outbox --help`).
+        store: Option<String>,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// The port (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// No buttons: the view never writes.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// `stats` and the first pending and dead events.
+    #[command(after_help = "Example:\n  outbox inspect app.db")]
+    Inspect {
+        /// The store (see `outbox --help`).
+        store: Option<String>,
+    },
     /// Save a form while the sink is offline, crash, restart, deliver once.
+    #[command(after_help = "Example:\n  outbox demo")]
     Demo {
         /// The SQLite file to use (default: a new temporary one).
         #[arg(long)]
@@ -33,143 +245,42 @@ enum Cmd {
         #[arg(long, hide = true)]
         phase: Option<String>,
     },
-    /// Show what an outbox file holds. Read-only: the file is never
-    /// created, migrated or changed; a missing path, a file that is not an
-    /// outbox file or one of another schema version is an error (exit 1).
-    Inspect {
-        /// The SQLite file.
-        file: PathBuf,
-    },
-    /// Move dead-lettered events back to pending (each before its key's
-    /// later events).
-    Requeue {
-        /// The SQLite file.
-        file: PathBuf,
-        /// The dead events to requeue.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        ids: Vec<EventId>,
-        /// Requeue every dead event.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Give up on dead events: kept as `discarded` until retention prunes
-    /// them, never delivered; their keys flow on.
-    Discard {
-        /// The SQLite file.
-        file: PathBuf,
-        /// The dead events to discard.
-        #[arg(required = true)]
-        ids: Vec<EventId>,
-    },
-    /// Let the keys parked behind dead events flow past them (the events
-    /// stay dead and can still be requeued).
-    Skip {
-        /// The SQLite file.
-        file: PathBuf,
-        /// The dead events to skip.
-        #[arg(required = true)]
-        ids: Vec<EventId>,
-    },
 }
 
-/// What a dead-letter command does to each event.
-#[derive(Clone, Copy, Debug)]
-enum DeadAction {
-    Requeue,
-    Discard,
-    Skip,
+fn parse_status(s: &str) -> Result<EventStatus, String> {
+    s.parse::<EventStatus>().map_err(|e| e.to_string())
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-enum Form {
-    #[default]
-    Empty,
-    Draft {
-        title: String,
-    },
-    Saved {
-        title: String,
-    },
+/// A command's failure, and the exit code it maps to.
+#[derive(Debug)]
+enum Failure {
+    /// The store failed or refused.
+    Store(outbox_core::Error),
+    /// Something named is not there, or not as the command needs.
+    NotFound(String),
 }
 
-#[derive(Clone)]
-enum FormMsg {
-    Edit(String),
-    Save,
+impl From<outbox_core::Error> for Failure {
+    fn from(e: outbox_core::Error) -> Self {
+        Failure::Store(e)
+    }
 }
 
-/// The form's own refusal.
-#[derive(Debug, thiserror::Error)]
-#[error("nothing to save")]
-struct NothingToSave;
-
-struct FormActor;
-
-#[outbox::async_trait]
-impl Actor for FormActor {
-    type State = Form;
-    type Message = FormMsg;
-    type Error = NothingToSave;
-
-    async fn handle(
-        &mut self,
-        state: &mut Form,
-        msg: FormMsg,
-        ctx: &mut Context,
-    ) -> Result<(), NothingToSave> {
-        match msg {
-            FormMsg::Edit(title) => {
-                *state = Form::Draft { title };
-                Ok(())
-            }
-            FormMsg::Save => {
-                let Form::Draft { title } = state.clone() else { return Err(NothingToSave) };
-                *state = Form::Saved { title: title.clone() };
-                ctx.emit("FORM_SAVED", &serde_json::json!({ "title": title }));
-                ctx.emit("EMAIL_REQUESTED", &serde_json::json!({ "to": "owner@example.com" }));
-                Ok(())
-            }
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Store(e) if e.kind() == ErrorKind::Unavailable || e.is_retryable() => 3,
+            Failure::Store(_) => 1,
+            Failure::NotFound(_) => 4,
         }
     }
-}
 
-#[derive(Debug)]
-struct OfflineSink;
-
-#[outbox::consumer::async_trait]
-impl Sink for OfflineSink {
-    async fn publish(&self, batch: &[Envelope]) -> Vec<Outcome> {
-        batch.iter().map(|_| Outcome::Retriable("network unreachable".into())).collect()
+    fn message(&self) -> String {
+        match self {
+            Failure::Store(e) => format!("{e} ({:?})", e.kind()),
+            Failure::NotFound(m) => m.clone(),
+        }
     }
-}
-
-/// A listener that prints what it does, once per event.
-struct Print(&'static str);
-
-#[outbox::consumer::async_trait]
-impl Handler for Print {
-    async fn handle(&self, e: &Envelope, tx: &mut Tx<'_>) -> Result<(), HandlerError> {
-        println!("   {:<8} handled {:<16} id={} key={}", self.0, e.event_type, e.id, tx.idempotency_key());
-        Ok(())
-    }
-}
-
-fn form_id() -> ActorId {
-    ActorId::new("form-42").expect("valid id")
-}
-
-/// A short lease: the offline child is aborted, possibly while its
-/// forwarder holds the events leased, and the restart must not wait out
-/// the 30 s default before redelivering them.
-fn forwarder() -> ForwarderConfig {
-    ForwarderConfig::default().lease(Duration::from_secs(2))
-}
-
-fn config(path: &Path) -> OutboxConfig {
-    OutboxConfig::default()
-        .forwarder(forwarder())
-        .store(StoreChoice::Sqlite(path.to_owned()))
-        .flush_interval(Duration::from_millis(50))
 }
 
 fn main() {
@@ -177,212 +288,109 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     let rt = match rt {
         Ok(rt) => rt,
-        Err(e) => fail(&format!("cannot start the runtime: {e}")),
+        Err(e) => fail(&format!("cannot start the runtime: {e}"), 1),
     };
-    let result = match cli.command {
+    let out = commands::Out { json: cli.json };
+    let schema = cli.schema;
+    let filter = |f: FilterArgs| view::Filter {
+        event_type: f.event_type,
+        key: f.key,
+        origin: f.origin,
+        since: f.since.map(|d| commands::now().saturating_sub(d)),
+    };
+    let result: Result<(), Failure> = match cli.command {
         Cmd::Demo { file, phase: Some(p) } if p == "offline" => {
-            rt.block_on(offline_phase(&file.unwrap_or_else(|| fail("--file is required"))))
+            let file = file.unwrap_or_else(|| fail("--file is required", 2));
+            rt.block_on(demo::offline_phase(&file)).map_err(Failure::from)
         }
-        Cmd::Demo { file, .. } => demo(&rt, file),
-        Cmd::Inspect { file } => rt.block_on(inspect(&file)),
-        Cmd::Requeue { file, all: true, .. } => rt.block_on(requeue_all(&file)),
-        Cmd::Requeue { file, ids, .. } => rt.block_on(dead_letters(&file, &ids, DeadAction::Requeue)),
-        Cmd::Discard { file, ids } => rt.block_on(dead_letters(&file, &ids, DeadAction::Discard)),
-        Cmd::Skip { file, ids } => rt.block_on(dead_letters(&file, &ids, DeadAction::Skip)),
+        Cmd::Demo { file, .. } => demo::demo(&rt, file).map_err(Failure::from),
+        Cmd::Stats { store } => rt.block_on(commands::stats(&out, target(store.as_deref(), &schema))),
+        Cmd::Inspect { store } => rt.block_on(commands::inspect(&out, target(store.as_deref(), &schema))),
+        Cmd::List { store, status, filter: f, limit, after, follow } => {
+            let t = target(store.as_deref(), &schema);
+            let f = filter(f);
+            rt.block_on(async {
+                commands::list(&out, &t, status, &f, after, limit).await?;
+                if follow {
+                    let w = commands::Watch {
+                        statuses: vec![status],
+                        filter: f,
+                        interval: std::time::Duration::from_secs(1),
+                        max_events: None,
+                        skip_current: true,
+                    };
+                    commands::watch(&out, &t, w).await?;
+                }
+                Ok(())
+            })
+        }
+        Cmd::Show { store, id } => rt.block_on(commands::show(&out, target(Some(&store), &schema), id)),
+        Cmd::State { store, actor } => {
+            rt.block_on(commands::state(&out, target(Some(&store), &schema), &actor))
+        }
+        Cmd::Inbox { store, consumer, limit } => {
+            rt.block_on(commands::inbox(&out, target(Some(&store), &schema), &consumer, limit))
+        }
+        Cmd::Watch { store, status, filter: f, interval, max_events } => {
+            let w = commands::Watch {
+                statuses: status.map_or_else(|| EventStatus::ALL.to_vec(), |s| vec![s]),
+                filter: filter(f),
+                interval,
+                max_events,
+                skip_current: false,
+            };
+            rt.block_on(commands::watch(&out, &target(store.as_deref(), &schema), w))
+        }
+        Cmd::Requeue { store, ids, all, write } => {
+            let which = if all { commands::Which::AllDead } else { commands::Which::Ids(ids) };
+            rt.block_on(commands::dead_letters(
+                &out,
+                target(Some(&store), &schema),
+                which,
+                commands::Action::Requeue,
+                write.dry_run,
+            ))
+        }
+        Cmd::Discard { store, ids, write } => rt.block_on(commands::dead_letters(
+            &out,
+            target(Some(&store), &schema),
+            commands::Which::Ids(ids),
+            commands::Action::Discard,
+            write.dry_run,
+        )),
+        Cmd::Skip { store, ids, write } => rt.block_on(commands::dead_letters(
+            &out,
+            target(Some(&store), &schema),
+            commands::Which::Ids(ids),
+            commands::Action::Skip,
+            write.dry_run,
+        )),
+        Cmd::Prune { store, older_than, inbox, write } => rt.block_on(commands::prune(
+            &out,
+            target(store.as_deref(), &schema),
+            older_than,
+            inbox,
+            write.dry_run,
+        )),
+        Cmd::Ui { store, host, port, read_only } => {
+            let t = target(store.as_deref(), &schema);
+            rt.block_on(ui::serve(t, std::net::SocketAddr::new(host, port), read_only, out.json))
+        }
     };
     if let Err(e) = result {
-        fail(&format!("{e} ({:?})", e.kind()));
+        fail(&e.message(), e.exit_code());
     }
 }
 
-fn fail(msg: &str) -> ! {
+/// The store argument resolved, or exit 2 (usage).
+fn target(arg: Option<&str>, schema: &str) -> open::Target {
+    match open::resolve(arg, schema) {
+        Ok(t) => t,
+        Err(e) => fail(&e.to_string(), 2),
+    }
+}
+
+fn fail(msg: &str, code: i32) -> ! {
     eprintln!("outbox: {msg}");
-    std::process::exit(1)
-}
-
-/// Runs in a child process: saves with the sink offline, shows what is
-/// pending, then crashes.
-async fn offline_phase(path: &Path) -> outbox::Result<()> {
-    let outbox = configure_outbox(config(path), Arc::new(OfflineSink)).await?;
-    let form = outbox.spawn_actor(form_id(), FormActor).await?;
-    form.send(FormMsg::Edit("Quarterly report".into())).await.map_err(to_error)?;
-    form.send(FormMsg::Save).await.map_err(to_error)?;
-    println!("   state of {}: {:?}   (committed together with its events)", form.id(), form.state());
-    let pending = outbox.store().list_pending(10).await?;
-    println!("   pending in the outbox, the sink being offline:");
-    for e in &pending {
-        println!("     - {:<16} id={}", e.event_type, e.id);
-    }
-    println!("   ... and now the process crashes (abort, no clean shutdown)");
-    std::process::abort();
-}
-
-fn to_error(e: outbox::ActorError<NothingToSave>) -> outbox::Error {
-    match e {
-        outbox::ActorError::Store(e) => e,
-        other => outbox::Error::internal(other.to_string()),
-    }
-}
-
-fn demo(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) -> outbox::Result<()> {
-    let tmp;
-    let tmp_made = file.is_none();
-    let path = match file {
-        Some(p) => p,
-        None => {
-            tmp = std::env::temp_dir().join(format!("outbox-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&tmp).map_err(|e| outbox::Error::internal(e.to_string()))?;
-            tmp.join("demo.db")
-        }
-    };
-    println!("outbox demo: one atomic commit of state + events, delivered exactly once in effect.");
-    println!("SQLite file: {}\n", path.display());
-
-    println!("1. A form is saved while the network is down (in a child process):");
-    let exe = std::env::current_exe().map_err(|e| outbox::Error::internal(e.to_string()))?;
-    let status = Command::new(exe)
-        .args(["demo", "--phase", "offline", "--file"])
-        .arg(&path)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| outbox::Error::internal(e.to_string()))?;
-    println!("   child process ended: {status}\n");
-
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    if metrics::set_global_recorder(recorder).is_err() {
-        fail("a metrics recorder is already installed");
-    }
-    let result = rt.block_on(online_phase(&path, &snapshotter));
-    if let Some(dir) = path.parent().filter(|_| tmp_made) {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    result
-}
-
-async fn online_phase(path: &Path, snapshotter: &Snapshotter) -> outbox::Result<()> {
-    println!("2. Restart, network back:");
-    let bus = Bus::new();
-    let mut subs = Vec::new();
-    for name in ["mailer", "search"] {
-        let store: Arc<dyn DurableStore> = Arc::new(outbox::MemoryStore::unannounced(outbox::system_clock()));
-        let consumer = once_per_event(store, ConsumerId::new(name)?, Print(name));
-        subs.push((bus.subscribe(Topic::All), consumer));
-    }
-    let outbox = configure_outbox(config(path), Arc::new(bus.sink())).await?;
-    let form = outbox.spawn_actor(form_id(), FormActor).await?;
-    println!("   state of {} restored from disk: {:?}", form.id(), form.state());
-    outbox.notify_online();
-    println!("   delivering; each listener handles each event once:");
-    for (sub, consumer) in &mut subs {
-        for _ in 0..2 {
-            let e = tokio::time::timeout(Duration::from_secs(30), sub.recv())
-                .await
-                .map_err(|_| outbox::Error::internal("nothing delivered within 30 s"))?
-                .ok_or_else(|| outbox::Error::internal("bus closed"))?;
-            consumer.deliver(&e).await.map_err(|e| outbox::Error::internal(e.to_string()))?;
-            // The same event again, as a lost ack would cause: no effect.
-            let again = consumer.deliver(&e).await.map_err(|e| outbox::Error::internal(e.to_string()))?;
-            assert_eq!(again, Delivery::Duplicate);
-        }
-    }
-    println!(
-        "   (each event was also redelivered once more on purpose: both listeners dropped the duplicate)\n"
-    );
-    let stats = outbox.store().stats().await?;
-    outbox.shutdown().await;
-    println!("3. Afterwards:");
-    println!("   outbox: {} pending, {} delivered, {} dead", stats.pending, stats.delivered, stats.dead);
-    println!("   metrics:");
-    let mut lines: Vec<String> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| k.key().name().starts_with("outbox."))
-        .map(|(k, _, _, v)| {
-            let labels: Vec<String> =
-                k.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
-            let name = if labels.is_empty() {
-                k.key().name().to_owned()
-            } else {
-                format!("{}{{{}}}", k.key().name(), labels.join(","))
-            };
-            let v = match v {
-                DebugValue::Counter(c) => c.to_string(),
-                DebugValue::Gauge(g) => g.into_inner().to_string(),
-                DebugValue::Histogram(h) => format!("{} samples", h.len()),
-            };
-            format!("     {name} = {v}")
-        })
-        .collect();
-    lines.sort();
-    lines.dedup();
-    for l in lines {
-        println!("{l}");
-    }
-    Ok(())
-}
-
-async fn inspect(file: &Path) -> outbox::Result<()> {
-    let store = SqliteStore::options(file).read_only(true).open()?;
-    let s = store.stats().await?;
-    println!(
-        "{}: {} pending ({} in flight), {} dead ({} keys parked), {} delivered, {} discarded",
-        file.display(),
-        s.pending,
-        s.in_flight,
-        s.dead,
-        s.parked_keys,
-        s.delivered,
-        s.discarded
-    );
-    for e in store.list_pending(20).await? {
-        println!("  pending {:<20} id={} key={} attempts={}", e.event_type, e.id, e.key, e.attempts);
-    }
-    for e in store.list_dead(20).await? {
-        println!("  dead    {:<20} id={} error={}", e.event_type, e.id, e.last_error.unwrap_or_default());
-    }
-    Ok(())
-}
-
-async fn requeue_all(file: &Path) -> outbox::Result<()> {
-    let store = SqliteStore::open(file)?;
-    let dead: Vec<_> = store.list_dead(usize::MAX).await?.iter().map(|e| e.id).collect();
-    println!("requeued {} dead-lettered events", store.requeue_dead(&dead).await?);
-    Ok(())
-}
-
-/// Requeues, discards or skips the dead events `ids`, one by one; an id
-/// that is not a dead event (unknown, pending, delivered, or already
-/// skipped for `skip`) is reported and makes the command fail.
-async fn dead_letters(file: &Path, ids: &[EventId], action: DeadAction) -> outbox::Result<()> {
-    let store = SqliteStore::open(file)?;
-    let mut missed = 0;
-    for id in ids {
-        let one = std::slice::from_ref(id);
-        let n = match action {
-            DeadAction::Requeue => store.requeue_dead(one).await?,
-            DeadAction::Discard => store.discard_dead(one).await?,
-            DeadAction::Skip => store.skip_dead(one).await?,
-        };
-        let verb = match action {
-            DeadAction::Requeue => "requeued",
-            DeadAction::Discard => "discarded",
-            DeadAction::Skip => "skipped",
-        };
-        if n > 0 {
-            println!("{verb} {id}");
-        } else {
-            println!("not a dead event (or already {verb}): {id}");
-            missed += 1;
-        }
-    }
-    if missed > 0 {
-        return Err(outbox::Error::invalid_input(format!(
-            "{missed} of {} ids were not dead events",
-            ids.len()
-        )));
-    }
-    Ok(())
+    std::process::exit(code)
 }

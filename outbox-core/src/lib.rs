@@ -23,9 +23,9 @@ pub use schedule::KeyScheduler;
 pub use sink::{Outcome, Sink};
 pub use state::{StateSnapshot, Version};
 pub use store::{
-    Attempt, Capabilities, ClaimRequest, CommitReceipt, DeliveryStore, DurableStore, DurableStoreExt,
-    InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode, MaybeSendSync, StateStore,
-    StoreStats, async_trait,
+    Attempt, Capabilities, ClaimRequest, CommitReceipt, DeliveryInfo, DeliveryStore, DurableStore,
+    DurableStoreExt, EventStatus, InboxStore, InspectStore, LeaderGrant, LeaderStore, LeadershipMode,
+    MaybeSendSync, StateStore, StoreStats, async_trait,
 };
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 

@@ -165,12 +165,30 @@ pub struct ClaimRequest {
     /// Whether a dead-lettered event blocks the later events of its key
     /// until it is requeued (park) or not (skip).
     pub park_dead_keys: bool,
+    /// The claimer is the only one that can claim from this store now (it
+    /// holds an exclusive lock over the store's delivery, such as the
+    /// origin's Web Lock in a browser), and settles its claims through
+    /// this same store handle. A store may then keep the claim in this
+    /// handle's memory instead of writing a lease per event: the events
+    /// stay claimed for `lease` or until settled, as with a written
+    /// lease, but only this handle sees it, and the attempt is counted
+    /// when it is settled (a crash between claim and settle does not
+    /// count it). Settling under a superseded grant is still `Fenced`.
+    /// Stores that do not use it write leases as usual.
+    pub exclusive: bool,
 }
 
 impl ClaimRequest {
     /// Claims up to `limit` events for `lease`, skipping past dead letters.
     pub fn new(limit: usize, lease: Duration) -> Self {
-        ClaimRequest { limit, lease, park_dead_keys: false }
+        ClaimRequest { limit, lease, park_dead_keys: false, exclusive: false }
+    }
+
+    /// Sets whether the claimer holds an exclusive lock over the store's
+    /// delivery (see [`ClaimRequest::exclusive`]).
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
     }
 
     /// Sets whether dead letters park their key.
@@ -307,6 +325,79 @@ pub struct StoreStats {
     pub oldest_pending_at: Option<Timestamp>,
 }
 
+/// Where an event stands, for [`InspectStore::list_by_status`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum EventStatus {
+    /// Committed, not yet delivered (leased ones included).
+    Pending,
+    /// Dead-lettered (skipped ones included).
+    Dead,
+    /// Delivered, until pruned.
+    Delivered,
+    /// A dead letter given up on, until pruned.
+    Discarded,
+}
+
+impl EventStatus {
+    /// Every status, in the order an event can pass through them.
+    pub const ALL: [EventStatus; 4] =
+        [EventStatus::Pending, EventStatus::Dead, EventStatus::Delivered, EventStatus::Discarded];
+
+    /// The lower-case name: `"pending"`, `"dead"`, `"delivered"`,
+    /// `"discarded"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Dead => "dead",
+            EventStatus::Delivered => "delivered",
+            EventStatus::Discarded => "discarded",
+        }
+    }
+}
+
+impl fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventStatus {
+    type Err = crate::error::Error;
+
+    /// Parses [`EventStatus::as_str`]; anything else is `InvalidInput`.
+    fn from_str(s: &str) -> Result<Self> {
+        EventStatus::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            crate::error::Error::invalid_input(format!(
+                "unknown event status {s:?} (pending, dead, delivered or discarded)"
+            ))
+        })
+    }
+}
+
+/// What a store records of one event's delivery beyond its envelope, for
+/// inspection ([`InspectStore::delivery_info`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub struct DeliveryInfo {
+    /// Until when the event's last claim leases it (the time may have
+    /// passed: an expired lease no longer holds the event).
+    pub lease_until: Option<Timestamp>,
+    /// The epoch of the leadership grant that last claimed it.
+    pub claimed_epoch: Option<Epoch>,
+    /// A dead event that no longer parks its key
+    /// ([`InspectStore::skip_dead`]).
+    pub skipped: bool,
+}
+
+impl DeliveryInfo {
+    /// The record of an event last claimed under `claimed_epoch` until
+    /// `lease_until`, `skipped` if a skipped dead letter.
+    pub fn new(lease_until: Option<Timestamp>, claimed_epoch: Option<Epoch>, skipped: bool) -> Self {
+        DeliveryInfo { lease_until, claimed_epoch, skipped }
+    }
+}
+
 /// Looking into the outbox and tidying it up.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
@@ -320,6 +411,50 @@ pub trait InspectStore: MaybeSendSync {
     /// Up to `limit` dead-lettered events, in commit order, with their
     /// `last_error`.
     async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>>;
+
+    /// Up to `limit` events with `status`, in commit order.
+    ///
+    /// # Contract
+    ///
+    /// Pending and dead events are those [`InspectStore::list_pending`]
+    /// and [`InspectStore::list_dead`] list; delivered and discarded ones
+    /// are listed until [`InspectStore::prune_delivered`] removes them,
+    /// as many as [`StoreStats`] counts. An event is listed under one
+    /// status only. Reads only: works on a store opened read-only.
+    ///
+    /// Provided for pending and dead events; delivered and discarded are
+    /// [`Error::Unsupported`](crate::Error::Unsupported) unless the store
+    /// implements this (every store of this workspace does, and the
+    /// conformance suite checks it), so a wrapper must forward it.
+    async fn list_by_status(&self, status: EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        match status {
+            EventStatus::Pending => self.list_pending(limit).await,
+            EventStatus::Dead => self.list_dead(limit).await,
+            EventStatus::Delivered | EventStatus::Discarded => {
+                Err(crate::error::Error::Unsupported { operation: "listing delivered and discarded events" })
+            }
+        }
+    }
+
+    /// The lease, claiming epoch and skip flag of the event `id`; `None`
+    /// when the store holds no such event. Reads only.
+    ///
+    /// # Contract
+    ///
+    /// A pending event never claimed has no lease and no epoch; a claimed
+    /// one has the lease and the epoch of its last claim (kept while it is
+    /// pending, whether or not the lease has expired); a dead event is
+    /// `skipped` once [`InspectStore::skip_dead`] let its key flow, until
+    /// requeued.
+    ///
+    /// Provided as [`Error::Unsupported`](crate::Error::Unsupported): a
+    /// store that keeps these overrides it and says so in
+    /// [`Capabilities::delivery_info`] (the conformance suite checks one
+    /// against the other), and a wrapper must forward it.
+    async fn delivery_info(&self, id: EventId) -> Result<Option<DeliveryInfo>> {
+        let _ = id;
+        Err(crate::error::Error::Unsupported { operation: "delivery_info (per-event lease and epoch)" })
+    }
 
     /// Moves the named dead events (skipped ones included) back to
     /// pending, due now, attempts reset to zero. Returns how many moved;
@@ -390,6 +525,9 @@ pub struct Capabilities {
     /// pressure (a browser's `navigator.storage.persisted()`); `None`
     /// where that does not apply (files, servers) or is unknown.
     pub persistent: Option<bool>,
+    /// Whether [`InspectStore::delivery_info`] is implemented (otherwise it
+    /// is `Unsupported`).
+    pub delivery_info: bool,
 }
 
 impl Capabilities {
@@ -403,6 +541,7 @@ impl Capabilities {
             leadership: LeadershipMode::Exclusive,
             limits: Limits::default(),
             persistent: None,
+            delivery_info: false,
         }
     }
 
@@ -435,6 +574,12 @@ impl Capabilities {
         self.persistent = persistent;
         self
     }
+
+    /// Sets [`Capabilities::delivery_info`].
+    pub fn delivery_info(mut self, yes: bool) -> Self {
+        self.delivery_info = yes;
+        self
+    }
 }
 
 /// A complete outbox store: what the forwarder, the consumer and the actor
@@ -465,6 +610,26 @@ pub trait DurableStoreExt: DurableStore {
     /// The actor's version, [`Version::NONE`] when it has no state.
     async fn current_version(&self, actor: &ActorId) -> Result<Version> {
         Ok(self.load_state(actor).await?.map_or(Version::NONE, |s| s.version))
+    }
+
+    /// The event `id` with its status, or `None` when the store holds no
+    /// such event (never committed, or pruned). Looks through
+    /// [`InspectStore::list_by_status`] status by status, reading every
+    /// listed event: for inspection, not for a hot path. A status the
+    /// store cannot list (`Unsupported`) is passed over.
+    async fn find_event(&self, id: EventId) -> Result<Option<(EventStatus, Envelope)>> {
+        for status in EventStatus::ALL {
+            match self.list_by_status(status, usize::MAX).await {
+                Ok(events) => {
+                    if let Some(e) = events.into_iter().find(|e| e.id == id) {
+                        return Ok(Some((status, e)));
+                    }
+                }
+                Err(e) if e.kind() == crate::error::ErrorKind::Unsupported => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -7,9 +7,9 @@ use crate::schema::{Row, Status};
 use outbox_core::rules::{self, ClaimPlan};
 
 use outbox_core::{
-    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
-    DurableStore, Envelope, Epoch, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result,
-    StateSnapshot, StateStore, StoreStats, Timestamp, Version, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryInfo,
+    DeliveryStore, DurableStore, Envelope, Epoch, EventId, EventStatus, InboxStore, InspectStore,
+    LeaderGrant, LeaderStore, Result, StateSnapshot, StateStore, StoreStats, Timestamp, Version, async_trait,
 };
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
@@ -267,6 +267,29 @@ impl InspectStore for MemoryStore {
             .collect())
     }
 
+    async fn delivery_info(&self, id: EventId) -> Result<Option<DeliveryInfo>> {
+        let inner = self.lock();
+        Ok(inner.events.values().find(|r| r.env.id == id).map(|r| {
+            DeliveryInfo::new(r.lease_until, r.claimed_by, matches!(r.status, Status::Dead { skipped: true }))
+        }))
+    }
+
+    async fn list_by_status(&self, status: EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        let inner = self.lock();
+        Ok(inner
+            .events
+            .values()
+            .filter(|r| match r.status {
+                Status::Pending => status == EventStatus::Pending,
+                Status::Dead { .. } => status == EventStatus::Dead,
+                Status::Delivered(_) => status == EventStatus::Delivered,
+                Status::Discarded(_) => status == EventStatus::Discarded,
+            })
+            .take(limit)
+            .map(|r| r.env.clone())
+            .collect())
+    }
+
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -348,6 +371,9 @@ impl InboxStore for MemoryStore {
 
 impl DurableStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new("memory", false).survives_reopen(self.reopenable).limits(self.limits)
+        Capabilities::new("memory", false)
+            .survives_reopen(self.reopenable)
+            .limits(self.limits)
+            .delivery_info(true)
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use outbox_core::Error;
 use tokio_postgres::error::SqlState;
 
+use crate::tls::TlsError;
+
 /// A failure of the PostgreSQL store, before it becomes an
 /// [`outbox_core::Error`] (through `From`, or [`map`] for the common case).
 #[derive(Debug)]
@@ -156,13 +158,17 @@ enum Phase {
 }
 
 /// Classifies a driver error: a closed connection, then the server's
-/// SQLSTATE, then an I/O error in its cause chain, then by `phase`.
+/// SQLSTATE, then a TLS handshake's refusal, then an I/O error in its
+/// cause chain, then by `phase`.
 fn classify(e: &tokio_postgres::Error, phase: Phase) -> Class {
     if e.is_closed() {
         return Class::Unavailable;
     }
     if let Some(code) = e.code() {
         return by_code(code);
+    }
+    if let Some(refused) = tls_cause(e).and_then(TlsError::refusal) {
+        return by_tls_refusal(refused);
     }
     if let Some(io) = io_cause(e) {
         return by_io_kind(io.kind());
@@ -182,6 +188,27 @@ fn without_code_or_io(phase: Phase) -> Class {
         Phase::Connect => Class::InvalidInput,
         Phase::Session => Class::Unavailable,
     }
+}
+
+/// A refused TLS handshake: the server's certificate (an unknown CA,
+/// another host name, expired) is `PermissionDenied`, like a refused
+/// login (the server did not prove who it is); a host name no
+/// certificate can name or a server whose TLS cannot work with ours is
+/// `InvalidInput`. Neither is retryable: the same URL fails again.
+fn by_tls_refusal(certificate: bool) -> Class {
+    if certificate { Class::PermissionDenied } else { Class::InvalidInput }
+}
+
+/// The [`TlsError`] in `e`'s cause chain.
+fn tls_cause(e: &tokio_postgres::Error) -> Option<&TlsError> {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<TlsError>() {
+            return Some(t);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// The first [`io::Error`] in `e`'s cause chain.
@@ -219,9 +246,11 @@ const QUOTA: &[SqlState] = &[
     SqlState::CONFIGURATION_LIMIT_EXCEEDED,
 ];
 
-/// SQLSTATEs of a role that may not log in or may not act.
+/// SQLSTATEs of a role that may not log in or may not act (a write in a
+/// read-only session included: 25006).
 const DENIED: &[SqlState] = &[
     SqlState::INSUFFICIENT_PRIVILEGE,
+    SqlState::READ_ONLY_SQL_TRANSACTION,
     SqlState::INVALID_PASSWORD,
     SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
 ];

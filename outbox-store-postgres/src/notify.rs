@@ -18,10 +18,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use outbox_core::Result;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Config, Statement};
 
 use crate::error::{PgError, map, map_connect};
 use crate::pool::{self, Connection, Timeouts};
+use crate::tls::MakeTls;
 
 /// The NOTIFY channel a commit with events signals on.
 pub const COMMIT_CHANNEL: &str = "outbox_commit";
@@ -37,13 +38,13 @@ impl Notifier {
     /// Starts the notifying task for `schema` (it ends when the notifier
     /// is dropped). Each signal waits at most the statement timeout (a
     /// new connection first, the connect timeout more).
-    pub(crate) fn start(config: Config, schema: String, timeouts: Timeouts) -> Self {
+    pub(crate) fn start(config: Config, tls: MakeTls, schema: String, timeouts: Timeouts) -> Self {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         tokio::spawn(async move {
             let mut conn: Option<(Connection, Statement)> = None;
             while rx.recv().await.is_some() {
                 if conn.as_ref().is_none_or(|(c, _)| c.client.is_closed()) {
-                    conn = connect(&config, timeouts).await;
+                    conn = connect(&config, &tls, timeouts).await;
                 }
                 let Some((c, notify)) = &conn else { continue };
                 let sent = tokio::time::timeout(
@@ -69,9 +70,9 @@ impl Notifier {
 
 /// A connection for signalling, with its `pg_notify` statement prepared
 /// (one round trip per signal instead of two).
-async fn connect(config: &Config, timeouts: Timeouts) -> Option<(Connection, Statement)> {
+async fn connect(config: &Config, tls: &MakeTls, timeouts: Timeouts) -> Option<(Connection, Statement)> {
     let setup = format!("SET synchronous_commit TO off; {}", timeouts.session_sql());
-    let conn = match pool::connect(config, "connect the notifier", &setup, timeouts.connect).await {
+    let conn = match pool::connect(config, tls, "connect the notifier", &setup, timeouts.connect).await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(target: "outbox", error = %e, "outbox: notifier connection failed");
@@ -106,11 +107,12 @@ impl Drop for CommitListener {
 /// meanwhile.
 pub(crate) async fn listen(
     config: Config,
+    tls: MakeTls,
     schema: String,
     timeouts: Timeouts,
     on_commit: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<CommitListener> {
-    let first = listen_once(&config, timeouts).await?;
+    let first = listen_once(&config, &tls, timeouts).await?;
     let task = tokio::spawn(async move {
         let mut conn = Some(first);
         let mut delay = Duration::from_millis(50);
@@ -121,7 +123,7 @@ pub(crate) async fn listen(
                 tracing::warn!(target: "outbox", "postgres LISTEN connection lost; reconnecting");
             }
             tokio::time::sleep(delay).await;
-            match listen_once(&config, timeouts).await {
+            match listen_once(&config, &tls, timeouts).await {
                 Ok(c) => {
                     conn = Some(c);
                     on_commit();
@@ -143,15 +145,15 @@ type Notifications = std::pin::Pin<
 /// Opens a connection and runs `LISTEN` on it, within the connect timeout
 /// plus the statement timeout; the connection's messages are returned as
 /// a stream (which drives the connection).
-async fn listen_once(config: &Config, timeouts: Timeouts) -> Result<(Client, Notifications)> {
+async fn listen_once(config: &Config, tls: &MakeTls, timeouts: Timeouts) -> Result<(Client, Notifications)> {
     // Dropped on timeout: the connection is not spawned, so dropping it
     // closes it.
-    pool::bounded("listen", timeouts.call(), listen_unbounded(config)).await
+    pool::bounded("listen", timeouts.call(), listen_unbounded(config, tls)).await
 }
 
-async fn listen_unbounded(config: &Config) -> Result<(Client, Notifications)> {
+async fn listen_unbounded(config: &Config, tls: &MakeTls) -> Result<(Client, Notifications)> {
     let (client, mut connection) =
-        config.connect(NoTls).await.map_err(|e| map_connect("connect the listener", e))?;
+        config.connect(tls.clone()).await.map_err(|e| map_connect("connect the listener", e))?;
     let mut messages: Notifications =
         Box::pin(futures::stream::poll_fn(move |cx| connection.poll_message(cx)));
     let sql = format!("LISTEN {COMMIT_CHANNEL}");

@@ -1,12 +1,9 @@
 //! How to open a [`PostgresStore`]: [`PostgresOptions`] and its `open`.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use outbox_core::{Error, Limits, Result, SharedClock, SystemClock};
-use tokio_postgres::Config;
-use tokio_postgres::config::SslMode;
+use outbox_core::{Limits, Result, SharedClock, SystemClock};
 
 use crate::error::map;
 use crate::notify::Notifier;
@@ -24,6 +21,7 @@ pub struct PostgresOptions {
     limits: Limits,
     connect_timeout: Option<Duration>,
     statement_timeout: Duration,
+    read_only: bool,
 }
 
 impl fmt::Debug for PostgresOptions {
@@ -58,6 +56,7 @@ impl PostgresOptions {
             limits: Limits::default(),
             connect_timeout: None,
             statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+            read_only: false,
         }
     }
 
@@ -109,6 +108,16 @@ impl PostgresOptions {
         self
     }
 
+    /// Opens the store for reading only: no schema is created or
+    /// migrated, the schema's version is checked (none is `Corrupted`, a
+    /// newer one `SchemaTooNew`, an older one `InvalidInput`), and every
+    /// session runs with `default_transaction_read_only` on, so the
+    /// server refuses any write through the store (`PermissionDenied`).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
     /// Connects, creates the schema if needed and migrates it, within the
     /// connect timeout plus the statement timeout.
     ///
@@ -116,24 +125,25 @@ impl PostgresOptions {
     ///
     /// [`Error::InvalidInput`] for a malformed URL, a database that does
     /// not exist, or a login the driver cannot complete (a password the
-    /// server asks for and the URL lacks); [`Error::Unsupported`] for a
-    /// URL requiring TLS (`sslmode=require`: this store connects without
-    /// TLS); [`Error::PermissionDenied`] for a login or an action the
+    /// server asks for and the URL lacks), a CA file (`sslrootcert`) that
+    /// cannot be read, a server that does not offer the TLS the URL
+    /// requires; [`Error::PermissionDenied`] for a login or an action the
     /// server refuses (an unknown role, a wrong password, a host
     /// `pg_hba.conf` does not admit, no `CREATE` on the database or
-    /// schema); [`Error::Unavailable`] when the server cannot be reached
+    /// schema) and for a server certificate refused by `sslmode`
+    /// `verify-ca` or `verify-full` (an unknown CA, another host name);
+    /// [`Error::Unavailable`] when the server cannot be reached
     /// or does not answer in time; [`Error::SchemaTooNew`] for a schema
     /// written by a newer version (left untouched). The messages carry
     /// the server's reason and SQLSTATE.
+    ///
+    /// [`Error::InvalidInput`]: outbox_core::Error::InvalidInput
+    /// [`Error::PermissionDenied`]: outbox_core::Error::PermissionDenied
+    /// [`Error::Unavailable`]: outbox_core::Error::Unavailable
+    /// [`Error::SchemaTooNew`]: outbox_core::Error::SchemaTooNew
     pub async fn open(self) -> Result<PostgresStore> {
-        let mut config = Config::from_str(&self.url)
-            .map_err(|e| Error::invalid_input(format!("not a PostgreSQL connection string: {e}")))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(Error::Unsupported {
-                operation: "TLS (sslmode=require): this store connects without TLS; \
-                            use sslmode=disable or prefer, or a local TLS-terminating proxy",
-            });
-        }
+        // `sslmode` and `sslrootcert` are read by `tls.rs`.
+        let (mut config, tls) = crate::tls::parse(&self.url)?;
         let connect_timeout = self
             .connect_timeout
             .or_else(|| config.get_connect_timeout().copied())
@@ -143,10 +153,16 @@ impl PostgresOptions {
         // that does not answer leaves time for the next.
         config.connect_timeout(connect_timeout);
         let timeouts = Timeouts { connect: connect_timeout, statement: self.statement_timeout };
-        let pool = Pool::new(config.clone(), &self.schema, self.pool_size, timeouts);
+        if self.read_only {
+            crate::read_only::session(&mut config);
+        }
+        let pool = Pool::new(config.clone(), tls.clone(), &self.schema, self.pool_size, timeouts);
         pool.bounded("open", async {
             // Closed when dropped, not pooled.
             let mut first = pool.connect().await?;
+            if self.read_only {
+                return crate::read_only::check_schema(&mut first.client, &self.schema).await;
+            }
             if self.schema != "public" {
                 first
                     .client
@@ -159,8 +175,9 @@ impl PostgresOptions {
         .await?;
         Ok(PostgresStore::new(Inner {
             pool,
-            notifier: Notifier::start(config.clone(), self.schema.clone(), timeouts),
+            notifier: Notifier::start(config.clone(), tls.clone(), self.schema.clone(), timeouts),
             config,
+            tls,
             schema: self.schema,
             clock: self.clock,
             limits: self.limits,

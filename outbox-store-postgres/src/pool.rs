@@ -17,9 +17,10 @@ use outbox_core::{Error, Result};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
 
 use crate::error::{PgError, map, map_connect};
+use crate::tls::MakeTls;
 
 /// How long the store waits on the server.
 #[derive(Clone, Copy, Debug)]
@@ -89,12 +90,13 @@ impl Drop for Connection {
 /// `timeout`.
 pub(crate) async fn connect(
     config: &Config,
+    tls: &MakeTls,
     what: &'static str,
     setup: &str,
     timeout: Duration,
 ) -> Result<Connection> {
     let open = async {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| map_connect(what, e))?;
+        let (client, connection) = config.connect(tls.clone()).await.map_err(|e| map_connect(what, e))?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(target: "outbox", error = %e, "outbox: postgres connection ended");
@@ -112,6 +114,7 @@ pub(crate) async fn connect(
 
 pub(crate) struct Pool {
     config: Config,
+    tls: MakeTls,
     setup: String,
     timeouts: Timeouts,
     idle: Mutex<Vec<Pooled>>,
@@ -144,9 +147,10 @@ pub(crate) fn quote_ident(name: &str) -> String {
 }
 
 impl Pool {
-    pub(crate) fn new(config: Config, schema: &str, size: usize, timeouts: Timeouts) -> Self {
+    pub(crate) fn new(config: Config, tls: MakeTls, schema: &str, size: usize, timeouts: Timeouts) -> Self {
         Pool {
             config,
+            tls,
             setup: format!("SET search_path TO {}; {}", quote_ident(schema), timeouts.session_sql()),
             timeouts,
             idle: Mutex::new(Vec::new()),
@@ -171,7 +175,7 @@ impl Pool {
     /// A new connection with the store's session settings, its driver
     /// task spawned on the current runtime.
     pub(crate) async fn connect(&self) -> Result<Connection> {
-        connect(&self.config, "connect", &self.setup, self.timeouts.connect).await
+        connect(&self.config, &self.tls, "connect", &self.setup, self.timeouts.connect).await
     }
 
     /// A connection: an idle one, or a new one while fewer than `size`

@@ -52,7 +52,7 @@ const QUARANTINE_ROUNDS: usize = 4;
 ///   a claim lost in a crash only makes its events claimable again.
 #[derive(Clone)]
 pub struct PostgresStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// What a store's handles share.
@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     /// For connections of their own (the listener, the notifier).
     pub(crate) config: Config,
+    /// Their TLS, as the URL asks (`tls.rs`).
+    pub(crate) tls: crate::tls::MakeTls,
     pub(crate) schema: String,
     pub(crate) clock: SharedClock,
     pub(crate) limits: Limits,
@@ -88,6 +90,7 @@ impl PostgresStore {
     pub async fn listen(&self, on_commit: impl Fn() + Send + Sync + 'static) -> Result<CommitListener> {
         notify::listen(
             self.inner.config.clone(),
+            self.inner.tls.clone(),
             self.inner.schema.clone(),
             self.inner.pool.timeouts(),
             Arc::new(on_commit),
@@ -528,6 +531,43 @@ impl InspectStore for PostgresStore {
         self.inner.pool.bounded("list dead", async { self.list(STATUS_DEAD, limit).await }).await
     }
 
+    async fn delivery_info(&self, id: EventId) -> Result<Option<outbox_core::DeliveryInfo>> {
+        self.inner
+            .pool
+            .bounded("delivery info", async {
+                let mut conn = self.inner.pool.get().await?;
+                let row = conn
+                    .client()
+                    .query_opt(
+                        "SELECT lease_until, claimed_epoch, skipped FROM outbox_events WHERE id = $1",
+                        &[&uuid(id)],
+                    )
+                    .await
+                    .map_err(|e| map("delivery info", e))?;
+                let Some(r) = row else { return Ok(None) };
+                let lease: Option<i64> = r.try_get(0).map_err(|e| map("delivery info", e))?;
+                let epoch: Option<i64> = r.try_get(1).map_err(|e| map("delivery info", e))?;
+                let skipped: bool = r.try_get(2).map_err(|e| map("delivery info", e))?;
+                Ok(Some(outbox_core::DeliveryInfo::new(
+                    lease.map(Timestamp::from_millis),
+                    epoch.map(|e| outbox_core::Epoch(e as u64)),
+                    skipped,
+                )))
+            })
+            .await
+    }
+
+    async fn list_by_status(&self, status: outbox_core::EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        // The `status` column: 0 pending, 1 dead, 2 delivered, 3 discarded.
+        let code = match status {
+            outbox_core::EventStatus::Pending => STATUS_PENDING,
+            outbox_core::EventStatus::Dead => STATUS_DEAD,
+            outbox_core::EventStatus::Delivered => 2,
+            _ => 3,
+        };
+        self.inner.pool.bounded("list by status", async { self.list(code, limit).await }).await
+    }
+
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         self.inner.pool.bounded("requeue", async {
             let now = millis(self.now());
@@ -640,5 +680,6 @@ impl DurableStore for PostgresStore {
             .multi_process(true)
             .leadership(LeadershipMode::Shared)
             .limits(self.inner.limits)
+            .delivery_info(true)
     }
 }

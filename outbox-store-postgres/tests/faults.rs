@@ -279,8 +279,9 @@ fn assert_reason_once(err: &outbox_core::Error, code: &str, message: &str) {
 /// Refusals reach the caller with the right kind and the server's reason
 /// (its SQLSTATE and message, once): an unknown role and a database that
 /// does not exist are final (not retryable), a role without the right to
-/// create the schema is `PermissionDenied`, and a URL requiring TLS (which
-/// this store cannot speak) is refused before connecting, not retried.
+/// create the schema is `PermissionDenied`, and a URL whose TLS settings
+/// cannot work (a CA file that is not there) is refused before
+/// connecting, not retried.
 #[tokio::test]
 async fn postgres_errors_carry_the_server_reason() {
     let Some(url) = url("postgres_errors_carry_the_server_reason") else { return };
@@ -321,12 +322,15 @@ async fn postgres_errors_carry_the_server_reason() {
     assert_eq!(code, "42501");
     assert_reason_once(&err, &code, &message);
 
-    // TLS required by the URL: this store connects without TLS, so the
-    // same URL can never work (a server requiring TLS through pg_hba.conf
-    // refuses with 28000, final too).
-    let tls = format!("{} sslmode=require", url_at(&url, port, None, None));
+    // TLS verified against a CA file that is not there: the same URL can
+    // never work (a server requiring TLS through pg_hba.conf refuses a
+    // plain connection with 28000, final too).
+    let tls = format!(
+        "{} sslmode=verify-full sslrootcert=/nonexistent/outbox-ca.pem",
+        url_at(&url, port, None, None)
+    );
     let err = PostgresStore::open(&tls).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(!err.is_retryable());
 }
 

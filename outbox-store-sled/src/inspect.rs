@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use outbox_core::{ActorId, ConsumerId, Envelope, EventId, Result, StoreStats, Timestamp};
+use outbox_core::{
+    ActorId, ConsumerId, DeliveryInfo, Envelope, Epoch, EventId, Result, StoreStats, Timestamp,
+};
 
 use crate::codec::{Row, Status, decode_row, quarantined_envelope, salvage, time_bytes};
 use crate::error::map;
@@ -87,6 +89,47 @@ impl Worker {
                         Found::Quarantined(q, raw) => quarantined_envelope(&q, raw.as_deref()),
                     });
                 }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The lease, claiming epoch and skip flag of the event `id` (of a
+    /// quarantined one: whether its index entry is a skipped one).
+    pub(crate) fn delivery_info(&self, id: EventId) -> Result<Option<DeliveryInfo>> {
+        self.healing(|w| {
+            let Some(seq) = w.seq_of_id(id)? else { return Ok(None) };
+            Ok(Some(match w.found(seq)? {
+                Found::Row(row) => DeliveryInfo::new(
+                    row.lease_until,
+                    row.claimed_by.map(Epoch),
+                    matches!(row.status, Status::Dead { skipped: true }),
+                ),
+                Found::Quarantined(..) => {
+                    let skipped =
+                        w.all[SKIPPED].contains_key(seq_key(seq)).map_err(|e| map("read skipped", e))?;
+                    DeliveryInfo::new(None, None, skipped)
+                }
+            }))
+        })
+    }
+
+    /// The first `limit` events of the settled index `tree` ([`DELIVERED`]
+    /// or [`DISCARDED`], keyed by settle time), in commit order. A
+    /// quarantined row is listed as [`quarantined_envelope`] says.
+    pub(crate) fn list_settled(&self, tree: usize, limit: usize) -> Result<Vec<Envelope>> {
+        self.healing(|w| {
+            let mut seqs = Vec::new();
+            for k in w.all[tree].iter().keys() {
+                seqs.push(seq_of_time_seq(&k.map_err(|e| map("scan settled", e))?)?);
+            }
+            seqs.sort_unstable();
+            let mut out = Vec::new();
+            for seq in seqs.into_iter().take(limit) {
+                out.push(match w.found(seq)? {
+                    Found::Row(row) => row.env,
+                    Found::Quarantined(q, raw) => quarantined_envelope(&q, raw.as_deref()),
+                });
             }
             Ok(out)
         })

@@ -9,6 +9,7 @@ mod error;
 mod inspect;
 mod options;
 mod quarantine;
+mod read_only;
 mod schema;
 mod store;
 mod worker;

@@ -41,6 +41,7 @@ pub struct SledOptions {
     pub(crate) max_size_bytes: Option<u64>,
     pub(crate) lock_timeout: Duration,
     pub(crate) segment_size: Option<usize>,
+    pub(crate) read_only: bool,
 }
 
 impl fmt::Debug for SledOptions {
@@ -54,6 +55,7 @@ impl fmt::Debug for SledOptions {
             .field("max_size_bytes", &self.max_size_bytes)
             .field("lock_timeout", &self.lock_timeout)
             .field("segment_size", &self.segment_size)
+            .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +74,7 @@ impl SledOptions {
             max_size_bytes: None,
             lock_timeout: Duration::from_secs(1),
             segment_size: None,
+            read_only: false,
         }
     }
 
@@ -136,7 +139,27 @@ impl SledOptions {
         self
     }
 
-    /// Opens (creating if needed) the database.
+    /// Opens an existing database for reading only: nothing is created,
+    /// upgraded or written where `path` points. sled 0.34 cannot open a
+    /// database without writing to it, so the store opens a private copy
+    /// of the directory (taken at open, removed when the store is
+    /// dropped) and shows what the database held then; a directory
+    /// another process has open is copied as it stands and recovered
+    /// like a crash would be.
+    ///
+    /// Refused, with the directory left byte-for-byte as it was: a
+    /// missing path or a file (`InvalidInput`), a directory that is not a
+    /// sled database or a sled database that is not an outbox
+    /// (`Corrupted`), a newer layout (`SchemaTooNew`). Every write
+    /// through the store (a commit, leadership, delivery, requeueing,
+    /// pruning) fails with `PermissionDenied`.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Opens (creating if needed) the database; with
+    /// [`SledOptions::read_only`], a copy of an existing one for reading.
     ///
     /// # Errors
     ///
@@ -146,6 +169,9 @@ impl SledOptions {
     /// process or handle has it open, [`Error::PermissionDenied`] when the
     /// directory cannot be written.
     pub fn open(self) -> Result<SledStore> {
+        if self.read_only {
+            return crate::read_only::open(self);
+        }
         if durable::is_new(&self.path)? {
             durable::create(|p| self.sled_config(p), &self.path)?;
         }
@@ -155,7 +181,7 @@ impl SledOptions {
     }
 
     /// sled's configuration for a database directory at `path`.
-    fn sled_config(&self, path: &Path) -> sled::Config {
+    pub(crate) fn sled_config(&self, path: &Path) -> sled::Config {
         let mut config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput);
         if let Some(n) = self.segment_size {
             config = config.segment_size(n);

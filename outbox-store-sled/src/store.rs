@@ -12,12 +12,13 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use outbox_core::{
     ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
-    DurableStore, Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Limits,
-    Result, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait, rules,
+    DurableStore, Envelope, Error, EventId, EventStatus, InboxStore, InspectStore, LeaderGrant, LeaderStore,
+    Limits, Result, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait, rules,
 };
 
 use crate::error::SledError;
 use crate::options::{FlushPolicy, SledOptions};
+use crate::schema::{DELIVERED, DISCARDED};
 use crate::worker::{Counts, Finish, Job, Msg, Worker};
 
 /// How much the shared flush coalesced, since the store was opened.
@@ -73,6 +74,9 @@ pub struct SledStore {
     path: PathBuf,
     limits: Limits,
     flush: FlushPolicy,
+    /// Opened with [`SledOptions::read_only`]: the private copy it reads,
+    /// removed on drop; every write is refused.
+    scratch: Option<PathBuf>,
 }
 
 impl fmt::Debug for SledStore {
@@ -122,6 +126,29 @@ impl SledStore {
             path: o.path,
             limits: o.limits,
             flush: o.flush,
+            scratch: None,
+        }
+    }
+
+    /// This store made read-only, over its private copy at `scratch`.
+    pub(crate) fn read_only_over(mut self, scratch: PathBuf) -> Self {
+        self.scratch = Some(scratch);
+        self
+    }
+
+    /// Whether the store was opened with [`SledOptions::read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.scratch.is_some()
+    }
+
+    /// `PermissionDenied` on a read-only store.
+    fn writable(&self) -> Result<()> {
+        match self.scratch {
+            Some(_) => Err(Error::PermissionDenied {
+                message: format!("the sled database at {} was opened read-only", self.path.display()),
+                source: None,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -139,6 +166,9 @@ impl SledStore {
         writes: bool,
         f: impl FnOnce(&mut Worker) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if writes {
+            self.writable()?;
+        }
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |w: &mut Worker| {
             let r = match &w.failed {
@@ -171,12 +201,16 @@ impl Drop for SledStore {
         if let Some(h) = self.worker.take() {
             let _ = h.join();
         }
+        if let Some(scratch) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
     }
 }
 
 #[async_trait]
 impl StateStore for SledStore {
     async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
+        self.writable()?;
         commit.validate(&self.limits)?;
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Commit(commit, reply))?;
@@ -266,6 +300,19 @@ impl InspectStore for SledStore {
         self.call(false, move |w| w.list_dead(limit)).await
     }
 
+    async fn delivery_info(&self, id: EventId) -> Result<Option<outbox_core::DeliveryInfo>> {
+        self.call(false, move |w| w.delivery_info(id)).await
+    }
+
+    async fn list_by_status(&self, status: EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        match status {
+            EventStatus::Pending => self.list_pending(limit).await,
+            EventStatus::Dead => self.list_dead(limit).await,
+            EventStatus::Delivered => self.call(false, move |w| w.list_settled(DELIVERED, limit)).await,
+            _ => self.call(false, move |w| w.list_settled(DISCARDED, limit)).await,
+        }
+    }
+
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         let ids = ids.to_vec();
         self.call(true, move |w| w.requeue_dead(&ids)).await
@@ -301,6 +348,6 @@ impl InboxStore for SledStore {
 impl DurableStore for SledStore {
     fn capabilities(&self) -> Capabilities {
         let durable = self.flush == FlushPolicy::EveryWrite;
-        Capabilities::new("sled", durable).survives_reopen(true).limits(self.limits)
+        Capabilities::new("sled", durable).survives_reopen(true).limits(self.limits).delivery_info(true)
     }
 }

@@ -1,7 +1,7 @@
 //! A commit's rows: writing state, events and inbox marks, and reading
 //! state and inbox marks back.
 
-use outbox_core::{ActorId, ConsumerId, Error, EventId, Result, StateSnapshot, Timestamp, Version};
+use outbox_core::{ActorId, Commit, ConsumerId, Error, EventId, Result, StateSnapshot, Timestamp, Version};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{is_unique_violation, map};
@@ -10,7 +10,17 @@ use crate::worker::{Member, Worker};
 
 /// Writes one commit; on `Err` the caller rolls back.
 pub(crate) fn apply(c: &Connection, m: &Member, now: i64) -> Result<Option<Version>> {
-    let commit = &m.commit;
+    write(c, &m.commit, &m.headers, now)
+}
+
+/// Writes `commit` (its events' headers encoded as JSON in `headers`) on
+/// `c`, in the transaction open there; on `Err` the caller rolls back.
+pub(crate) fn write(
+    c: &Connection,
+    commit: &Commit,
+    headers: &[String],
+    now: i64,
+) -> Result<Option<Version>> {
     let mut version = None;
     if let Some(s) = &commit.state {
         let new = s.expected_version.next();
@@ -51,7 +61,7 @@ pub(crate) fn apply(c: &Connection, m: &Member, now: i64) -> Result<Option<Versi
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(|e| map("prepare event insert", e))?;
-        for (e, headers) in commit.events.iter().zip(&m.headers) {
+        for (e, headers) in commit.events.iter().zip(headers) {
             let due = e.not_before.map_or(now, |t| t.as_millis().max(now));
             st.execute(params![
                 &e.id.to_bytes()[..],

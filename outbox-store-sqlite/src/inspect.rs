@@ -94,6 +94,27 @@ impl Worker {
         Ok(out)
     }
 
+    /// The lease, claiming epoch and skip flag of the event `id`.
+    pub(crate) fn delivery_info(
+        &mut self,
+        id: outbox_core::EventId,
+    ) -> Result<Option<outbox_core::DeliveryInfo>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT lease_until, claimed_epoch, skipped FROM outbox_events WHERE id = ?1")
+            .map_err(|e| map("prepare delivery info", e))?;
+        let mut rows = st.query(params![&id.to_bytes()[..]]).map_err(|e| map("delivery info", e))?;
+        let Some(r) = rows.next().map_err(|e| map("delivery info", e))? else { return Ok(None) };
+        let lease: Option<i64> = r.get(0).map_err(|e| map("delivery info", e))?;
+        let epoch: Option<i64> = r.get(1).map_err(|e| map("delivery info", e))?;
+        let skipped: i64 = r.get(2).map_err(|e| map("delivery info", e))?;
+        Ok(Some(outbox_core::DeliveryInfo::new(
+            lease.map(Timestamp::from_millis),
+            epoch.map(|e| outbox_core::Epoch(e as u64)),
+            skipped != 0,
+        )))
+    }
+
     /// Deletes up to `limit` events delivered or discarded before `before`,
     /// oldest first.
     pub(crate) fn prune_delivered(&mut self, before: Timestamp, limit: usize) -> Result<u64> {

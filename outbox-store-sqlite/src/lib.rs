@@ -2,6 +2,7 @@
 
 mod commit;
 mod delivery;
+mod enlist;
 mod error;
 mod inspect;
 mod leader;
@@ -11,6 +12,10 @@ pub mod schema;
 mod store;
 mod worker;
 
+pub use enlist::{CommitListener, Enlisted};
 pub use options::{SqliteOptions, Synchronous};
+/// The SQLite driver this store is built on, for
+/// [`SqliteStore::enlist`]'s transactions.
+pub use rusqlite;
 pub use store::SqliteStore;
 pub use worker::GroupCommitStats;

@@ -277,7 +277,6 @@ fn classify(app_id: i32, version: i64, objects: i64) -> Result<Found> {
 
 /// Reads the schema version; fails with `Corrupted` on a file that is not
 /// a SQLite database.
-#[cfg(test)]
 pub(crate) fn read_version(conn: &Connection) -> Result<u32> {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -40,13 +40,15 @@ use crate::worker::{GroupCommitStats, WorkerHandle};
 pub struct SqliteStore {
     // Declared (so dropped) before `lock`: the connection closes before
     // the leadership lock goes.
-    worker: WorkerHandle,
+    pub(crate) worker: WorkerHandle,
     lock: LockFile,
-    path: PathBuf,
-    limits: Limits,
+    pub(crate) path: PathBuf,
+    pub(crate) limits: Limits,
     synchronous: Synchronous,
     /// Opened with [`SqliteOptions::read_only`]: every write is refused.
     read_only: bool,
+    /// Called back after enlisted commits (`enlist.rs`).
+    pub(crate) listeners: std::sync::Arc<crate::enlist::Listeners>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -89,7 +91,7 @@ impl SqliteStore {
         synchronous: Synchronous,
         read_only: bool,
     ) -> Self {
-        SqliteStore { worker, lock, path, limits, synchronous, read_only }
+        SqliteStore { worker, lock, path, limits, synchronous, read_only, listeners: Default::default() }
     }
 
     /// Whether the store was opened with [`SqliteOptions::read_only`].
@@ -99,7 +101,7 @@ impl SqliteStore {
 
     /// Refuses `operation` with `PermissionDenied` on a read-only store,
     /// before anything (the leadership lock file included) is touched.
-    fn writable(&self, operation: &str) -> Result<()> {
+    pub(crate) fn writable(&self, operation: &str) -> Result<()> {
         if self.read_only {
             return Err(outbox_core::Error::PermissionDenied {
                 message: format!("{operation}: {} was opened read-only", self.path.display()),
@@ -208,6 +210,15 @@ impl InspectStore for SqliteStore {
         self.worker.call(move |w| w.list("dead", limit)).await
     }
 
+    async fn delivery_info(&self, id: EventId) -> Result<Option<outbox_core::DeliveryInfo>> {
+        self.worker.call(move |w| w.delivery_info(id)).await
+    }
+
+    async fn list_by_status(&self, status: outbox_core::EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        // The statuses' names are the `status` column's values.
+        self.worker.call(move |w| w.list(status.as_str(), limit)).await
+    }
+
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         self.writable("requeue")?;
         let ids = ids.to_vec();
@@ -247,6 +258,6 @@ impl InboxStore for SqliteStore {
 
 impl DurableStore for SqliteStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new("sqlite", true).multi_process(true).limits(self.limits)
+        Capabilities::new("sqlite", true).multi_process(true).limits(self.limits).delivery_info(true)
     }
 }

@@ -58,6 +58,9 @@ pub(crate) struct WorkerHandle {
     tx: Mutex<Option<Sender<Msg>>>,
     thread: Option<JoinHandle<()>>,
     counts: Arc<Counts>,
+    /// The worker's clock, for writes made on other connections
+    /// (enlisted commits).
+    clock: SharedClock,
 }
 
 impl WorkerHandle {
@@ -71,12 +74,24 @@ impl WorkerHandle {
     ) -> Result<Self> {
         let (tx, rx) = channel();
         let counts = Arc::new(Counts::default());
-        let worker = Worker { conn, clock, granted: None, counts: counts.clone(), cap_pages, capped: None };
+        let worker = Worker {
+            conn,
+            clock: clock.clone(),
+            granted: None,
+            counts: counts.clone(),
+            cap_pages,
+            capped: None,
+        };
         let thread = std::thread::Builder::new()
             .name("outbox-sqlite".into())
             .spawn(move || run(worker, rx, max_batch))
             .map_err(SqliteError::Spawn)?;
-        Ok(WorkerHandle { tx: Mutex::new(Some(tx)), thread: Some(thread), counts })
+        Ok(WorkerHandle { tx: Mutex::new(Some(tx)), thread: Some(thread), counts, clock })
+    }
+
+    /// The clock's time, in milliseconds (as the worker reads it).
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now().as_millis()
     }
 
     /// How many transactions the commits so far took.

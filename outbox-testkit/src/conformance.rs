@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{
-    ActorId, Attempt, ClaimRequest, Commit, ConsumerId, DurableStore, DurableStoreExt, Envelope, ErrorKind,
-    EventId, InboxMark, LeaderGrant, LeadershipMode, ManualClock, NewEvent, OrderingKey, Payload, Result,
-    SharedClock, StoreStats, Timestamp, Version,
+    ActorId, Attempt, ClaimRequest, Commit, ConsumerId, DeliveryInfo, DurableStore, DurableStoreExt,
+    Envelope, ErrorKind, EventId, EventStatus, InboxMark, LeaderGrant, LeadershipMode, ManualClock, NewEvent,
+    OrderingKey, Payload, Result, SharedClock, StoreStats, Timestamp, Version,
 };
 
 use crate::StoreFactory;
@@ -793,6 +793,78 @@ pub async fn stats_count_by_status<F: StoreFactory>(factory: &F) {
     );
 }
 
+/// `list_by_status` lists each status's events, in commit order, each
+/// under one status only, as many as the stats count; a limit is kept;
+/// pruned events are no longer listed.
+pub async fn list_by_status_lists_each_status<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let a = |i: u64| actor(&format!("k{i}"));
+    // Six keys, committed in order: 0 and 3 delivered, 1 dead, 2
+    // discarded, 4 and 5 pending (5 never claimed).
+    let evs: Vec<_> = (0..6).map(|i| event(&a(i), i)).collect();
+    ctx.commit_events(evs.clone()).await;
+    let g = ctx.lead("l").await;
+    assert_eq!(ctx.claim(&g, 5).await.len(), 5);
+    ctx.store.ack(&g, &[evs[3].id, evs[0].id]).await.expect("ack");
+    ctx.store.dead_letter(&g, evs[1].id, "x").await.expect("dead");
+    ctx.store.dead_letter(&g, evs[2].id, "x").await.expect("dead");
+    assert_eq!(ctx.store.discard_dead(&[evs[2].id]).await.expect("discard"), 1);
+    let list = |status| {
+        let store = ctx.store.clone();
+        async move { ids(&store.list_by_status(status, usize::MAX).await.expect("list_by_status")) }
+    };
+    assert_eq!(list(EventStatus::Pending).await, vec![evs[4].id, evs[5].id], "pending");
+    assert_eq!(list(EventStatus::Dead).await, vec![evs[1].id], "dead");
+    assert_eq!(list(EventStatus::Delivered).await, vec![evs[0].id, evs[3].id], "delivered, in commit order");
+    assert_eq!(list(EventStatus::Discarded).await, vec![evs[2].id], "discarded");
+    let one = ctx.store.list_by_status(EventStatus::Delivered, 1).await.expect("list_by_status");
+    assert_eq!(ids(&one), vec![evs[0].id], "the limit is kept");
+    assert_eq!(one[0].payload, evs[0].payload, "the event as committed");
+    let s = ctx.stats().await;
+    assert_eq!((s.pending, s.dead, s.delivered, s.discarded), (2, 1, 2, 1));
+    ctx.advance(Duration::from_secs(1));
+    assert_eq!(ctx.store.prune_delivered(ctx.clock.now(), 100).await.expect("prune"), 3);
+    assert!(list(EventStatus::Delivered).await.is_empty(), "pruned");
+    assert!(list(EventStatus::Discarded).await.is_empty(), "pruned");
+    let found = ctx.store.find_event(evs[1].id).await.expect("find_event");
+    assert_eq!(found.map(|(st, e)| (st, e.id)), Some((EventStatus::Dead, evs[1].id)));
+    assert!(ctx.store.find_event(evs[0].id).await.expect("find_event").is_none(), "pruned");
+}
+
+/// `delivery_info` gives, per event, the lease and epoch of its last
+/// claim (kept after the lease expires) and whether a dead letter is
+/// skipped; `None` for an unknown id. A store whose capabilities say it
+/// does not keep these answers `Unsupported`.
+pub async fn delivery_info_shows_lease_epoch_and_skip<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let evs: Vec<_> = (0..3).map(|i| event(&actor(&format!("k{i}")), i)).collect();
+    ctx.commit_events(evs.clone()).await;
+    let info = |id| {
+        let store = ctx.store.clone();
+        async move { store.delivery_info(id).await }
+    };
+    if !ctx.store.capabilities().delivery_info {
+        assert_eq!(kind_of(info(evs[0].id).await), ErrorKind::Unsupported, "as the capabilities say");
+        return;
+    }
+    let unclaimed = Some(DeliveryInfo::default());
+    assert_eq!(info(evs[0].id).await.expect("delivery_info"), unclaimed, "never claimed");
+    let g = ctx.lead("l").await;
+    assert_eq!(ids(&ctx.claim(&g, 2).await), vec![evs[0].id, evs[1].id]);
+    let leased = Some(DeliveryInfo::new(Some(T0.saturating_add(LEASE)), Some(g.epoch), false));
+    assert_eq!(info(evs[0].id).await.expect("delivery_info"), leased, "the claim's lease and epoch");
+    assert_eq!(info(evs[2].id).await.expect("delivery_info"), unclaimed, "not claimed");
+    ctx.store.dead_letter(&g, evs[1].id, "x").await.expect("dead");
+    assert!(!info(evs[1].id).await.expect("delivery_info").expect("known").skipped);
+    assert_eq!(ctx.store.skip_dead(&[evs[1].id]).await.expect("skip"), 1);
+    assert!(info(evs[1].id).await.expect("delivery_info").expect("known").skipped, "skipped");
+    assert_eq!(ctx.store.requeue_dead(&[evs[1].id]).await.expect("requeue"), 1);
+    assert!(!info(evs[1].id).await.expect("delivery_info").expect("known").skipped, "requeued");
+    ctx.advance(LEASE * 2);
+    assert_eq!(info(evs[0].id).await.expect("delivery_info"), leased, "kept after the lease expired");
+    assert_eq!(info(EventId::new()).await.expect("delivery_info"), None, "an unknown id");
+}
+
 // ---------------------------------------------------------------- inbox
 
 /// An inbox mark commits with the consumer's state change and events, or
@@ -1056,4 +1128,82 @@ pub async fn fault_wrapper_passes_through_and_fails_on_cue<F: StoreFactory>(fact
     faulty.disarm();
     faulty.stats().await.expect("disarmed");
     assert_eq!(faulty.faults(), 4);
+}
+
+/// Claims marked [`ClaimRequest::exclusive`] (the claimer holds an
+/// exclusive lock and settles through this handle) keep the contract,
+/// whether the store writes leases or keeps them in memory: a claimed
+/// event is not claimed again while claimed and holds its key back, an
+/// ack delivers, a release hands back unattempted, an uncounted retry
+/// takes its attempt back and a counted one keeps it, and a newer grant
+/// takes over what an older one held (which is then fenced).
+pub async fn exclusive_claims_keep_the_contract<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (a, b) = (actor("a"), actor("b"));
+    let (a1, a2, b1) = (event(&a, 1), event(&a, 2), event(&b, 1));
+    ctx.commit_events(vec![a1.clone(), a2.clone(), b1.clone()]).await;
+    let g = ctx.lead("l").await;
+    let x = |limit: usize| ClaimRequest::new(limit, LEASE).exclusive(true);
+    let first = ctx.store.claim(&g, x(1)).await.expect("claim");
+    assert_eq!(ids(&first), vec![a1.id]);
+    assert_eq!(first[0].attempts, 1, "the claim counts an attempt");
+    let next = ctx.store.claim(&g, x(10)).await.expect("claim");
+    assert_eq!(ids(&next), vec![b1.id], "a1 is claimed, so a2 waits");
+    assert!(ctx.store.claim(&g, x(10)).await.expect("claim").is_empty(), "nothing claimed twice");
+    ctx.store.release(&g, &[b1.id]).await.expect("release");
+    ctx.store.ack(&g, &[a1.id]).await.expect("ack");
+    let more = ctx.store.claim(&g, x(10)).await.expect("claim");
+    assert_eq!(ids(&more), vec![a2.id, b1.id], "a2 after a1's ack, and b1 released");
+    assert_eq!(more[1].attempts, 1, "the release took b1's attempt back");
+    ctx.store.retry_later(&g, b1.id, T0, "down", Attempt::Uncounted).await.expect("retry_later");
+    ctx.store.retry_later(&g, a2.id, T0, "500", Attempt::Counted).await.expect("retry_later");
+    let again = ctx.store.claim(&g, x(10)).await.expect("claim");
+    assert_eq!(ids(&again), vec![a2.id, b1.id]);
+    assert_eq!((again[0].attempts, again[1].attempts), (2, 1), "counted kept, uncounted taken back");
+    assert_eq!(again[0].last_error.as_deref(), Some("500"));
+    ctx.advance(TTL.max(LEASE) + Duration::from_secs(1));
+    let g2 = ctx.lead("m").await;
+    let taken = ctx.store.claim(&g2, x(10)).await.expect("claim");
+    assert_eq!(ids(&taken), vec![a2.id, b1.id], "a newer grant takes over the lapsed claims");
+    if ctx.store.capabilities().leadership == LeadershipMode::Exclusive {
+        assert_eq!(kind_of(ctx.store.ack(&g, &[a2.id]).await), ErrorKind::Fenced, "the old grant is fenced");
+    }
+    ctx.store.ack(&g2, &[a2.id, b1.id]).await.expect("ack");
+    let s = ctx.stats().await;
+    assert_eq!((s.pending, s.delivered), (0, 3), "every event delivered once: {s:?}");
+}
+
+/// Acking a batch settles exactly its events: pending events committed
+/// between them (another key's, waiting for a retry) stay pending and are
+/// delivered later, none lost.
+pub async fn ack_leaves_interleaved_events_pending<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (a, b) = (actor("a"), actor("b"));
+    let mut all = Vec::new();
+    for n in 1..=8 {
+        all.push(event(&a, n));
+        all.push(event(&b, n));
+    }
+    ctx.commit_events(all.clone()).await;
+    let g = ctx.lead("l").await;
+    let first = ctx.claim(&g, 1).await;
+    assert_eq!(ids(&first), vec![all[0].id]);
+    ctx.store.ack(&g, &ids(&first)).await.expect("ack");
+    // b's head waits for a retry, so b's events stay out of the next claims.
+    let b1 = ctx.claim(&g, 1).await;
+    assert_eq!(ids(&b1), vec![all[1].id]);
+    let later = T0.saturating_add(Duration::from_secs(60));
+    ctx.store.retry_later(&g, b1[0].id, later, "later", Attempt::Counted).await.expect("retry_later");
+    let a_rest = ctx.claim(&g, 100).await;
+    let want: Vec<EventId> = all.iter().skip(2).step_by(2).map(|e| e.id).collect();
+    assert_eq!(ids(&a_rest), want, "a's other seven, between b's");
+    ctx.store.ack(&g, &ids(&a_rest)).await.expect("ack");
+    let s = ctx.stats().await;
+    assert_eq!((s.pending, s.delivered), (8, 8), "b's eight still pending: {s:?}");
+    ctx.advance(Duration::from_secs(60));
+    let b_all = ctx.claim(&g, 100).await;
+    let want: Vec<EventId> = all.iter().skip(1).step_by(2).map(|e| e.id).collect();
+    assert_eq!(ids(&b_all), want, "b's events, in order, none lost");
+    ctx.store.ack(&g, &ids(&b_all)).await.expect("ack");
+    assert_eq!(ctx.stats().await.pending, 0);
 }

@@ -208,6 +208,12 @@ impl InspectStore for FaultyStore {
     async fn list_dead(&self, limit: usize) -> Result<Vec<Envelope>> {
         faulty!(self, "list_dead", self.inner.list_dead(limit))
     }
+    async fn list_by_status(&self, status: outbox_core::EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        faulty!(self, "list_by_status", self.inner.list_by_status(status, limit))
+    }
+    async fn delivery_info(&self, id: EventId) -> Result<Option<outbox_core::DeliveryInfo>> {
+        faulty!(self, "delivery_info", self.inner.delivery_info(id))
+    }
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         faulty!(self, "requeue_dead", self.inner.requeue_dead(ids))
     }

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use outbox_core::{
-    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
-    DurableStore, Envelope, Error, ErrorKind, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore,
-    Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
+    ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryInfo,
+    DeliveryStore, DurableStore, Envelope, Error, ErrorKind, EventId, EventStatus, InboxStore, InspectStore,
+    LeaderGrant, LeaderStore, Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp,
+    async_trait,
 };
 use outbox_store_memory::MemoryStore;
 
@@ -587,6 +588,28 @@ impl DeliveryStore for FallbackStore {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl InspectStore for FallbackStore {
+    async fn list_by_status(&self, status: EventStatus, limit: usize) -> Result<Vec<Envelope>> {
+        match status {
+            EventStatus::Pending => self.list_pending(limit).await,
+            EventStatus::Dead => self.list_dead(limit).await,
+            _ => {
+                let mut v = self.primary.list_by_status(status, limit).await?;
+                if self.is_fallen() && v.len() < limit {
+                    v.extend(self.memory().list_by_status(status, limit - v.len()).await?);
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    async fn delivery_info(&self, id: EventId) -> Result<Option<DeliveryInfo>> {
+        match self.primary.delivery_info(id).await? {
+            Some(i) => Ok(Some(i)),
+            None if self.is_fallen() => self.memory().delivery_info(id).await,
+            None => Ok(None),
+        }
+    }
+
     async fn stats(&self) -> Result<StoreStats> {
         let a = self.primary.stats().await?;
         if !self.is_fallen() {

@@ -4,6 +4,8 @@ mod actor;
 #[cfg(all(target_arch = "wasm32", store_idb))]
 pub mod browser;
 mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod enlist;
 mod fallback;
 mod runtime;
 pub mod trace;

@@ -144,22 +144,20 @@ async fn run() -> Result<(), JsValue> {
     // The forwarder (and the HTTP sink to the sync server) runs in a
     // worker of its own bundle (`todo-pwa-worker`, web/outbox-worker.js):
     // this page only commits.
-    let config = OutboxConfig::default()
-        .app_name(DB)
-        .on_error(|event, error| {
-            let n = ERRORS.with(|c| {
-                c.set(c.get() + 1);
-                c.get()
-            });
-            let doc = web_sys::window().and_then(|w| w.document());
-            if let Some(root) = doc.as_ref().and_then(|d| d.get_element_by_id("app")) {
-                set_attr(&root, "data-errors", &n.to_string());
-            }
-            if let Some(status) = doc.as_ref().and_then(|d| d.get_element_by_id("status")) {
-                let what = event.map(|e| format!(" ({} of {})", e.event_type, e.origin)).unwrap_or_default();
-                status.set_text_content(Some(&format!("Outbox: {error}{what}")));
-            }
+    let config = OutboxConfig::default().app_name(DB).on_error(|event, error| {
+        let n = ERRORS.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
         });
+        let doc = web_sys::window().and_then(|w| w.document());
+        if let Some(root) = doc.as_ref().and_then(|d| d.get_element_by_id("app")) {
+            set_attr(&root, "data-errors", &n.to_string());
+        }
+        if let Some(status) = doc.as_ref().and_then(|d| d.get_element_by_id("status")) {
+            let what = event.map(|e| format!(" ({} of {})", e.event_type, e.origin)).unwrap_or_default();
+            status.set_text_content(Some(&format!("Outbox: {error}{what}")));
+        }
+    });
     let outbox = configure_page(config, WorkerForwarding::new("/outbox-worker.js"))
         .await
         .map_err(|e| e.to_string())?;
