@@ -35,10 +35,10 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use crate::codec::{
     CORRUPTED, CORRUPTED_ID, Event, Quarantined, Status, bytes_js, dead_js, decode_quarantined, derived_id,
-    derived_seq, encode_quarantined, id_js, js_bytes, js_dead, js_u64, raw_bytes, salvage, seq_js,
+    derived_seq, encode_quarantined, id_js, js_bytes, js_dead, js_seqs, js_u64, raw_bytes, salvage, seq_js,
     time_seq_js,
 };
-use crate::schema::{DEAD, DELIVERED, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
+use crate::schema::{DEAD, DELIVERED, DELIVERED_BATCHES, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
 use crate::tx::{Db, delete, finish, get, get_all, get_all_keys, get_many, put, seq_keys, seq_range, store};
 
 /// Why a read through an index could not go on.
@@ -242,13 +242,25 @@ pub(crate) async fn seq_of_id(
     }
 }
 
+/// Whether `seq` was delivered by a batch ack (`delivered_batches`, read
+/// whole: this runs only while fixing a row).
+async fn in_a_delivered_batch(batches: &ObjectStore<'_>, seq: u64) -> Result<bool> {
+    for b in get_all(batches, "scan delivered batches").await? {
+        if js_seqs(&b, "delivered batch")?.contains(&seq) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Makes `seq` readable again (see the [module](self)), in one
 /// transaction: rebuilds its index entries from its record if that
 /// decodes, quarantines it at `now` otherwise; a quarantined seq only
 /// loses a stale pending entry.
 pub(crate) async fn fix(db: &Db, now: Timestamp, seq: u64) -> Result<()> {
     let what = "fix";
-    let tx = db.tx(&[EVENTS, PENDING, DEAD, DELIVERED, DISCARDED, IDS, QUARANTINE], true)?;
+    let tx =
+        db.tx(&[EVENTS, PENDING, DEAD, DELIVERED, DELIVERED_BATCHES, DISCARDED, IDS, QUARANTINE], true)?;
     let (ev, pending, dead) =
         (store(&tx, EVENTS, what)?, store(&tx, PENDING, what)?, store(&tx, DEAD, what)?);
     let q = store(&tx, QUARANTINE, what)?;
@@ -265,6 +277,10 @@ pub(crate) async fn fix(db: &Db, now: Timestamp, seq: u64) -> Result<()> {
             delete(&pending, k.clone(), what)?;
             delete(&dead, k.clone(), what)?;
             match row.status() {
+                // A row acked in a batch keeps its pending status: it is
+                // delivered, not pending again.
+                Status::Pending
+                    if in_a_delivered_batch(&store(&tx, DELIVERED_BATCHES, what)?, seq).await? => {}
                 Status::Pending => put(&pending, k, bytes_js(&encode_pending(&row.pending_entry())), what)?,
                 Status::Dead { skipped } => put(&dead, k, dead_js(&row.env().key, skipped), what)?,
                 Status::Delivered(at) => put(&store(&tx, DELIVERED, what)?, time_seq_js(at, seq), k, what)?,

@@ -899,3 +899,38 @@ async fn a_batch_ack_counts_lists_and_prunes_as_delivered() {
     // Pruned ids are forgotten, as for events acked one by one.
     store.put_state_and_events(Commit::events_only().event(events[0].clone())).await.expect("recommit");
 }
+
+/// A row delivered by a batch ack keeps its committed (pending) status;
+/// when a damaged index entry makes the store fix that row, it is not made
+/// pending again (which would deliver it twice).
+#[wasm_bindgen_test]
+async fn fixing_a_row_delivered_in_a_batch_does_not_make_it_pending() {
+    let name = unique("batch-fix");
+    let clock = ManualClock::new(T0);
+    let store = IdbStore::options(name.as_str()).clock(clock.clone()).open().await.expect("open");
+    let events: Vec<NewEvent> = (0..4)
+        .map(|i| NewEvent::json(ActorId::new(format!("a{i}")).expect("actor"), "saved", &i).expect("event"))
+        .collect();
+    store.put_state_and_events(Commit::events_only().events(events.clone())).await.expect("commit");
+    let ttl = std::time::Duration::from_secs(60);
+    let g = store.acquire_leadership("tab", ttl).await.expect("lead").expect("grant");
+    let claimed = store.claim(&g, ClaimRequest::new(100, ttl).exclusive(true)).await.expect("claim");
+    store.ack(&g, &claimed.iter().map(|e| e.id).collect::<Vec<_>>()).await.expect("ack");
+    // A stray pending entry for seq 1 that names another key: the claim
+    // finds the entry and its row disagree, and fixes seq 1.
+    let stray = PendingEntry {
+        next_attempt_at: T0,
+        lease_until: None,
+        created_at: T0,
+        key: outbox_core::OrderingKey::new("stray").expect("key"),
+    };
+    let raw = Database::open(name.as_str()).await.expect("raw open");
+    put_raw(&raw, "pending", vec![(num(1), bytes(&encode_pending(&stray)))]).await;
+    raw.close();
+    assert!(
+        store.claim(&g, ClaimRequest::new(100, ttl)).await.expect("claim").is_empty(),
+        "not delivered again"
+    );
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.delivered, s.dead), (0, 4, 0), "{s:?}");
+}
