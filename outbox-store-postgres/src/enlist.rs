@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::error::{is_duplicate_id, map};
 use crate::notify::COMMIT_CHANNEL;
 use crate::pool::quote_ident;
-use crate::rows::{millis, uuid};
+use crate::rows::{EventColumns, millis, uuid};
 use crate::store::PostgresStore;
 
 /// The commit's statements with the store's tables named by schema (the
@@ -101,20 +101,7 @@ impl PostgresStore {
         let at = millis(now);
         let schema = self.inner.schema.as_str();
         let sql = Sql::new(schema);
-        let ids: Vec<Uuid> = commit.events.iter().map(|e| uuid(e.id)).collect();
-        let origins: Vec<&str> = commit.events.iter().map(|e| e.origin.as_str()).collect();
-        let keys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
-        let types: Vec<&str> = commit.events.iter().map(|e| e.event_type.as_str()).collect();
-        let kinds: Vec<&str> = commit.events.iter().map(|e| e.payload.kind().as_str()).collect();
-        let payloads: Vec<&[u8]> = commit.events.iter().map(|e| e.payload.as_bytes()).collect();
-        let headers = commit
-            .events
-            .iter()
-            .map(|e| serde_json::to_string(&e.headers))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let versions: Vec<i32> = commit.events.iter().map(|e| e.schema_version as i32).collect();
-        let due: Vec<i64> =
-            commit.events.iter().map(|e| e.not_before.map_or(at, |t| millis(t).max(at))).collect();
+        let cols = EventColumns::of(&commit.events, at)?;
 
         let sp = tx.savepoint("outbox_enlist").await.map_err(|e| map("enlist savepoint", e))?;
         let mut version = None;
@@ -142,22 +129,15 @@ impl PostgresStore {
             version = Some(s.expected_version.next());
         }
         if !commit.events.is_empty() {
-            let inserted = sp
-                .execute(
-                    sql.insert_events.as_str(),
-                    &[
-                        &ids, &origins, &keys, &types, &kinds, &payloads, &headers, &versions, &at, &due,
-                        &schema,
-                    ],
-                )
-                .await;
+            let inserted =
+                sp.execute(sql.insert_events.as_str(), &[&cols.params()[..], &[&schema]].concat()).await;
             if let Err(e) = inserted {
                 sp.rollback().await.map_err(|e| map("roll back the enlisted writes", e))?;
                 if !is_duplicate_id(&e) {
                     return Err(map("insert events", e));
                 }
                 let stored = tx
-                    .query_opt(sql.find_ids.as_str(), &[&ids])
+                    .query_opt(sql.find_ids.as_str(), &[&cols.ids])
                     .await
                     .map_err(|e| map("find duplicate id", e))?;
                 let id = stored.map(|r| EventId::from_bytes(*r.get::<_, Uuid>(0).as_bytes())).unwrap_or_else(

@@ -194,3 +194,58 @@ pub(crate) async fn quarantine(tx: &Transaction<'_>, rows: &[Box<Quarantine>]) -
     }
     Ok(())
 }
+
+/// A commit's events as the events insert's column arrays, encoded before
+/// any transaction opens (the store's own commit and an enlisted one use
+/// the same insert).
+pub(crate) struct EventColumns<'a> {
+    pub(crate) ids: Vec<Uuid>,
+    origins: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    types: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
+    headers: Vec<String>,
+    versions: Vec<i32>,
+    at: i64,
+    due: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The columns of `events` committed at `at` (milliseconds).
+    pub(crate) fn of(events: &'a [outbox_core::NewEvent], at: i64) -> Result<Self> {
+        Ok(EventColumns {
+            ids: events.iter().map(|e| uuid(e.id)).collect(),
+            origins: events.iter().map(|e| e.origin.as_str()).collect(),
+            keys: events.iter().map(|e| e.key.as_str()).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            kinds: events.iter().map(|e| e.payload.kind().as_str()).collect(),
+            payloads: events.iter().map(|e| e.payload.as_bytes()).collect(),
+            headers: events
+                .iter()
+                .map(|e| serde_json::to_string(&e.headers))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+            versions: events.iter().map(|e| e.schema_version as i32).collect(),
+            at,
+            due: events.iter().map(|e| e.not_before.map_or(at, |t| millis(t).max(at))).collect(),
+        })
+    }
+
+    /// The insert's first ten parameters: ids, origins, keys, types,
+    /// payload kinds, payloads, headers, schema versions, the commit time
+    /// and the due times.
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 10] {
+        [
+            &self.ids,
+            &self.origins,
+            &self.keys,
+            &self.types,
+            &self.kinds,
+            &self.payloads,
+            &self.headers,
+            &self.versions,
+            &self.at,
+            &self.due,
+        ]
+    }
+}

@@ -26,7 +26,7 @@ use crate::queries::{
     ENVELOPE_COLS, SQL_ACK, SQL_FIND_IDS, SQL_GRANT_LIVE, SQL_INSERT_EVENTS, SQL_INSERT_MARK,
     SQL_INSERT_STATE, SQL_LOCK_EVENTS, SQL_UPDATE_STATE, STATUS_DEAD, STATUS_PENDING,
 };
-use crate::rows::{Decoded, decode_at, limit_i64, millis, uuid};
+use crate::rows::{Decoded, EventColumns, decode_at, limit_i64, millis, uuid};
 
 /// Claim transactions one `claim` call runs while each finds only rows to
 /// quarantine.
@@ -137,20 +137,7 @@ impl PostgresStore {
         let now = self.now();
         let at = millis(now);
         // Everything is encoded before the transaction opens.
-        let ids: Vec<Uuid> = commit.events.iter().map(|e| uuid(e.id)).collect();
-        let origins: Vec<&str> = commit.events.iter().map(|e| e.origin.as_str()).collect();
-        let ekeys: Vec<&str> = commit.events.iter().map(|e| e.key.as_str()).collect();
-        let types: Vec<&str> = commit.events.iter().map(|e| e.event_type.as_str()).collect();
-        let kinds: Vec<&str> = commit.events.iter().map(|e| e.payload.kind().as_str()).collect();
-        let payloads: Vec<&[u8]> = commit.events.iter().map(|e| e.payload.as_bytes()).collect();
-        let headers = commit
-            .events
-            .iter()
-            .map(|e| serde_json::to_string(&e.headers))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let versions: Vec<i32> = commit.events.iter().map(|e| e.schema_version as i32).collect();
-        let due: Vec<i64> =
-            commit.events.iter().map(|e| e.not_before.map_or(at, |t| millis(t).max(at))).collect();
+        let cols = EventColumns::of(&commit.events, at)?;
         let state = commit.state.as_ref().map(|s| {
             let expected = s.expected_version.0 as i64;
             (s, expected, expected + 1)
@@ -178,11 +165,7 @@ impl PostgresStore {
             },
             async {
                 if has_events {
-                    tx.execute(
-                        &insert_events,
-                        &[&ids, &origins, &ekeys, &types, &kinds, &payloads, &headers, &versions, &at, &due],
-                    )
-                    .await
+                    tx.execute(&insert_events, &cols.params()).await
                 } else {
                     Ok(0)
                 }
@@ -195,7 +178,7 @@ impl PostgresStore {
             && is_duplicate_id(e)
         {
             drop(tx);
-            return Err(self.duplicate(&mut conn, &commit, &ids).await);
+            return Err(self.duplicate(&mut conn, &commit, &cols.ids).await);
         }
         inserted.map_err(|e| map("insert events", e))?;
         let mut version = None;

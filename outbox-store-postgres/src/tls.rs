@@ -310,14 +310,15 @@ impl MakeTls {
             }
             Verify::Ca(roots) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(CaOnly {
-                    roots,
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    roots: Some(roots),
                     algs: provider.signature_verification_algorithms,
                 }))
                 .with_no_client_auth(),
             Verify::Nothing => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unchecked {
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    roots: None,
                     algs: provider.signature_verification_algorithms,
                 }))
                 .with_no_client_auth(),
@@ -326,14 +327,16 @@ impl MakeTls {
     }
 }
 
-/// `verify-ca`: the chain is checked, the host name is not.
+/// `verify-ca` (with `roots`: the chain is checked, the host name is not)
+/// and `require` / `prefer` (without: encryption only, any certificate).
+/// Either way the handshake's signatures are checked.
 #[derive(Debug)]
-struct CaOnly {
-    roots: Arc<RootCertStore>,
+struct Lenient {
+    roots: Option<Arc<RootCertStore>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for CaOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -342,50 +345,10 @@ impl ServerCertVerifier for CaOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, self.algs.all)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// `require` and `prefer`: encryption only, any certificate (the
-/// handshake's signatures are still checked).
-#[derive(Debug)]
-struct Unchecked {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algs.all)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
