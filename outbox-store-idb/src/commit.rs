@@ -47,23 +47,38 @@ pub(crate) async fn commit(
     let at = num(now.as_millis() as f64);
 
     let what = "commit";
-    let tx = db.tx(&[META, STATE, EVENTS, IDS, PENDING, INBOX, INBOX_AT], true)?;
-    let (meta, state_st, ev) = (store(&tx, META, what)?, store(&tx, STATE, what)?, store(&tx, EVENTS, what)?);
+    // The transaction spans only the object stores this commit writes.
+    let mut scope = vec![META, EVENTS, IDS, PENDING];
+    if state.is_some() {
+        scope.push(STATE);
+    }
+    if !marks.is_empty() {
+        scope.extend([INBOX, INBOX_AT]);
+    }
+    let tx = db.tx(&scope, true)?;
+    let (meta, ev) = (store(&tx, META, what)?, store(&tx, EVENTS, what)?);
     let (ids, pending) = (store(&tx, IDS, what)?, store(&tx, PENDING, what)?);
-    let (inbox, inbox_at) = (store(&tx, INBOX, what)?, store(&tx, INBOX_AT, what)?);
+    let state_st = match &state {
+        Some(_) => Some(store(&tx, STATE, what)?),
+        None => None,
+    };
+    let inboxes = match marks.is_empty() {
+        true => None,
+        false => Some((store(&tx, INBOX, what)?, store(&tx, INBOX_AT, what)?)),
+    };
 
     // Reads first: the version check, the next seq.
     // Both reads sent before either is awaited: one round trip.
     let next_req =
         meta.get::<JsValue, JsValue, JsValue>(NEXT_SEQ.into()).primitive().map_err(|e| map(what, e))?;
-    let state_req = match &state {
-        Some((actor, ..)) => Some(
+    let state_req = match (&state, &state_st) {
+        (Some((actor, ..)), Some(state_st)) => Some(
             state_st
                 .get::<JsValue, JsValue, JsValue>(actor.as_str().into())
                 .primitive()
                 .map_err(|e| map(what, e))?,
         ),
-        None => None,
+        _ => None,
     };
     let next = match next_req.await.map_err(|e| map("read next seq", e))? {
         Some(v) => js_u64(&v, "next seq")?,
@@ -80,8 +95,8 @@ pub(crate) async fn commit(
         }
     }
     // Then the writes.
-    if let Some((actor, _, _, bytes)) = &state {
-        put(&state_st, actor.as_str().into(), bytes.clone(), what)?;
+    if let (Some((actor, _, _, bytes)), Some(state_st)) = (&state, &state_st) {
+        put(state_st, actor.as_str().into(), bytes.clone(), what)?;
     }
     let mut adds = Vec::with_capacity(events.len() + marks.len());
     for (i, (id, row, entry)) in events.iter().enumerate() {
@@ -91,13 +106,13 @@ pub(crate) async fn commit(
         put(&ev, seq.clone(), row.clone(), what)?;
         put(&pending, seq, entry.clone(), what)?;
     }
-    for (m, key) in &marks {
+    for ((m, key), (inbox, inbox_at)) in marks.iter().zip(std::iter::repeat(&inboxes).flatten()) {
         let add = inbox.add(at.clone()).with_key(key.clone()).primitive().map_err(|e| map(what, e))?;
         adds.push((None, Some(*m), add));
         let by_time: JsValue =
             Array::of4(&at, &m.consumer.as_str().into(), &m.origin.as_str().into(), &id_js(m.event_id))
                 .into();
-        put(&inbox_at, by_time, num(0.0), what)?;
+        put(inbox_at, by_time, num(0.0), what)?;
     }
     if !events.is_empty() {
         put(&meta, NEXT_SEQ.into(), seq_js(next + events.len() as u64), what)?;
