@@ -39,6 +39,8 @@
 //!
 //! where the worker bundle exports `serve` (calling [`serve_worker`]) and
 //! `drain` (calling [`drain`], rejecting when [`Drained::retry_later`]).
+//! `examples/todo-pwa/worker/src/lib.rs` is such a bundle, in full (built
+//! by CI), and `examples/todo-pwa/web/` has the two scripts.
 
 use std::cell::Cell;
 use std::rc::Rc;
