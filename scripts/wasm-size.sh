@@ -53,5 +53,6 @@ kb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1000 }'; }
 page=$((total[page] - total[idb_floor]))
 worker=$((total[worker] - total[idb_floor]))
 raw=$((total[raw_commit] - total[idb_floor]))
-echo "page: $(kb "$page") KB gz above the floor (budget 10.0; $(awk -v p="$page" -v r="$raw" 'BEGIN { printf "%.1f", p / r }')x the hand-written commit)"
-echo "worker: $(kb "$worker") KB gz above the floor (budget 31.0)"
+echo "page: $(kb "$page") KB gz above the floor"
+echo "worker: $(kb "$worker") KB gz above the floor"
+echo "  (budgets: page 10.0, worker 31.0; the page is $(awk -v p="$page" -v r="$raw" 'BEGIN { printf "%.1f", p / r }')x the hand-written commit)"

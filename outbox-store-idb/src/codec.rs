@@ -29,6 +29,18 @@ pub(crate) fn js_bytes(v: &JsValue, what: &str) -> Result<Vec<u8>> {
     v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec).ok_or_else(|| corrupt(what))
 }
 
+/// The key of a delivered batch: `[ack time, first seq, how many]`, so
+/// counting delivered events reads keys only.
+pub(crate) fn batch_key_js(at: Timestamp, first: u64, count: usize) -> JsValue {
+    Array::of3(&num(at.as_millis() as f64), &seq_js(first), &num(count as f64)).into()
+}
+
+/// How many events the delivered batch keyed `k` ([`batch_key_js`]) holds.
+pub(crate) fn js_batch_count(k: &JsValue) -> Result<u64> {
+    let parts: &Array = k.dyn_ref().ok_or_else(|| corrupt("delivered batch key"))?;
+    js_u64(&parts.get(2), "delivered batch count")
+}
+
 /// A delivered batch's seqs: little-endian u64s, ascending.
 pub(crate) fn seqs_js(seqs: &[u64]) -> JsValue {
     let mut b = Vec::with_capacity(seqs.len() * 8);

@@ -12,7 +12,9 @@ use outbox_core::{
     ClaimRequest, Envelope, Epoch, Error, EventId, LeaderGrant, OrderingKey, Result, Timestamp,
 };
 
-use crate::codec::{Event, Status, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, seqs_js, time_seq_js};
+use crate::codec::{
+    Event, Status, batch_key_js, bytes_js, dead_js, id_js, js_dead, js_u64, seq_js, seqs_js, time_seq_js,
+};
 use crate::leader::current_epoch;
 use crate::quarantine::{Fault, Healing, at, healing, pending_row, pending_rows, rows_by_id};
 use crate::schema::{DEAD, DELIVERED, DELIVERED_BATCHES, EVENTS, IDS, META, PENDING, QUARANTINE};
@@ -270,7 +272,7 @@ pub(crate) async fn ack_batch(
     let tx = db.tx(&[META, PENDING, DELIVERED_BATCHES], true)?;
     check_fence(grant, current_epoch(&store(&tx, META, what)?).await?)?;
     delete_seqs(&store(&tx, PENDING, what)?, &seqs, what).await?;
-    put(&store(&tx, DELIVERED_BATCHES, what)?, time_seq_js(now, first), seqs_js(&seqs), what)?;
+    put(&store(&tx, DELIVERED_BATCHES, what)?, batch_key_js(now, first, seqs.len()), seqs_js(&seqs), what)?;
     finish(tx, what).await?;
     let mut mem = inflight.borrow_mut();
     for seq in seqs {

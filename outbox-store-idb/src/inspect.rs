@@ -12,8 +12,8 @@ use outbox_core::{Envelope, EventId, OrderingKey, Result, StoreStats, Timestamp}
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::codec::{
-    Event, Status, bytes_js, dead_js, id_js, js_bytes, js_dead, js_seqs, js_u64, quarantined_envelope,
-    salvage, seq_js, seqs_js, time_seq_js,
+    Event, Status, bytes_js, dead_js, id_js, js_batch_count, js_bytes, js_dead, js_seqs, js_u64,
+    quarantined_envelope, salvage, seq_js, seqs_js, time_seq_js,
 };
 use crate::quarantine::{Fault, Found, Healing, at, found, healing, quarantined, row_by_id, seq_of_id};
 use crate::schema::{DEAD, DELIVERED, DELIVERED_BATCHES, DISCARDED, EVENTS, IDS, PENDING, QUARANTINE};
@@ -49,8 +49,10 @@ pub(crate) async fn stats(db: &Db, now: Timestamp) -> Result<StoreStats> {
         }
         s.parked_keys = parked.len() as u64;
         s.delivered = count(&store(&tx, DELIVERED, "stats")?, "count delivered").await?;
-        for batch in get_all(&store(&tx, DELIVERED_BATCHES, "stats")?, "scan delivered batches").await? {
-            s.delivered += js_seqs(&batch, "delivered batch")?.len() as u64;
+        for k in
+            get_all_keys(&store(&tx, DELIVERED_BATCHES, "stats")?, None, "scan delivered batches").await?
+        {
+            s.delivered += js_batch_count(&k)?;
         }
         s.discarded = count(&store(&tx, DISCARDED, "stats")?, "count discarded").await?;
         Ok(s)
@@ -334,7 +336,11 @@ pub(crate) async fn prune_delivered(db: &Db, before: Timestamp, limit: usize) ->
             delete(&batches_st, k.clone(), what)?;
         } else if *pruned > 0 {
             let rest: Vec<u64> = seqs.iter().copied().filter(|s| !gone.contains(s)).collect();
-            put(&batches_st, k.clone(), seqs_js(&rest), what)?;
+            // The count is in the key: the rest goes under a new one.
+            delete(&batches_st, k.clone(), what)?;
+            let parts: Array = k.clone().dyn_into().map_err(|_| corrupt("delivered batch key"))?;
+            let new_key = Array::of3(&parts.get(0), &parts.get(1), &JsValue::from_f64(rest.len() as f64));
+            put(&batches_st, new_key.into(), seqs_js(&rest), what)?;
         }
     }
     finish(tx, what).await?;

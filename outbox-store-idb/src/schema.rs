@@ -61,7 +61,7 @@ pub(crate) const DISCARDED: &str = "discarded";
 pub(crate) const INBOX: &str = "inbox";
 pub(crate) const INBOX_AT: &str = "inbox_at";
 pub(crate) const QUARANTINE: &str = "quarantine";
-/// Events delivered by one batch ack, `[time, first seq]` -> their seqs
+/// Events delivered by one batch ack, `[time, first seq, count]` -> their seqs
 /// (see `delivery::ack_batch`): delivered like the `delivered` index's
 /// events, their rows left as committed.
 pub(crate) const DELIVERED_BATCHES: &str = "delivered_batches";

@@ -117,12 +117,17 @@ pub(crate) struct Page {
     sync: Option<String>,
     _on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
     _on_error: Closure<dyn FnMut(JsValue)>,
-    _on_hide: Option<Closure<dyn FnMut(JsValue)>>,
+    on_hide_cb: Option<Closure<dyn FnMut(JsValue)>>,
 }
 
 impl Drop for Page {
     fn drop(&mut self) {
         self.worker.terminate();
+        if let (Some(cb), Ok(target)) =
+            (&self.on_hide_cb, js_sys::global().dyn_into::<web_sys::EventTarget>())
+        {
+            let _ = target.remove_event_listener_with_callback("pagehide", cb.as_ref().unchecked_ref());
+        }
     }
 }
 
@@ -165,7 +170,14 @@ impl Page {
             target.add_event_listener_with_callback("pagehide", cb.as_ref().unchecked_ref()).ok()?;
             Some(cb)
         });
-        Ok(Page { worker, forwarding, sync, _on_message: on_message, _on_error: on_error, _on_hide: on_hide })
+        Ok(Page {
+            worker,
+            forwarding,
+            sync,
+            _on_message: on_message,
+            _on_error: on_error,
+            on_hide_cb: on_hide,
+        })
     }
 
     /// After each commit: offline, ask for a Background Sync, so the
