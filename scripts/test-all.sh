@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+disk() { df -h . | awk 'NR == 2 { print "disk: " $4 " free of " $2 }'; }
+disk
+
 step "provision: rust components and the wasm32 target"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown
@@ -48,6 +51,7 @@ cargo test --workspace --all-features --locked 2>&1 | tee "$log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
 rm -f "$log"
 
+disk
 step "the forwarder without its default features (metrics off, as a browser bundle builds it)"
 cargo clippy -p outbox-forwarder --no-default-features --all-targets --locked -- -D warnings
 log=$(mktemp)
@@ -120,5 +124,6 @@ cargo run --locked -q -p outbox-example-todo -- --db "$(mktemp -d)/todo.db"
 step "mutation check: every conformance test fails on a store broken the way it checks"
 python3 scripts/mutants.py
 
+disk
 step "all checks passed"
 echo "tests: ${passed} passed, ${failed} failed"
