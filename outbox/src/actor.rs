@@ -324,7 +324,7 @@ impl Outbox {
 }
 
 async fn load<A: Actor>(outbox: &Outbox, id: &ActorId) -> Result<(A::State, Version), Error> {
-    match outbox.store().load_state(id).await? {
+    match outbox.load_state(id).await? {
         Some(s) => Ok((serde_json::from_slice(&s.bytes)?, s.version)),
         None => Ok((A::State::default(), Version::NONE)),
     }

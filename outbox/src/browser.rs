@@ -44,7 +44,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use js_sys::{Function, Object, Promise, Reflect};
@@ -56,8 +56,9 @@ use wasm_bindgen::{JsCast, JsValue};
 
 pub use outbox_forwarder::browser::Drained;
 
-use crate::config::{Durability, OutboxConfig, StoreChoice};
-use crate::runtime::{Outbox, configure_with};
+use crate::config::{Durability, OnQuota, OutboxConfig, StoreChoice};
+use crate::fallback::{FallbackStore, spawn_recommitter};
+use crate::runtime::{Backend, Inner, Outbox, Parts};
 
 /// How long [`drain`] waits for the forwarder lock that another tab or
 /// worker holds before leaving the delivery to it.
@@ -249,31 +250,78 @@ impl Sink for NoSink {
 /// leading worker of any tab; [`Outbox::is_forwarding`] says whether this
 /// page's worker leads.
 ///
+/// The page calls the store by its type, not through `dyn DurableStore`:
+/// its bundle carries what committing and loading state need, and what
+/// else the app calls ([`Outbox::dead_letters`], [`Outbox::requeue`],
+/// ...). [`Outbox::store`] hands out the whole store (and brings all of it
+/// into the bundle of an app that calls it).
+///
 /// A worker that fails (its script does not load, or throws) is reported
 /// as `Unavailable` to `on_error` and logged: nothing is delivered while
 /// this page is open, and commits are still kept.
 ///
 /// Errors: `InvalidInput` for a store other than IndexedDB, for
-/// [`Durability::Off`] (no events are kept, so none can reach a worker),
-/// and when the worker cannot be started (a script URL the page may not
-/// load); the store's open errors as for `configure_outbox`.
+/// [`Durability::Off`] and [`Durability::Memory`] (no events are kept
+/// where a worker can read them), and when the worker cannot be started
+/// (a script URL the page may not load); the store's open errors as for
+/// `configure_outbox`.
 pub async fn configure_page(config: OutboxConfig, worker: WorkerForwarding) -> Result<Outbox> {
-    if config.durability == Durability::Off {
-        return Err(Error::invalid_input("Durability::Off keeps no events for a worker to deliver"));
-    }
-    let db = database(&config)?;
-    let page = Rc::new(Page::start(&worker, &db, config.forwarder.on_error.clone())?);
-    configure_with(config, Arc::new(NoSink), |_, _, _, _| None, Some(page)).await
+    let db = durable_database(&config)?;
+    let on_error = config.forwarder.on_error.clone();
+    let page = Rc::new(Page::start(&worker, &db, on_error.clone())?);
+    let idb = open_store(&db, &config).await?;
+    let clock = config.forwarder.clock.clone();
+    let store = if config.on_quota == OnQuota::Fail {
+        Arc::new(FallbackStore::passthrough(idb, clock))
+    } else {
+        let report = on_error.clone();
+        let hook = Box::new(move |e: &Error| {
+            if let Some(cb) = &report {
+                cb(None, e);
+            }
+        });
+        let fb = Arc::new(FallbackStore::new(idb, clock, hook));
+        spawn_recommitter(Arc::downgrade(&fb));
+        fb
+    };
+    Ok(Outbox {
+        inner: Arc::new(Inner {
+            durable: (store.watch_durable(), None),
+            backend: Backend::Page(store),
+            conflict_retries: config.conflict_retries,
+            forwarder: Mutex::new(None),
+            wake: None,
+            sink: Arc::new(NoSink),
+            durability: config.durability,
+            on_error,
+            page: Some(page),
+        }),
+    })
 }
 
 /// In the dedicated worker [`configure_page`] starts: runs the forwarder
-/// to `sink` exactly as [`configure_outbox`](crate::configure_outbox)
-/// does in a page (one worker or tab of the origin forwards at a time),
-/// and tells the page whether this worker leads. Keep the returned
-/// outbox alive for as long as the worker runs.
+/// to `sink` over the IndexedDB store as
+/// [`configure_outbox`](crate::configure_outbox) does in a page (one
+/// worker or tab of the origin forwards at a time), and tells the page
+/// whether this worker leads. Keep the returned outbox alive for as long
+/// as the worker runs.
+///
+/// The worker's outbox is for forwarding: it has no quota fallback (the
+/// pages commit, each behind its own), so a commit made through it on a
+/// full store fails with `QuotaExceeded` whatever `config.on_quota` says.
+///
+/// Errors: as [`configure_page`]'s for the config (`InvalidInput` for a
+/// store other than IndexedDB, for [`Durability::Off`] and
+/// [`Durability::Memory`]); the store's open errors.
 pub async fn serve_worker(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
-    database(&config)?;
-    let outbox = crate::configure_outbox(config, sink).await?;
+    let db = durable_database(&config)?;
+    let store = open_store(&db, &config).await?;
+    let parts = Parts {
+        durability: config.durability,
+        forwarder: config.forwarder,
+        conflict_retries: config.conflict_retries,
+    };
+    let outbox = crate::runtime::assemble(store, None, Some(&db), sink, parts);
     if let Some(mut roles) = outbox.watch_role() {
         wasm_bindgen_futures::spawn_local(async move {
             loop {
@@ -286,6 +334,25 @@ pub async fn serve_worker(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<O
         });
     }
     Ok(outbox)
+}
+
+/// The IndexedDB database `config` opens, for a page or worker of
+/// [`configure_page`]'s kind.
+fn durable_database(config: &OutboxConfig) -> Result<String> {
+    match config.durability {
+        Durability::Off => {
+            Err(Error::invalid_input("Durability::Off keeps no events for a worker to deliver"))
+        }
+        Durability::Memory => Err(Error::invalid_input(
+            "Durability::Memory keeps events in this page's memory, where a worker cannot deliver them",
+        )),
+        _ => database(config),
+    }
+}
+
+/// Opens the IndexedDB store `db` on `config`'s clock.
+async fn open_store(db: &str, config: &OutboxConfig) -> Result<Arc<outbox_store_idb::IdbStore>> {
+    Ok(Arc::new(outbox_store_idb::IdbOptions::new(db).clock(config.forwarder.clock.clone()).open().await?))
 }
 
 /// `postMessage({ outboxForwarding })` to the page that started this
@@ -308,9 +375,10 @@ fn post_to_page(leading: bool) {
 /// (see [`outbox_forwarder::browser::drain`]). The handler should reject
 /// when [`Drained::retry_later`] says so, for the browser to fire the sync
 /// again.
+///
+/// Errors: as [`serve_worker`]'s.
 pub async fn drain(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Drained> {
-    let db = database(&config)?;
-    let clock = config.forwarder.clock.clone();
-    let store = crate::runtime::open_durable(&config.store, config.app_name.as_deref(), &clock).await?;
+    let db = durable_database(&config)?;
+    let store = open_store(&db, &config).await?;
     outbox_forwarder::browser::drain(store, sink, config.forwarder, &lock_name(&db), DRAIN_LOCK_WAIT).await
 }

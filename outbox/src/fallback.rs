@@ -90,8 +90,15 @@ struct Track {
 /// A crash loses exactly the commits not yet moved back: the durable store
 /// holds every commit whose receipt said `durable: true` and every one
 /// moved back, and an event is in it at most once.
-pub(crate) struct FallbackStore {
-    primary: Arc<dyn DurableStore>,
+///
+/// `P` is the durable store: any (`dyn DurableStore`), or a concrete one
+/// called directly (a page whose worker forwards links only the methods
+/// the page calls).
+pub(crate) struct FallbackStore<P: ?Sized = dyn DurableStore> {
+    /// Whether a full store falls back at all ([`OnQuota::Fail`](crate::OnQuota::Fail):
+    /// the `QuotaExceeded` error goes to the committer).
+    enabled: bool,
+    primary: Arc<P>,
     clock: SharedClock,
     limits: Limits,
     /// The memory side; replaced by an empty one when everything in it has
@@ -110,7 +117,7 @@ pub(crate) struct FallbackStore {
     order: tokio::sync::Mutex<Queue>,
 }
 
-impl std::fmt::Debug for FallbackStore {
+impl<P: DurableStore + ?Sized> std::fmt::Debug for FallbackStore<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FallbackStore")
             .field("primary", &self.primary)
@@ -123,14 +130,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl FallbackStore {
+impl<P: DurableStore + ?Sized> FallbackStore<P> {
     /// Wraps `primary`; `report` hears of each fallback, and of a held
     /// commit that cannot be moved back as it was.
-    pub(crate) fn new(primary: Arc<dyn DurableStore>, clock: SharedClock, report: Report) -> Self {
+    pub(crate) fn new(primary: Arc<P>, clock: SharedClock, report: Report) -> Self {
         // Memory checks commits against the durable store's limits, so
         // what it takes can be moved back.
         let limits = primary.capabilities().limits;
         FallbackStore {
+            enabled: true,
             primary,
             memory: Mutex::new(Arc::new(MemoryStore::unannounced(clock.clone()).with_limits(limits))),
             clock,
@@ -142,6 +150,13 @@ impl FallbackStore {
             track: Mutex::new(Track::default()),
             order: tokio::sync::Mutex::new(Queue::default()),
         }
+    }
+
+    /// `primary` as it is: a full store's `QuotaExceeded` goes to the
+    /// committer ([`OnQuota::Fail`](crate::OnQuota::Fail)).
+    #[cfg_attr(not(all(target_arch = "wasm32", store_idb)), allow(dead_code))]
+    pub(crate) fn passthrough(primary: Arc<P>, clock: SharedClock) -> Self {
+        FallbackStore { enabled: false, ..Self::new(primary, clock, Box::new(|_| {})) }
     }
 
     pub(crate) fn is_fallen(&self) -> bool {
@@ -381,7 +396,7 @@ impl FallbackStore {
 
 /// Tries every [`RECOMMIT_INTERVAL`], as long as the store lives, to move
 /// what memory holds back to the durable store.
-pub(crate) fn spawn_recommitter(store: Weak<FallbackStore>) {
+pub(crate) fn spawn_recommitter<P: DurableStore + ?Sized + 'static>(store: Weak<FallbackStore<P>>) {
     let task = async move {
         loop {
             sleep(RECOMMIT_INTERVAL).await;
@@ -420,7 +435,7 @@ async fn sleep(d: Duration) {
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl StateStore for FallbackStore {
+impl<P: DurableStore + ?Sized> StateStore for FallbackStore<P> {
     async fn put_state_and_events(&self, commit: Commit) -> Result<CommitReceipt> {
         if self.is_fallen() {
             let mut queue = self.order.lock().await;
@@ -431,14 +446,14 @@ impl StateStore for FallbackStore {
             }
         }
         // Kept in case the durable store is full: then it goes to memory.
-        let copy = commit.clone();
-        match self.primary.put_state_and_events(commit).await {
-            Err(e) if e.kind() == ErrorKind::QuotaExceeded => {
+        let copy = self.enabled.then(|| commit.clone());
+        match (self.primary.put_state_and_events(commit).await, copy) {
+            (Err(e), Some(copy)) if e.kind() == ErrorKind::QuotaExceeded => {
                 let mut queue = self.order.lock().await;
                 self.fall(&e);
                 self.commit_in_memory(&mut queue, copy).await
             }
-            other => other,
+            (other, _) => other,
         }
     }
 
@@ -454,7 +469,7 @@ impl StateStore for FallbackStore {
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl LeaderStore for FallbackStore {
+impl<P: DurableStore + ?Sized> LeaderStore for FallbackStore<P> {
     async fn acquire_leadership(&self, holder: &str, ttl: Duration) -> Result<Option<LeaderGrant>> {
         self.primary.acquire_leadership(holder, ttl).await
     }
@@ -468,7 +483,7 @@ impl LeaderStore for FallbackStore {
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl DeliveryStore for FallbackStore {
+impl<P: DurableStore + ?Sized> DeliveryStore for FallbackStore<P> {
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
         let got = self.primary.claim(grant, request).await?;
         if !got.is_empty() || !self.is_fallen() {
@@ -587,7 +602,7 @@ impl DeliveryStore for FallbackStore {
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl InspectStore for FallbackStore {
+impl<P: DurableStore + ?Sized> InspectStore for FallbackStore<P> {
     async fn list_by_status(&self, status: EventStatus, limit: usize) -> Result<Vec<Envelope>> {
         match status {
             EventStatus::Pending => self.list_pending(limit).await,
@@ -700,7 +715,7 @@ impl InspectStore for FallbackStore {
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl InboxStore for FallbackStore {
+impl<P: DurableStore + ?Sized> InboxStore for FallbackStore<P> {
     async fn is_processed(&self, consumer: &ConsumerId, origin: &ActorId, id: EventId) -> Result<bool> {
         Ok(self.primary.is_processed(consumer, origin, id).await?
             || (self.is_fallen() && self.memory().is_processed(consumer, origin, id).await?))
@@ -714,7 +729,7 @@ impl InboxStore for FallbackStore {
     }
 }
 
-impl DurableStore for FallbackStore {
+impl<P: DurableStore + ?Sized> DurableStore for FallbackStore<P> {
     fn capabilities(&self) -> Capabilities {
         let mut c = self.primary.capabilities();
         if self.is_fallen() {
@@ -754,8 +769,9 @@ mod tests {
         let faulty = FaultyStore::new(inner.clone());
         let reports: Arc<Mutex<Vec<ErrorKind>>> = Arc::default();
         let r = reports.clone();
+        let primary: Arc<dyn DurableStore> = faulty.clone();
         let fb = Arc::new(FallbackStore::new(
-            faulty.clone(),
+            primary,
             clock.clone(),
             Box::new(move |e: &Error| lock(&r).push(e.kind())),
         ));
@@ -779,6 +795,22 @@ mod tests {
     }
 
     const LEASE: Duration = Duration::from_secs(30);
+
+    /// `OnQuota::Fail` on a page: the store's `QuotaExceeded` reaches the
+    /// committer, nothing goes to memory, the store stays durable.
+    #[tokio::test]
+    async fn a_passthrough_store_returns_quota_errors_and_never_falls_back() {
+        let s = setup();
+        let primary: Arc<dyn DurableStore> = s.faulty.clone();
+        let fb = FallbackStore::passthrough(primary, s.clock.clone());
+        let e1 = event("a", 1);
+        assert!(fb.put_state_and_events(state("a", 0, "1", &e1)).await.unwrap().durable);
+        s.faulty.fill_up();
+        let err = fb.put_state_and_events(state("a", 1, "2", &event("a", 2))).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+        assert!(!fb.is_fallen() && fb.capabilities().durable, "not held in memory");
+        assert_eq!(fb.load_state(&actor("a")).await.unwrap().unwrap().version, Version(1));
+    }
 
     #[tokio::test]
     async fn held_commits_move_back_in_order_and_nothing_is_delivered_twice() {

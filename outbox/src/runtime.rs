@@ -6,9 +6,12 @@ use std::sync::{Arc, Mutex, Once};
 use tokio::sync::watch;
 
 use outbox_core::{
-    Commit, CommitReceipt, DurableStore, Envelope, Error, EventId, Outcome, Result, SharedClock, Sink,
-    SystemClock,
+    ActorId, Capabilities, Commit, CommitReceipt, DurableStore, Envelope, Error, EventId, Outcome, Result,
+    SharedClock, Sink, StateSnapshot, StoreStats, SystemClock,
 };
+// The page's store is called by its concrete type.
+#[cfg(all(target_arch = "wasm32", store_idb))]
+use outbox_core::{InspectStore, StateStore};
 #[cfg(not(target_arch = "wasm32"))]
 use outbox_forwarder::Forwarder;
 use outbox_forwarder::{ErrorCallback, ForwarderConfig, Wake};
@@ -65,21 +68,69 @@ pub(crate) type ForwarderTask = outbox_forwarder::ForwarderHandle;
 #[cfg(target_arch = "wasm32")]
 pub(crate) type ForwarderTask = outbox_forwarder::browser::TabForwarder;
 
-struct Inner {
-    store: Arc<dyn DurableStore>,
-    conflict_retries: u32,
-    fallback: Option<Arc<FallbackStore>>,
+/// The store the facade commits to.
+pub(crate) enum Backend {
+    /// Any store ([`configure_outbox`]), behind the quota fallback when
+    /// there is one.
+    Any { store: Arc<dyn DurableStore>, fallback: Option<Arc<FallbackStore>> },
+    /// A page whose worker forwards (`browser::configure_page`): the
+    /// IndexedDB store behind the quota fallback, called directly, not
+    /// through `dyn DurableStore`, so that the page's bundle carries only
+    /// the store methods the page calls (committing, loading state), not
+    /// the forwarder's.
+    #[cfg(all(target_arch = "wasm32", store_idb))]
+    Page(Arc<FallbackStore<outbox_store_idb::IdbStore>>),
+}
+
+/// `$body` with `$s` the backend's store (either kind).
+macro_rules! with_store {
+    ($backend:expr, $s:ident => $body:expr) => {
+        match $backend {
+            Backend::Any { store: $s, .. } => $body,
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Page($s) => $body,
+        }
+    };
+}
+
+impl Backend {
+    fn fallback_is_fallen(&self) -> bool {
+        match self {
+            Backend::Any { fallback, .. } => fallback.as_ref().is_some_and(|f| f.is_fallen()),
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Page(f) => f.is_fallen(),
+        }
+    }
+
+    fn has_fallback(&self) -> bool {
+        match self {
+            Backend::Any { fallback, .. } => fallback.is_some(),
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Page(_) => true,
+        }
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        with_store!(self, s => fmt::Debug::fmt(s, f))
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) conflict_retries: u32,
     /// What [`Outbox::watch_durable`] hands out, and (without a fallback,
     /// where it never changes) the sender that keeps it open.
-    durable: (watch::Receiver<bool>, Option<watch::Sender<bool>>),
-    forwarder: Mutex<Option<ForwarderTask>>,
-    wake: Option<Wake>,
-    sink: Arc<dyn Sink>,
-    durability: Durability,
-    on_error: Option<ErrorCallback>,
+    pub(crate) durable: (watch::Receiver<bool>, Option<watch::Sender<bool>>),
+    pub(crate) forwarder: Mutex<Option<ForwarderTask>>,
+    pub(crate) wake: Option<Wake>,
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) durability: Durability,
+    pub(crate) on_error: Option<ErrorCallback>,
     /// A page whose forwarder runs in a worker: told of each commit.
     #[cfg_attr(not(all(target_arch = "wasm32", store_idb)), allow(dead_code))]
-    page: Option<PageLink>,
+    pub(crate) page: Option<PageLink>,
 }
 
 /// A page whose forwarder runs in a worker (`outbox::browser`); nothing
@@ -93,13 +144,13 @@ pub(crate) type PageLink = std::convert::Infallible;
 /// actors committing to it. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Outbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbox")
-            .field("store", &self.inner.store)
+            .field("store", &self.inner.backend)
             .field("durability", &self.inner.durability)
             .field("durable", &self.is_durable())
             .finish_non_exhaustive()
@@ -244,23 +295,6 @@ fn start_forwarder(
 /// commits durably, a commit in any tab wakes the forwarding one). The
 /// store reads time from the same clock.
 pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<Outbox> {
-    configure_with(config, sink, |store, name, sink, fwd| Some(start_forwarder(store, name, sink, fwd)), None)
-        .await
-}
-
-/// [`configure_outbox`] with the forwarder started by `start` (none for a
-/// page whose forwarder runs in a worker, `page`).
-pub(crate) async fn configure_with(
-    config: OutboxConfig,
-    sink: Arc<dyn Sink>,
-    start: impl FnOnce(
-        Arc<dyn DurableStore>,
-        Option<&str>,
-        Arc<dyn Sink>,
-        ForwarderConfig,
-    ) -> Option<(ForwarderTask, Wake)>,
-    page: Option<PageLink>,
-) -> Result<Outbox> {
     let OutboxConfig {
         durability,
         store: store_choice,
@@ -306,6 +340,34 @@ pub(crate) async fn configure_with(
             }
         }
     };
+    Ok(assemble(
+        store,
+        fallback,
+        db_name.as_deref(),
+        sink,
+        Parts { durability, forwarder: fwd, conflict_retries },
+    ))
+}
+
+/// What [`assemble`] takes of an [`OutboxConfig`].
+pub(crate) struct Parts {
+    pub(crate) durability: Durability,
+    pub(crate) forwarder: ForwarderConfig,
+    pub(crate) conflict_retries: u32,
+}
+
+/// An outbox over `store` (behind `fallback` when it is one), its
+/// forwarder started (not for [`Durability::Off`]); `db_name` names the
+/// IndexedDB database whose lock and channel the browser's forwarder
+/// shares.
+pub(crate) fn assemble(
+    store: Arc<dyn DurableStore>,
+    fallback: Option<Arc<FallbackStore>>,
+    db_name: Option<&str>,
+    sink: Arc<dyn Sink>,
+    parts: Parts,
+) -> Outbox {
+    let Parts { durability, forwarder: fwd, conflict_retries } = parts;
     metrics::gauge!(outbox_forwarder::metrics::DURABLE).set(if store.capabilities().durable {
         1.0
     } else {
@@ -322,25 +384,22 @@ pub(crate) async fn configure_with(
     let (forwarder, wake) = if durability == Durability::Off {
         (None, None)
     } else {
-        match start(store.clone(), db_name.as_deref(), sink.clone(), fwd) {
-            Some((task, wake)) => (Some(task), Some(wake)),
-            None => (None, None),
-        }
+        let (task, wake) = start_forwarder(store.clone(), db_name, sink.clone(), fwd);
+        (Some(task), Some(wake))
     };
-    Ok(Outbox {
+    Outbox {
         inner: Arc::new(Inner {
-            store,
+            backend: Backend::Any { store, fallback },
             conflict_retries,
-            fallback,
             durable: durable_watch,
             forwarder: Mutex::new(forwarder),
             wake,
             sink,
             durability,
             on_error,
-            page,
+            page: None,
         }),
-    })
+    }
 }
 
 fn warn_memory() {
@@ -368,9 +427,9 @@ impl Outbox {
         crate::trace::stamp(&mut commit.events);
         if self.inner.durability == Durability::Off {
             // Nothing is kept of the events: they go to the sink now.
-            commit.validate(&self.inner.store.capabilities().limits)?;
+            commit.validate(&with_store!(&self.inner.backend, s => s.capabilities().limits))?;
             let events = std::mem::take(&mut commit.events);
-            let receipt = self.inner.store.put_state_and_events(commit).await?;
+            let receipt = with_store!(&self.inner.backend, s => s.put_state_and_events(commit).await?);
             let envelopes: Vec<Envelope> =
                 events.into_iter().map(|e| Envelope::committed(e, receipt.committed_at)).collect();
             let outcomes = self.inner.sink.publish(&envelopes).await;
@@ -388,11 +447,11 @@ impl Outbox {
             }
             return Ok(CommitReceipt { durable: false, ..receipt });
         }
-        let mut receipt = self.inner.store.put_state_and_events(commit).await?;
-        if self.inner.fallback.is_none() {
+        let mut receipt = with_store!(&self.inner.backend, s => s.put_state_and_events(commit).await?);
+        if !self.inner.backend.has_fallback() {
             // A store that reports itself not durable (sled flushing on an
             // interval, memory) does not make a commit durable.
-            receipt.durable &= self.inner.store.capabilities().durable;
+            receipt.durable &= with_store!(&self.inner.backend, s => s.capabilities().durable);
         }
         if let Some(w) = &self.inner.wake {
             w.wake();
@@ -409,14 +468,35 @@ impl Outbox {
     /// each parks its ordering key (by default its origin actor): the
     /// key's later events wait until it is requeued, discarded or skipped.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<Envelope>> {
-        self.inner.store.list_dead(limit).await
+        with_store!(&self.inner.backend, s => s.list_dead(limit).await)
+    }
+
+    /// Pending events (not delivered yet, claimed or not), oldest first,
+    /// at most `limit`: for a "pending events" panel.
+    pub async fn pending(&self, limit: usize) -> Result<Vec<Envelope>> {
+        with_store!(&self.inner.backend, s => s.list_pending(limit).await)
+    }
+
+    /// Counts of the store's events by status.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        with_store!(&self.inner.backend, s => s.stats().await)
+    }
+
+    /// What the store is and can do (its backend's name, its limits).
+    pub fn capabilities(&self) -> Capabilities {
+        with_store!(&self.inner.backend, s => s.capabilities())
+    }
+
+    /// An actor's last committed state.
+    pub(crate) async fn load_state(&self, actor: &ActorId) -> Result<Option<StateSnapshot>> {
+        with_store!(&self.inner.backend, s => s.load_state(actor).await)
     }
 
     /// Moves dead event `id` back to pending (attempts reset), to be
     /// delivered before its key's later events. Returns whether it was
     /// dead.
     pub async fn requeue(&self, id: EventId) -> Result<bool> {
-        let moved = self.inner.store.requeue_dead(&[id]).await? > 0;
+        let moved = with_store!(&self.inner.backend, s => s.requeue_dead(&[id]).await?) > 0;
         self.wake();
         Ok(moved)
     }
@@ -425,11 +505,11 @@ impl Outbox {
     pub async fn requeue_all(&self) -> Result<u64> {
         let mut moved = 0;
         loop {
-            let dead: Vec<EventId> = self.inner.store.list_dead(500).await?.iter().map(|e| e.id).collect();
+            let dead: Vec<EventId> = self.dead_letters(500).await?.iter().map(|e| e.id).collect();
             if dead.is_empty() {
                 break;
             }
-            let n = self.inner.store.requeue_dead(&dead).await?;
+            let n = with_store!(&self.inner.backend, s => s.requeue_dead(&dead).await?);
             moved += n;
             if n == 0 {
                 break;
@@ -443,7 +523,7 @@ impl Outbox {
     /// until retention prunes it) and never delivered; its key flows on.
     /// Returns whether it was dead.
     pub async fn discard(&self, id: EventId) -> Result<bool> {
-        let moved = self.inner.store.discard_dead(&[id]).await? > 0;
+        let moved = with_store!(&self.inner.backend, s => s.discard_dead(&[id]).await?) > 0;
         self.wake();
         Ok(moved)
     }
@@ -452,7 +532,7 @@ impl Outbox {
     /// stays dead (listed, requeueable) but no longer holds its key back.
     /// Returns whether it changed.
     pub async fn skip(&self, id: EventId) -> Result<bool> {
-        let moved = self.inner.store.skip_dead(&[id]).await? > 0;
+        let moved = with_store!(&self.inner.backend, s => s.skip_dead(&[id]).await?) > 0;
         self.wake();
         Ok(moved)
     }
@@ -461,9 +541,17 @@ impl Outbox {
         self.inner.conflict_retries
     }
 
-    /// The store (for inspection, consumers, custom use).
+    /// The store (for inspection, consumers, custom use). In a browser
+    /// bundle this links every method of the store; a page of
+    /// [`browser::configure_page`](crate::browser::configure_page)'s kind
+    /// that only shows counts and lists keeps its bundle small with
+    /// [`Outbox::stats`], [`Outbox::pending`] and [`Outbox::dead_letters`].
     pub fn store(&self) -> Arc<dyn DurableStore> {
-        self.inner.store.clone()
+        match &self.inner.backend {
+            Backend::Any { store, .. } => store.clone(),
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Page(s) => s.clone(),
+        }
     }
 
     /// Whether new commits are durable right now: false for memory and
@@ -472,8 +560,8 @@ impl Outbox {
     /// back to it.
     pub fn is_durable(&self) -> bool {
         self.inner.durability != Durability::Off
-            && self.inner.fallback.as_ref().is_none_or(|f| !f.is_fallen())
-            && self.inner.store.capabilities().durable
+            && !self.inner.backend.fallback_is_fallen()
+            && with_store!(&self.inner.backend, s => s.capabilities().durable)
     }
 
     /// A receiver that sees [`Outbox::is_durable`] change: false when the

@@ -314,4 +314,12 @@ async fn a_page_commits_and_reports_a_worker_that_does_not_load() {
         Err(outbox::ErrorKind::InvalidInput),
         "Off keeps nothing for a worker"
     );
+    let memory =
+        configure_page(config(&unique("mem")).durability(Durability::Memory), WorkerForwarding::new("/w.js"))
+            .await;
+    assert_eq!(
+        memory.map(|_| ()).map_err(|e| e.kind()),
+        Err(outbox::ErrorKind::InvalidInput),
+        "Memory keeps events where no worker can read them"
+    );
 }

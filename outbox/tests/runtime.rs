@@ -151,6 +151,26 @@ async fn a_failed_commit_discards_the_draft_and_the_events() {
     outbox.shutdown().await;
 }
 
+/// What a "pending events" panel reads, through the facade: counts,
+/// pending events, dead letters and the backend, without `store()`.
+#[tokio::test]
+async fn the_facade_lists_and_counts_what_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = configure_outbox(sqlite(&dir), Arc::new(Bus::new().sink())).await.unwrap();
+    // No forwarder: what is committed stays pending.
+    outbox.shutdown().await;
+    let form = outbox.spawn_actor(ActorId::new("form-1").unwrap(), FormActor).await.unwrap();
+    form.send(Msg::Edit("a".into())).await.unwrap();
+    form.send(Msg::Save).await.unwrap();
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead, stats.delivered), (3, 0, 0), "{stats:?}");
+    let pending = outbox.pending(2).await.unwrap();
+    let types: Vec<&str> = pending.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, vec!["FORM_EDITED", "FORM_SAVED"], "oldest first, at most the limit");
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(outbox.capabilities().backend, "sqlite");
+}
+
 #[tokio::test]
 async fn restart_restores_the_last_committed_snapshot() {
     let dir = tempfile::tempdir().unwrap();

@@ -86,7 +86,7 @@ pub async fn snapshot() -> Result<String, JsError> {
         Some(c) => (c.name.clone(), (*c.actor.state()).clone()),
         None => (String::new(), TodoState::default()),
     };
-    let stats = app.outbox.store().stats().await.map_err(|e| JsError::new(&e.to_string()))?;
+    let stats = app.outbox.stats().await.map_err(|e| JsError::new(&e.to_string()))?;
     let json = serde_json::json!({
         "list": list,
         "state": state,

@@ -565,7 +565,7 @@ impl Inner {
 
     /// Reads the store once and updates the panel.
     async fn refresh_once(&self) -> Result<(), String> {
-        let store = self.outbox.store();
+        let outbox = &self.outbox;
         let forwarding = self.outbox.is_forwarding();
         set_attr(&self.leader, "data-leader", if forwarding { "true" } else { "false" });
         set_text(
@@ -574,16 +574,16 @@ impl Inner {
         );
         let durable = self.outbox.is_durable();
         set_attr(&self.storage, "data-durable", if durable { "true" } else { "false" });
-        set_attr(&self.storage, "data-backend", store.capabilities().backend);
+        set_attr(&self.storage, "data-backend", outbox.capabilities().backend);
         set_text(
             &self.storage,
             &if durable {
-                format!("Storage: durable ({})", store.capabilities().backend)
+                format!("Storage: durable ({})", outbox.capabilities().backend)
             } else {
                 "Storage: memory only (not durable; lost if this tab closes)".to_owned()
             },
         );
-        let stats = store.stats().await.map_err(|e| format!("reading the outbox: {e}"))?;
+        let stats = outbox.stats().await.map_err(|e| format!("reading the outbox: {e}"))?;
         for (name, n) in
             [("data-pending", stats.pending), ("data-dead", stats.dead), ("data-delivered", stats.delivered)]
         {
@@ -606,9 +606,8 @@ impl Inner {
             return Ok(());
         }
         let limit = self.options.limit;
-        let pending =
-            store.list_pending(limit + 1).await.map_err(|e| format!("listing pending events: {e}"))?;
-        let dead = store.list_dead(limit + 1).await.map_err(|e| format!("listing dead events: {e}"))?;
+        let pending = outbox.pending(limit + 1).await.map_err(|e| format!("listing pending events: {e}"))?;
+        let dead = outbox.dead_letters(limit + 1).await.map_err(|e| format!("listing dead events: {e}"))?;
         let now = now_ms();
         let shown = |v: &[Envelope]| v.len().min(limit);
         self.pending
