@@ -23,8 +23,9 @@ pub(crate) async fn storage_persisted() -> Option<bool> {
 }
 
 /// The `BroadcastChannel` of the database `db`: a store posts on it after
-/// each commit with events, so the forwarder leading in any tab or worker
-/// of the origin wakes at once (`outbox_forwarder::browser::TabForwarder`
+/// each commit with events, and after a requeue, discard or skip that
+/// changed an event, so the forwarder leading in any tab or worker of the
+/// origin wakes at once (`outbox_forwarder::browser::TabForwarder`
 /// listens on it).
 pub fn channel_name(db: &str) -> String {
     format!("outbox-commits:{db}")

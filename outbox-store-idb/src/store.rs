@@ -122,6 +122,18 @@ impl IdbStore {
     }
 }
 
+impl IdbStore {
+    /// Posts on the commit channel when an operator's change (requeue,
+    /// discard, skip) changed `n > 0` events: what it freed is due now,
+    /// in whichever tab or worker forwards.
+    fn announced(&self, n: Result<u64>) -> Result<u64> {
+        if let (Ok(1..), Some(ch)) = (&n, &self.commits) {
+            ch.post("changed");
+        }
+        n
+    }
+}
+
 #[async_trait(?Send)]
 impl StateStore for IdbStore {
     async fn put_state_and_events(&self, c: Commit) -> Result<CommitReceipt> {
@@ -285,15 +297,15 @@ impl InspectStore for IdbStore {
     }
 
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
-        inspect::requeue_dead(&self.db, self.now(), ids).await
+        self.announced(inspect::requeue_dead(&self.db, self.now(), ids).await)
     }
 
     async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
-        inspect::discard_dead(&self.db, self.now(), ids).await
+        self.announced(inspect::discard_dead(&self.db, self.now(), ids).await)
     }
 
     async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
-        inspect::skip_dead(&self.db, self.now(), ids).await
+        self.announced(inspect::skip_dead(&self.db, self.now(), ids).await)
     }
 
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {

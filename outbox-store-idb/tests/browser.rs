@@ -826,6 +826,40 @@ async fn a_commit_with_events_posts_on_the_commit_channel() {
     listener.close();
 }
 
+/// Requeueing a dead event posts on the commit channel too (the event is
+/// due now, for whichever tab or worker forwards); a requeue that changes
+/// nothing posts nothing.
+#[wasm_bindgen_test]
+async fn a_requeue_posts_on_the_commit_channel() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    let name = unique("requeue-channel");
+    let store = IdbStore::open(&name).await.expect("open");
+    let a = actor("form");
+    commit_n(&store, &a, 0, 1).await;
+    let g = store
+        .acquire_leadership("tab", std::time::Duration::from_secs(60))
+        .await
+        .expect("lead")
+        .expect("grant");
+    let claimed =
+        store.claim(&g, ClaimRequest::new(1, std::time::Duration::from_secs(30))).await.expect("claim");
+    store.dead_letter(&g, claimed[0].id, "422").await.expect("dead letter");
+    let heard = Rc::new(Cell::new(0));
+    let h = heard.clone();
+    let on_message = wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new(move |_| h.set(h.get() + 1));
+    let listener =
+        web_sys::BroadcastChannel::new(&outbox_store_idb::channel_name(&name)).expect("BroadcastChannel");
+    listener.set_onmessage(Some(wasm_bindgen::JsCast::unchecked_ref(on_message.as_ref())));
+    let missing = NewEvent::json(a.clone(), "never", &0).expect("event").id;
+    assert_eq!(store.requeue_dead(&[missing]).await.expect("requeue nothing"), 0);
+    assert_eq!(store.requeue_dead(&[claimed[0].id]).await.expect("requeue"), 1);
+    common::wait_until("the requeue is announced", 5_000, || heard.get() >= 1).await;
+    assert_eq!(heard.get(), 1, "one post: the requeue that changed nothing made none");
+    listener.close();
+}
+
 /// An exclusive claim (the forwarder holds the origin's Web Lock) writes
 /// no lease: another handle on the database sees the event pending and
 /// not in flight, and the raw event record is unchanged until the ack.

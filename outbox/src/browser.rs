@@ -267,6 +267,7 @@ impl Sink for NoSink {
 /// `configure_outbox`.
 pub async fn configure_page(config: OutboxConfig, worker: WorkerForwarding) -> Result<Outbox> {
     let db = durable_database(&config)?;
+    outbox_forwarder::metrics::describe();
     let on_error = config.forwarder.on_error.clone();
     let page = Rc::new(Page::start(&worker, &db, on_error.clone())?);
     let idb = open_store(&db, &config).await?;
@@ -284,6 +285,7 @@ pub async fn configure_page(config: OutboxConfig, worker: WorkerForwarding) -> R
         spawn_recommitter(Arc::downgrade(&fb));
         fb
     };
+    metrics::gauge!(outbox_forwarder::metrics::DURABLE).set(1.0);
     Ok(Outbox {
         inner: Arc::new(Inner {
             durable: (store.watch_durable(), None),

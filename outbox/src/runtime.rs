@@ -543,9 +543,9 @@ impl Outbox {
 
     /// The store (for inspection, consumers, custom use). In a browser
     /// bundle this links every method of the store; a page of
-    /// [`browser::configure_page`](crate::browser::configure_page)'s kind
-    /// that only shows counts and lists keeps its bundle small with
-    /// [`Outbox::stats`], [`Outbox::pending`] and [`Outbox::dead_letters`].
+    /// `browser::configure_page`'s kind (wasm32) that only shows counts
+    /// and lists keeps its bundle small with [`Outbox::stats`],
+    /// [`Outbox::pending`] and [`Outbox::dead_letters`].
     pub fn store(&self) -> Arc<dyn DurableStore> {
         match &self.inner.backend {
             Backend::Any { store, .. } => store.clone(),
