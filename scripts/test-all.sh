@@ -110,6 +110,10 @@ fi
 
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
+# docs.rs documents each crate alone with its default features: the
+# facade's docs must not link what only another feature brings.
+RUSTDOCFLAGS=-Dwarnings cargo doc -p outbox --no-deps --locked
+RUSTDOCFLAGS=-Dwarnings cargo doc -p outbox --no-deps --locked --no-default-features
 
 step "wasm32 builds: the core, the facade (IndexedDB only), the todo example shared with its native program, the Todo PWA (page and worker bundles), clippy on wasm32"
 cargo build -p outbox-core --target wasm32-unknown-unknown --locked

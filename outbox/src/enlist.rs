@@ -1,17 +1,17 @@
 //! Outbox commits written through the application's own database
 //! transaction, next to its own tables: both commit, or neither.
 //!
-//! - SQLite: open a connection to the outbox file (the [`rusqlite`]
-//!   re-exported here), begin a transaction, write your tables, call
-//!   [`SqliteStore::enlist`](crate::SqliteStore::enlist) with the
+//! - SQLite (the `sqlite` feature, on by default): open a connection to
+//!   the outbox file (the `rusqlite` re-exported here), begin a
+//!   transaction, write your tables, call `SqliteStore::enlist` with the
 //!   transaction and an outbox [`Commit`](crate::Commit) (events, and
 //!   optionally an actor's state), then commit through the returned
-//!   [`SqliteEnlisted::commit`], which wakes the store's listeners;
-//!   [`wake_on_sqlite_commits`] makes that wake the outbox's forwarder.
-//! - PostgreSQL: [`PostgresStore::enlist`](crate::PostgresStore::enlist)
-//!   with a transaction of the [`tokio_postgres`] re-exported here; its
-//!   `NOTIFY` goes out when the transaction commits, and
-//!   [`wake_on_postgres_commits`] makes it wake the outbox's forwarder.
+//!   `SqliteEnlisted::commit`, which wakes the store's listeners;
+//!   `wake_on_sqlite_commits` makes that wake the outbox's forwarder.
+//! - PostgreSQL (the `postgres` feature): `PostgresStore::enlist` with a
+//!   transaction of the `tokio_postgres` re-exported here; its `NOTIFY`
+//!   goes out when the transaction commits, and
+//!   `wake_on_postgres_commits` makes it wake the outbox's forwarder.
 //!
 //! The store's README (`outbox-store-sqlite`, `outbox-store-postgres`)
 //! says what holds (ordering, savepoints, errors).
