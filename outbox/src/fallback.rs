@@ -387,6 +387,34 @@ impl<P: DurableStore + ?Sized> FallbackStore<P> {
         }
     }
 
+    /// An operator's change to dead letters, on the memory side: while
+    /// fallen back, `change` runs on those of `ids` dead in memory, which
+    /// then move to `to` (if given); returns how many it changed.
+    async fn change_memory_dead<F, Fut>(
+        &self,
+        ids: &[EventId],
+        to: Option<MemStatus>,
+        change: F,
+    ) -> Result<u64>
+    where
+        F: FnOnce(Arc<MemoryStore>, Vec<EventId>) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        if !self.is_fallen() {
+            return Ok(0);
+        }
+        let _order = self.order.lock().await;
+        let dead = self.dead_in_memory(ids);
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let m = change(self.memory(), dead.clone()).await?;
+        if let Some(to) = to {
+            self.settled(&dead, to);
+        }
+        Ok(m)
+    }
+
     /// Of `ids`, those dead in memory.
     fn dead_in_memory(&self, ids: &[EventId]) -> Vec<EventId> {
         let t = lock(&self.track);
@@ -666,43 +694,27 @@ impl<P: DurableStore + ?Sized> InspectStore for FallbackStore<P> {
     }
     async fn requeue_dead(&self, ids: &[EventId]) -> Result<u64> {
         let n = self.primary.requeue_dead(ids).await?;
-        if !self.is_fallen() {
-            return Ok(n);
-        }
-        let _order = self.order.lock().await;
-        let dead = self.dead_in_memory(ids);
-        if dead.is_empty() {
-            return Ok(n);
-        }
-        let m = self.memory().requeue_dead(&dead).await?;
-        self.settled(&dead, MemStatus::Pending);
+        let m = self
+            .change_memory_dead(ids, Some(MemStatus::Pending), |mem, dead| async move {
+                mem.requeue_dead(&dead).await
+            })
+            .await?;
         Ok(n + m)
     }
     async fn discard_dead(&self, ids: &[EventId]) -> Result<u64> {
         let n = self.primary.discard_dead(ids).await?;
-        if !self.is_fallen() {
-            return Ok(n);
-        }
-        let _order = self.order.lock().await;
-        let dead = self.dead_in_memory(ids);
-        if dead.is_empty() {
-            return Ok(n);
-        }
-        let m = self.memory().discard_dead(&dead).await?;
-        self.settled(&dead, MemStatus::Settled);
+        let m = self
+            .change_memory_dead(ids, Some(MemStatus::Settled), |mem, dead| async move {
+                mem.discard_dead(&dead).await
+            })
+            .await?;
         Ok(n + m)
     }
     async fn skip_dead(&self, ids: &[EventId]) -> Result<u64> {
         let n = self.primary.skip_dead(ids).await?;
-        if !self.is_fallen() {
-            return Ok(n);
-        }
-        let _order = self.order.lock().await;
-        let dead = self.dead_in_memory(ids);
-        if dead.is_empty() {
-            return Ok(n);
-        }
-        Ok(n + self.memory().skip_dead(&dead).await?)
+        let m =
+            self.change_memory_dead(ids, None, |mem, dead| async move { mem.skip_dead(&dead).await }).await?;
+        Ok(n + m)
     }
     async fn prune_delivered(&self, before: Timestamp, limit: usize) -> Result<u64> {
         let n = self.primary.prune_delivered(before, limit).await?;
@@ -934,6 +946,34 @@ mod tests {
         assert!(s.fb.try_recommit().await);
         assert!(s.fb.list_dead(10).await.unwrap().is_empty());
         assert_eq!(ids(&s.fb.list_pending(10).await.unwrap()), vec![e1.id], "kept, to be tried again");
+    }
+
+    /// An operator's requeue, skip and discard reach dead letters memory
+    /// holds: each counted once, a requeued one claimable again, a
+    /// discarded one neither listed nor moved back.
+    #[tokio::test]
+    async fn operators_change_dead_letters_memory_holds() {
+        let s = setup();
+        s.faulty.fill_up();
+        let (a, b, c) = (event("a", 1), event("b", 2), event("c", 3));
+        let commit = Commit::events_only().event(a.clone()).event(b.clone()).event(c.clone());
+        assert!(!s.fb.put_state_and_events(commit).await.unwrap().durable);
+        let g = s.fb.acquire_leadership("f", Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(s.fb.claim(&g, ClaimRequest::new(3, LEASE)).await.unwrap().len(), 3);
+        for e in [&a, &b, &c] {
+            s.fb.dead_letter(&g, e.id, "refused").await.unwrap();
+        }
+        assert_eq!(s.fb.requeue_dead(&[a.id]).await.unwrap(), 1);
+        assert_eq!(s.fb.skip_dead(&[b.id]).await.unwrap(), 1);
+        assert_eq!(s.fb.discard_dead(&[c.id]).await.unwrap(), 1);
+        assert_eq!(s.fb.discard_dead(&[c.id]).await.unwrap(), 0, "discarded already");
+        assert_eq!(s.fb.requeue_dead(&[a.id]).await.unwrap(), 0, "not dead any more");
+        assert_eq!(ids(&s.fb.list_dead(10).await.unwrap()), vec![b.id], "skipped stays listed");
+        assert_eq!(ids(&s.fb.claim(&g, ClaimRequest::new(3, LEASE)).await.unwrap()), vec![a.id]);
+        s.fb.ack(&g, &[a.id]).await.unwrap();
+        s.faulty.disarm();
+        assert!(s.fb.try_recommit().await);
+        assert_eq!(ids(&s.fb.list_pending(10).await.unwrap()), vec![b.id], "only b moves back, as pending");
     }
 
     #[tokio::test]
