@@ -39,14 +39,7 @@ pub(crate) async fn check_schema(client: &mut Client, schema: &str) -> Result<()
             source: None,
         });
     }
-    let found: i32 = client
-        .query_opt("SELECT version FROM outbox_schema WHERE id = 1", &[])
-        .await
-        .map_err(|e| map("read the schema version", e))?
-        .map_or(0, |r| r.get(0));
-    if found > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew { found: found as u32, supported: SCHEMA_VERSION as u32 });
-    }
+    let found = crate::schema::stored_version(client).await?;
     if found != SCHEMA_VERSION {
         return Err(Error::invalid_input(format!(
             "schema {schema:?} has outbox schema version {found}, not the {SCHEMA_VERSION} this build \

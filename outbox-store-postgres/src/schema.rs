@@ -7,7 +7,7 @@
 use futures::StreamExt;
 use outbox_core::{Error, Result};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::map;
 use crate::queries::ENVELOPE_COLS;
@@ -148,6 +148,20 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
+/// The outbox schema version stored in `outbox_schema` (0 when no row),
+/// refused as `SchemaTooNew` when newer than this build's.
+pub(crate) async fn stored_version(client: &impl GenericClient) -> Result<i32> {
+    let found: i32 = client
+        .query_opt("SELECT version FROM outbox_schema WHERE id = 1", &[])
+        .await
+        .map_err(|e| map("read the schema version", e))?
+        .map_or(0, |r| r.get(0));
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew { found: found as u32, supported: SCHEMA_VERSION as u32 });
+    }
+    Ok(found)
+}
+
 /// Brings the schema in `client`'s search path up to [`SCHEMA_VERSION`],
 /// once, under an advisory lock keyed by the schema name.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
@@ -160,14 +174,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     )
     .await
     .map_err(|e| map("create the version table", e))?;
-    let found: i32 = tx
-        .query_opt("SELECT version FROM outbox_schema WHERE id = 1", &[])
-        .await
-        .map_err(|e| map("read the schema version", e))?
-        .map_or(0, |r| r.get(0));
-    if found > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew { found: found as u32, supported: SCHEMA_VERSION as u32 });
-    }
+    let found = stored_version(&tx).await?;
     if found < 0 {
         return Err(Error::Corrupted { message: format!("schema version {found}"), source: None });
     }

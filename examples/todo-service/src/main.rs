@@ -19,7 +19,6 @@
 //! any free port), `--exit-after N`, `--timeout SECS` (with `--exit-after`,
 //! default 30).
 
-mod list;
 mod receiver;
 mod service;
 

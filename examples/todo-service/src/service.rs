@@ -21,8 +21,8 @@ use outbox_sink_http::HttpSink;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::list::{TodoList, TodoMsg};
 use crate::receiver::{Receiver, WireEvent};
+use outbox_example_todo::list::{TodoList, TodoMsg};
 
 type Body = Full<Bytes>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
