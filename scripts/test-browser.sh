@@ -24,7 +24,7 @@ cargo clippy --locked -p outbox-store-idb -p outbox-forwarder -p outbox-sink-htt
 cargo clippy --locked -p outbox --target wasm32-unknown-unknown --lib --test browser -- -D warnings
 cargo clippy --locked -p outbox-consumer --target wasm32-unknown-unknown --lib -- -D warnings
 cargo clippy --locked -p outbox-panel -p todo-pwa --target wasm32-unknown-unknown --all-targets -- -D warnings
-cargo clippy --locked -p outbox-core -p outbox-testkit -p outbox-size-app -p outbox-size-commit -p outbox-size-raw-commit \
+cargo clippy --locked -p outbox-core -p outbox-testkit -p outbox-size-app -p outbox-size-commit -p outbox-size-raw-commit -p outbox-size-raw-commit-json \
     --target wasm32-unknown-unknown --lib -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --locked -p outbox -p outbox-store-idb -p outbox-forwarder -p outbox-sink-http --no-deps --target wasm32-unknown-unknown
 

@@ -10,7 +10,12 @@
 //! 3. end-to-end latency commit → message seen on NATS, a forwarder woken
 //!    by LISTEN/NOTIFY, against publishing straight to JetStream.
 //!
-//! `cargo bench -p outbox --all-features --bench nats_scale`. Env: `ROUNDS` (5).
+//! `cargo bench -p outbox --all-features --bench nats_scale`. Env: `ROUNDS`
+//! (5); `PARTS` (`commit,drain,latency`); for the drain `DRAIN_EVENTS`
+//! (40000), `KEYS` (`1024,16384`), `FORWARDERS` (`1,2,4`), `RELAY` and
+//! `OURS` (1: run the relay, our forwarders), and the forwarders' `BATCH`
+//! (256), `CONC` (256 in flight) and `PREFETCH` (the store's choice; 0
+//! or 1).
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::HashMap;
@@ -160,8 +165,8 @@ async fn ours_drain(pg: &str, nats: &str, forwarders: usize, n: usize, keys: usi
         let sink = NatsSink::connect(nats, opts.clone()).await.unwrap();
         let cfg = ForwarderConfig::default()
             .holder(format!("f{f}"))
-            .batch_size(256)
-            .max_concurrency(256)
+            .batch_size(env_u64("BATCH", 256) as usize)
+            .max_concurrency(env_u64("CONC", 256) as usize)
             .flush_interval(Duration::from_millis(5))
             .max_idle_interval(Duration::from_millis(50))
             .retention(None)
@@ -395,12 +400,15 @@ fn main() {
             v.split(',').map(|x| x.trim().parse().expect("a comma-separated list of numbers")).collect()
         };
         let relay = std::env::var("RELAY").map_or(true, |v| v != "0");
+        let ours_on = std::env::var("OURS").map_or(true, |v| v != "0");
         for keys in list("KEYS", "1024,16384") {
             println!("## drain of a {n}-event backlog over {keys} keys into JetStream (median of {rounds})");
             for f in list("FORWARDERS", "1,2,4") {
                 let (mut ours, mut raw) = (Vec::new(), Vec::new());
                 for _ in 0..rounds {
-                    ours.push(ours_drain(&pg, &nats, f, n, keys).await);
+                    if ours_on {
+                        ours.push(ours_drain(&pg, &nats, f, n, keys).await);
+                    }
                     raw.push(if relay { raw_drain(&pg, &nats, f, n, keys).await } else { f64::NAN });
                 }
                 let (o, w) = (median(ours), median(raw));

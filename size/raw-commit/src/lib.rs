@@ -42,9 +42,22 @@ pub mod app {
 
     /// Opens `db` and commits `snapshot` for `actor` at `expected` with one
     /// event whose payload is the snapshot.
+    #[cfg(feature = "export")]
     #[wasm_bindgen]
     pub async fn start(db: String, actor: String, expected: f64, snapshot: Vec<u8>) -> Result<(), JsValue> {
-        let opened = Database::open(db.as_str())
+        commit(&db, &actor, expected, &snapshot, &snapshot).await
+    }
+
+    /// Opens `db` and commits `snapshot` for `actor` at `expected` with one
+    /// event whose payload is `payload` (`size/raw-commit-json` calls it).
+    pub async fn commit(
+        db: &str,
+        actor: &str,
+        expected: f64,
+        snapshot: &[u8],
+        payload: &[u8],
+    ) -> Result<(), JsValue> {
+        let opened = Database::open(db)
             .with_version(1u32)
             .with_on_upgrade_needed(|ev, db| {
                 if ev.old_version() < 1.0 {
@@ -66,17 +79,17 @@ pub mod app {
         // actor, type, payload) and its pending entry (time, actor).
         let id = uuid::Uuid::now_v7();
         let now = js_sys::Date::now();
-        let mut row = Vec::with_capacity(64 + snapshot.len());
+        let mut row = Vec::with_capacity(64 + payload.len());
         row.extend_from_slice(id.as_bytes());
         row.extend_from_slice(&now.to_le_bytes());
-        for part in [actor.as_bytes(), b"saved", &snapshot] {
+        for part in [actor.as_bytes(), b"saved", payload] {
             row.extend_from_slice(&(part.len() as u32).to_le_bytes());
             row.extend_from_slice(part);
         }
         let mut entry = now.to_le_bytes().to_vec();
         entry.extend_from_slice(actor.as_bytes());
         let mut state = (expected + 1.0).to_le_bytes().to_vec();
-        state.extend_from_slice(&snapshot);
+        state.extend_from_slice(snapshot);
 
         let mut opts = TransactionOptions::new();
         opts.set_durability(TransactionDurability::Strict);
@@ -98,7 +111,7 @@ pub mod app {
             .and_then(|v| v.as_f64())
             .unwrap_or(1.0);
         let current = state_st
-            .get::<JsValue, JsValue, JsValue>(actor.as_str().into())
+            .get::<JsValue, JsValue, JsValue>(actor.into())
             .primitive()
             .map_err(e)?
             .await
@@ -116,7 +129,7 @@ pub mod app {
             return Err(JsValue::from_str("version conflict"));
         }
         let seq = JsValue::from_f64(next);
-        drop(state_st.put(bytes(&state)).with_key(JsValue::from_str(&actor)).primitive().map_err(e)?);
+        drop(state_st.put(bytes(&state)).with_key(JsValue::from_str(actor)).primitive().map_err(e)?);
         let add = ids.add(seq.clone()).with_key(bytes(id.as_bytes())).primitive().map_err(e)?;
         drop(ev.put(bytes(&row)).with_key(seq.clone()).primitive().map_err(e)?);
         drop(pending.put(bytes(&entry)).with_key(seq).primitive().map_err(e)?);

@@ -1,0 +1,37 @@
+//! A lower bound for the page of an app whose actor state is a serde
+//! type: `size/raw-commit`'s hand-written commit, with the state read
+//! from JSON, changed, written back as JSON, and the event's payload
+//! encoded as JSON, all by `serde_json` (what the facade's
+//! `Actor::State: Serialize + DeserializeOwned` and `Context::emit`
+//! need). Errors carry no text. Measured by `scripts/wasm-size.sh`
+//! (line `hand-written commit with serde_json:`).
+
+/// The app (wasm32 only).
+#[cfg(target_arch = "wasm32")]
+pub mod app {
+    use serde::{Deserialize, Serialize};
+    use wasm_bindgen::prelude::*;
+
+    /// The actor's state.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Count {
+        n: u32,
+    }
+
+    /// Opens `db`, reads `state` (JSON) for `actor` at `expected`, adds
+    /// `by` to it and commits it with one event whose payload is `by`.
+    #[wasm_bindgen]
+    pub async fn start(
+        db: String,
+        actor: String,
+        expected: f64,
+        state: Vec<u8>,
+        by: u32,
+    ) -> Result<(), JsValue> {
+        let mut count: Count = serde_json::from_slice(&state).map_err(|_| JsValue::NULL)?;
+        count.n += by;
+        let snapshot = serde_json::to_vec(&count).map_err(|_| JsValue::NULL)?;
+        let payload = serde_json::to_vec(&by).map_err(|_| JsValue::NULL)?;
+        outbox_size_raw_commit::app::commit(&db, &actor, expected, &snapshot, &payload).await
+    }
+}
