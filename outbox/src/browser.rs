@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use js_sys::{Function, Object, Promise, Reflect};
-use outbox_core::{Envelope, Error, Outcome, Result, Sink};
+use outbox_core::{DurableStore, Envelope, Error, Outcome, Result, Sink};
 use outbox_forwarder::ErrorCallback;
 use outbox_forwarder::browser::{TabRole, lock_name};
 use wasm_bindgen::closure::Closure;
@@ -323,7 +323,13 @@ pub async fn serve_worker(config: OutboxConfig, sink: Arc<dyn Sink>) -> Result<O
         forwarder: config.forwarder,
         conflict_retries: config.conflict_retries,
     };
-    let outbox = crate::runtime::assemble(store, None, Some(&db), sink, parts);
+    // The store by its type (`Backend::Worker`), for the facade and the
+    // forwarder alike: through `dyn DurableStore` every method of the
+    // store would be in the worker's bundle.
+    let durable = store.capabilities().durable;
+    let forwarded = store.clone();
+    let start = |sink, fwd| crate::runtime::start_forwarder(forwarded, Some(db.as_str()), sink, fwd);
+    let outbox = crate::runtime::built(Backend::Worker(store), durable, None, start, sink, parts);
     if let Some(mut roles) = outbox.watch_role() {
         wasm_bindgen_futures::spawn_local(async move {
             loop {

@@ -80,6 +80,12 @@ pub(crate) enum Backend {
     /// the forwarder's.
     #[cfg(all(target_arch = "wasm32", store_idb))]
     Page(Arc<FallbackStore<outbox_store_idb::IdbStore>>),
+    /// The worker of such a page (`browser::serve_worker`): the IndexedDB
+    /// store with no quota fallback, called directly by the facade and its
+    /// forwarder, so that the worker's bundle carries only the store
+    /// methods they call.
+    #[cfg(all(target_arch = "wasm32", store_idb))]
+    Worker(Arc<outbox_store_idb::IdbStore>),
 }
 
 /// `$body` with `$s` the backend's store (either kind).
@@ -89,6 +95,8 @@ macro_rules! with_store {
             Backend::Any { store: $s, .. } => $body,
             #[cfg(all(target_arch = "wasm32", store_idb))]
             Backend::Page($s) => $body,
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Worker($s) => $body,
         }
     };
 }
@@ -99,6 +107,8 @@ impl Backend {
             Backend::Any { fallback, .. } => fallback.as_ref().is_some_and(|f| f.is_fallen()),
             #[cfg(all(target_arch = "wasm32", store_idb))]
             Backend::Page(f) => f.is_fallen(),
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Worker(_) => false,
         }
     }
 
@@ -107,6 +117,8 @@ impl Backend {
             Backend::Any { fallback, .. } => fallback.is_some(),
             #[cfg(all(target_arch = "wasm32", store_idb))]
             Backend::Page(_) => true,
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Worker(_) => false,
         }
     }
 }
@@ -244,8 +256,8 @@ fn start_forwarder(
 }
 
 #[cfg(target_arch = "wasm32")]
-fn start_forwarder(
-    store: Arc<dyn DurableStore>,
+pub(crate) fn start_forwarder<S: DurableStore + ?Sized + 'static>(
+    store: Arc<S>,
     name: Option<&str>,
     sink: Arc<dyn Sink>,
     fwd: ForwarderConfig,
@@ -367,16 +379,31 @@ pub(crate) fn assemble(
     sink: Arc<dyn Sink>,
     parts: Parts,
 ) -> Outbox {
+    let durable = store.capabilities().durable;
+    let watch = fallback.as_ref().map(|fb| fb.watch_durable());
+    let forwarded = store.clone();
+    let start = |sink, fwd| start_forwarder(forwarded, db_name, sink, fwd);
+    built(Backend::Any { store, fallback }, durable, watch, start, sink, parts)
+}
+
+/// An outbox over `backend`, whose store says it is `durable`: its
+/// durability watched through `fallback_watch` when it has a quota
+/// fallback, its forwarder started by `start` (not for
+/// [`Durability::Off`]).
+pub(crate) fn built(
+    backend: Backend,
+    durable: bool,
+    fallback_watch: Option<watch::Receiver<bool>>,
+    start: impl FnOnce(Arc<dyn Sink>, ForwarderConfig) -> (ForwarderTask, Wake),
+    sink: Arc<dyn Sink>,
+    parts: Parts,
+) -> Outbox {
     let Parts { durability, forwarder: fwd, conflict_retries } = parts;
-    metrics::gauge!(outbox_forwarder::metrics::DURABLE).set(if store.capabilities().durable {
-        1.0
-    } else {
-        0.0
-    });
-    let durable_watch = match &fallback {
-        Some(fb) => (fb.watch_durable(), None),
+    metrics::gauge!(outbox_forwarder::metrics::DURABLE).set(if durable { 1.0 } else { 0.0 });
+    let durable_watch = match fallback_watch {
+        Some(rx) => (rx, None),
         None => {
-            let (tx, rx) = watch::channel(durability != Durability::Off && store.capabilities().durable);
+            let (tx, rx) = watch::channel(durability != Durability::Off && durable);
             (rx, Some(tx))
         }
     };
@@ -384,12 +411,12 @@ pub(crate) fn assemble(
     let (forwarder, wake) = if durability == Durability::Off {
         (None, None)
     } else {
-        let (task, wake) = start_forwarder(store.clone(), db_name, sink.clone(), fwd);
+        let (task, wake) = start(sink.clone(), fwd);
         (Some(task), Some(wake))
     };
     Outbox {
         inner: Arc::new(Inner {
-            backend: Backend::Any { store, fallback },
+            backend,
             conflict_retries,
             durable: durable_watch,
             forwarder: Mutex::new(forwarder),
@@ -551,6 +578,8 @@ impl Outbox {
             Backend::Any { store, .. } => store.clone(),
             #[cfg(all(target_arch = "wasm32", store_idb))]
             Backend::Page(s) => s.clone(),
+            #[cfg(all(target_arch = "wasm32", store_idb))]
+            Backend::Worker(s) => s.clone(),
         }
     }
 
