@@ -25,11 +25,8 @@ fi
 WASM_OPT=$TOOLS/node_modules/.bin/wasm-opt
 
 cargo build --locked --profile wasm-size --target wasm32-unknown-unknown \
-    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-commit -p outbox-size-raw-commit -p outbox-size-app \
+    -p outbox-size-empty -p outbox-size-idb-floor -p outbox-size-commit -p outbox-size-raw-commit -p outbox-size-raw-commit-json -p outbox-size-app \
     -p outbox-size-page -p outbox-size-worker
-# Apart: built with the others, raw-commit's exported `start` (its default
-# feature) would be linked into raw-commit-json too.
-cargo build --locked --profile wasm-size --target wasm32-unknown-unknown -p outbox-size-raw-commit-json
 
 gz() { gzip -9 -c "$1" | wc -c; }
 printf '%-16s %10s %10s %10s %12s\n' app "wasm B" "wasm gz B" "js gz B" "total gz B"

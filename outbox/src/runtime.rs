@@ -88,7 +88,7 @@ pub(crate) enum Backend {
     Worker(Arc<outbox_store_idb::IdbStore>),
 }
 
-/// `$body` with `$s` the backend's store (either kind).
+/// `$body` with `$s` the backend's store (any kind).
 macro_rules! with_store {
     ($backend:expr, $s:ident => $body:expr) => {
         match $backend {
@@ -361,7 +361,7 @@ pub async fn configure_outbox(config: OutboxConfig, sink: Arc<dyn Sink>) -> Resu
     ))
 }
 
-/// What [`assemble`] takes of an [`OutboxConfig`].
+/// What [`assemble`] and [`built`] take of an [`OutboxConfig`].
 pub(crate) struct Parts {
     pub(crate) durability: Durability,
     pub(crate) forwarder: ForwarderConfig,
