@@ -25,6 +25,7 @@ use std::time::Duration;
 
 pub use async_trait::async_trait;
 
+use crate::OrderingKey;
 use crate::commit::{Commit, Limits};
 use crate::error::Result;
 use crate::event::Envelope;
@@ -224,6 +225,38 @@ pub trait DeliveryStore: MaybeSendSync {
     ///   claimer loses nothing.
     /// - A zero `lease` is [`Error::InvalidInput`](crate::Error::InvalidInput).
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>>;
+
+    /// Leases the claimable heads of `keys`: for each key, its first
+    /// undelivered event (passing over dead letters unless
+    /// `request.park_dead_keys`), when that event is due, not leased and
+    /// its key not held by a commit in flight; at most `request.limit`, in
+    /// commit order. It does not look at other keys, so older events of
+    /// other keys are passed over: a busy forwarder uses it to go on with
+    /// the keys it just delivered, and claims in commit order
+    /// ([`DeliveryStore::claim`]) often enough that no other key waits
+    /// long (`ForwarderConfig::fairness` in `outbox-forwarder`).
+    ///
+    /// # Contract
+    ///
+    /// - As [`DeliveryStore::claim`] for what may be returned (undelivered,
+    ///   not dead, due, not leased), per-key order, commit order, the lease,
+    ///   its epoch and the attempt count.
+    /// - A store that overrides the provided method returns only events of
+    ///   `keys`, each its key's first undelivered event.
+    /// - The provided method is [`DeliveryStore::claim`]: stores where a
+    ///   claim in commit order costs no more (one that holds its backlog in
+    ///   order, with one forwarder) need nothing else. PostgreSQL, where
+    ///   several forwarders' claims walk past each other's leased events,
+    ///   overrides it.
+    async fn claim_heads_of(
+        &self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        keys: &[OrderingKey],
+    ) -> Result<Vec<Envelope>> {
+        let _ = keys;
+        self.claim(grant, request).await
+    }
 
     /// Marks events delivered.
     ///

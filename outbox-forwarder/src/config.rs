@@ -76,6 +76,17 @@ pub struct ForwarderConfig {
     pub dead_letters: DeadLetterPolicy,
     /// Circuit breaker.
     pub breaker: BreakerConfig,
+    /// How long a forwarder may go on claiming the next events of the
+    /// keys it just delivered ([`DeliveryStore::claim_heads_of`]) before
+    /// it claims in commit order over all keys again: the longest an older
+    /// event of another key is passed over for them. Going on is cheaper
+    /// for a store that walks its backlog to find claimable events
+    /// (PostgreSQL). It is done only while the keys fill at least half a
+    /// batch, so a forwarder that is not busy claims in commit order every
+    /// time. `None`: always in commit order. Default: 100 ms.
+    ///
+    /// [`DeliveryStore::claim_heads_of`]: outbox_core::DeliveryStore::claim_heads_of
+    pub fairness: Option<Duration>,
     /// Delivered events are pruned after this long (`None`: never).
     pub retention: Option<Duration>,
     /// Events pruned per pruning step.
@@ -125,6 +136,7 @@ impl Default for ForwarderConfig {
             retry: RetryPolicy::default(),
             dead_letters: DeadLetterPolicy::Park,
             breaker: BreakerConfig::default(),
+            fairness: Some(Duration::from_millis(100)),
             retention: Some(outbox_core::retry::DEFAULT_RETENTION),
             prune_batch: 500,
             prune_every: Duration::from_secs(60),
@@ -212,6 +224,14 @@ impl ForwarderConfig {
         self
     }
 
+    /// Sets: How long a forwarder may go on with the keys it just
+    /// delivered before it claims in commit order again (`None`: always in
+    /// commit order).
+    pub fn fairness(mut self, v: Option<Duration>) -> Self {
+        self.fairness = v;
+        self
+    }
+
     /// Sets: How long delivered events are kept (`None`: forever).
     pub fn retention(mut self, v: Option<Duration>) -> Self {
         self.retention = v;
@@ -290,6 +310,7 @@ impl fmt::Debug for ForwarderConfig {
             .field("retry", &self.retry)
             .field("dead_letters", &self.dead_letters)
             .field("breaker", &self.breaker)
+            .field("fairness", &self.fairness)
             .field("retention", &self.retention)
             .field("prefetch", &self.prefetch)
             .finish_non_exhaustive()

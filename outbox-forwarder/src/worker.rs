@@ -140,6 +140,12 @@ pub struct Forwarder<S: DurableStore + ?Sized = dyn DurableStore> {
     /// ([`ForwarderConfig::first_batch`]).
     ramp: Option<usize>,
     next_due: Option<Timestamp>,
+    /// The keys of the events the last batch delivered, each once: the
+    /// next claim may go on with them
+    /// ([`ForwarderConfig::fairness`]).
+    delivered_keys: Vec<OrderingKey>,
+    /// When the last claim in commit order over all keys was made.
+    last_fair_claim: Option<mono::Instant>,
     last_prune: Option<Timestamp>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     last_stats: Option<Timestamp>,
@@ -200,6 +206,8 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             expedite: false,
             ramp: None,
             next_due: None,
+            delivered_keys: Vec::new(),
+            last_fair_claim: None,
             last_prune: None,
             last_stats: None,
             stats_cost: Duration::ZERO,
@@ -412,13 +420,33 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             .park_dead_keys(self.cfg.dead_letters == DeadLetterPolicy::Park)
             .exclusive(self.cfg.exclusive);
         let Some(grant) = self.grant.clone() else { return Ok((report, None)) };
+        let keys = std::mem::take(&mut self.delivered_keys);
         let batch = match usable {
             Some(b) => b,
-            None => match self.store.claim(&grant, request).await {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::Fenced => return Ok((self.fenced(report), None)),
-                Err(e) => return Err(e),
-            },
+            None => {
+                // Go on with the keys the last batch delivered while they
+                // fill at least half a batch and a claim in commit order
+                // was made within `fairness`; otherwise claim in commit
+                // order.
+                let go_on = permit == Permit::All
+                    && !prefetch
+                    && keys.len() >= limit.div_ceil(2)
+                    && self
+                        .cfg
+                        .fairness
+                        .is_some_and(|f| self.last_fair_claim.is_some_and(|t| t.elapsed() < f));
+                let claimed = if go_on {
+                    self.store.claim_heads_of(&grant, request, &keys).await
+                } else {
+                    self.last_fair_claim = Some(mono::Instant::now());
+                    self.store.claim(&grant, request).await
+                };
+                match claimed {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == ErrorKind::Fenced => return Ok((self.fenced(report), None)),
+                    Err(e) => return Err(e),
+                }
+            }
         };
         report.claimed = batch.len();
         if permit == Permit::All && self.cfg.first_batch.is_some() {
@@ -509,10 +537,15 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         // a redelivery (which the idempotency key absorbs).
         let mut acks: Vec<EventId> = Vec::new();
         let mut acked_types = obs::TypeCounts::default();
-        let rounds = self.rounds(grant, batch, &mut acks, &mut acked_types, report).await;
+        let mut keys: Vec<OrderingKey> = Vec::new();
+        let rounds = self.rounds(grant, batch, &mut acks, &mut keys, &mut acked_types, report).await;
         if !acks.is_empty() {
             match self.store.ack(grant, &acks).await {
                 Ok(()) => {
+                    // Each key once (a batch may hold a run of one key).
+                    keys.sort_unstable();
+                    keys.dedup();
+                    self.delivered_keys = keys;
                     report.delivered += acks.len();
                     obs::delivered(self.sink.name(), &acked_types);
                 }
@@ -532,6 +565,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         grant: &LeaderGrant,
         batch: Vec<Envelope>,
         acks: &mut Vec<EventId>,
+        keys: &mut Vec<OrderingKey>,
         acked_types: &mut obs::TypeCounts,
         report: &mut CycleReport,
     ) -> Result<()> {
@@ -591,6 +625,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                 match outcome {
                     Outcome::Ok => {
                         acks.push(e.id);
+                        keys.push(e.key.clone());
                         acked_types.add(&e.event_type);
                         sched.complete(&e.key);
                         if !slow {

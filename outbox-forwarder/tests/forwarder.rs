@@ -603,6 +603,52 @@ async fn metrics_are_reported() {
     assert_eq!(committed.len(), 6);
 }
 
+/// A busy forwarder goes on with the keys it just delivered
+/// (`claim_heads_of`) and claims in commit order again once `fairness` has
+/// passed since its last such claim, or when its last batch held fewer
+/// than half a batch of keys; with `fairness(None)` it always claims in
+/// commit order. Each key is still delivered in commit order.
+#[tokio::test(start_paused = true)]
+async fn a_busy_forwarder_goes_on_with_its_keys_and_claims_in_commit_order_every_fairness() {
+    let mut rig = Rig::new();
+    let faulty = FaultyStore::new(rig.store.clone());
+    rig.store = faulty.clone();
+    let committed = rig.commit(8, 3).await;
+    let claims =
+        || -> Vec<&'static str> { faulty.calls().into_iter().filter(|c| c.starts_with("claim")).collect() };
+    let cfg = rig.config().batch_size(4).max_concurrency(4).fairness(Some(Duration::from_millis(100)));
+    let mut fwd = rig.forwarder(cfg);
+    for _ in 0..3 {
+        fwd.run_once().await.unwrap();
+    }
+    assert_eq!(claims(), ["claim", "claim_heads_of", "claim_heads_of"], "goes on with its 4 keys");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    fwd.run_once().await.unwrap();
+    fwd.run_once().await.unwrap();
+    assert_eq!(claims()[3..], ["claim", "claim_heads_of"], "commit order once `fairness` has passed");
+    while fwd.run_once().await.unwrap().claimed > 0 {}
+    let got = rig.delivered();
+    assert_eq!(by_key(&got), by_key_new(&committed), "every event once, each key in commit order");
+    assert_eq!(got.len(), committed.len());
+
+    // A batch of one key is less than half a batch: commit order.
+    let before = claims().len();
+    rig.commit(1, 1).await;
+    fwd.run_once().await.unwrap();
+    fwd.run_once().await.unwrap();
+    assert_eq!(claims()[before..], ["claim", "claim"], "one key does not fill half a batch");
+
+    // Never, with `fairness(None)`.
+    fwd.step_down().await;
+    rig.delivered();
+    let before = claims().len();
+    rig.commit(8, 2).await;
+    let mut fwd = rig.forwarder(rig.config().batch_size(4).max_concurrency(4).fairness(None));
+    while fwd.run_once().await.unwrap().claimed > 0 {}
+    assert_eq!(rig.delivered().len(), 16, "all delivered");
+    assert!(claims()[before..].iter().all(|c| *c == "claim"), "{:?}", &claims()[before..]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_commit_wakes_an_idle_forwarder_without_waiting_for_the_timer() {
     let mut rig = Rig::new();

@@ -11,8 +11,8 @@ use outbox_core::rules::{check_lease, check_ttl};
 use outbox_core::{
     ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
     DurableStore, Envelope, Epoch, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore,
-    LeadershipMode, Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp, Version,
-    async_trait,
+    LeadershipMode, Limits, OrderingKey, Result, SharedClock, StateSnapshot, StateStore, StoreStats,
+    Timestamp, Version, async_trait,
 };
 use tokio_postgres::Config;
 use uuid::Uuid;
@@ -75,6 +75,37 @@ impl fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
+    /// [`DeliveryStore::claim`], or with `keys_of`
+    /// [`DeliveryStore::claim_heads_of`].
+    async fn claim_where(
+        &self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        keys_of: Option<&[OrderingKey]>,
+    ) -> Result<Vec<Envelope>> {
+        self.inner
+            .pool
+            .bounded("claim", async {
+                check_lease(&request)?;
+                if request.limit == 0 || keys_of.is_some_and(|k| k.is_empty()) {
+                    return Ok(Vec::new());
+                }
+                let mut conn = self.inner.pool.get().await?;
+                // A batch of quarantined rows only is no sign the backlog is
+                // empty: claim again (a few times; polling covers the rest).
+                for _ in 0..QUARANTINE_ROUNDS {
+                    let now = self.now();
+                    let until = now.saturating_add(request.lease);
+                    let claimed = claim::claim(&mut conn, grant, &request, keys_of, now, until).await?;
+                    if !claimed.events.is_empty() || claimed.quarantined == 0 {
+                        return Ok(claimed.events);
+                    }
+                }
+                Ok(Vec::new())
+            })
+            .await
+    }
+
     pub(crate) fn new(inner: Inner) -> Self {
         PostgresStore { inner: Arc::new(inner) }
     }
@@ -318,27 +349,16 @@ impl LeaderStore for PostgresStore {
 #[async_trait]
 impl DeliveryStore for PostgresStore {
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
-        self.inner
-            .pool
-            .bounded("claim", async {
-                check_lease(&request)?;
-                if request.limit == 0 {
-                    return Ok(Vec::new());
-                }
-                let mut conn = self.inner.pool.get().await?;
-                // A batch of quarantined rows only is no sign the backlog is
-                // empty: claim again (a few times; polling covers the rest).
-                for _ in 0..QUARANTINE_ROUNDS {
-                    let now = self.now();
-                    let until = now.saturating_add(request.lease);
-                    let claimed = claim::claim(&mut conn, grant, &request, now, until).await?;
-                    if !claimed.events.is_empty() || claimed.quarantined == 0 {
-                        return Ok(claimed.events);
-                    }
-                }
-                Ok(Vec::new())
-            })
-            .await
+        self.claim_where(grant, request, None).await
+    }
+
+    async fn claim_heads_of(
+        &self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        keys: &[OrderingKey],
+    ) -> Result<Vec<Envelope>> {
+        self.claim_where(grant, request, Some(keys)).await
     }
 
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {

@@ -34,6 +34,17 @@ fn schema(tag: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_forwarders_keep_per_key_order_and_deliver_each_event_once() {
+    race(false).await;
+}
+
+/// The same race, each forwarder going on with the keys of its last batch
+/// (`claim_heads_of`) every other claim, as a busy forwarder does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_forwarders_going_on_with_their_keys_keep_order_and_deliver_once() {
+    race(true).await;
+}
+
+async fn race(go_on: bool) {
     let Some(url) = url() else { return };
     let schema = schema("race");
     let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
@@ -60,8 +71,17 @@ async fn four_forwarders_keep_per_key_order_and_deliver_each_event_once() {
         tasks.push(tokio::spawn(async move {
             let g = s.acquire_leadership(&format!("f{f}"), Duration::from_secs(60)).await.unwrap().unwrap();
             let mut idle = 0;
+            let mut last: Vec<OrderingKey> = Vec::new();
+            let mut turn = 0u64;
             while idle < 20 {
-                let batch = s.claim(&g, ClaimRequest::new(37, Duration::from_secs(60))).await.unwrap();
+                let request = ClaimRequest::new(37, Duration::from_secs(60));
+                turn += 1;
+                let batch = if go_on && turn.is_multiple_of(2) {
+                    s.claim_heads_of(&g, request, &last).await.unwrap()
+                } else {
+                    s.claim(&g, request).await.unwrap()
+                };
+                last = batch.iter().map(|e| e.key.clone()).collect();
                 if batch.is_empty() {
                     idle += 1;
                     tokio::task::yield_now().await;
@@ -91,6 +111,42 @@ async fn four_forwarders_keep_per_key_order_and_deliver_each_event_once() {
     }
     assert_eq!(per_key, committed, "every key delivered in commit order");
     assert_eq!(store.stats().await.unwrap().delivered, 2000);
+}
+
+/// `claim_heads_of` takes the claimable heads of the keys it is given and
+/// nothing else: older events of other keys are passed over, and so are
+/// a key held by a commit in flight and a key whose head is not due.
+#[tokio::test]
+async fn claim_heads_of_takes_only_the_given_keys_claimable_heads() {
+    let Some(url) = url() else { return };
+    let schema = schema("heads_of");
+    let store = PostgresStore::options(&url).schema(&schema).open().await.unwrap();
+    let ev = |key: &str| {
+        NewEvent::json(ActorId::new("src").unwrap(), "E", &key)
+            .unwrap()
+            .with_key(OrderingKey::new(key).unwrap())
+    };
+    let (x1, a1, b1, a2) = (ev("x"), ev("a"), ev("b"), ev("a"));
+    let c1 = ev("c").not_before(outbox_core::SystemClock.now().saturating_add(Duration::from_secs(3600)));
+    let all = vec![x1.clone(), a1.clone(), b1.clone(), a2.clone(), c1.clone()];
+    store.put_state_and_events(Commit::events_only().events(all)).await.unwrap();
+    // A commit in flight on key b holds b's lock.
+    let mut holder = admin(&url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext('b'))", &[&schema]).await.unwrap();
+
+    let g = store.acquire_leadership("f", Duration::from_secs(60)).await.unwrap().unwrap();
+    let keys: Vec<OrderingKey> = ["a", "b", "c"].iter().map(|k| OrderingKey::new(*k).unwrap()).collect();
+    let request = ClaimRequest::new(10, Duration::from_secs(60));
+    let got = store.claim_heads_of(&g, request, &keys).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![a1.id], "a's head only: x is not asked for, b is held, c not due, a2 behind a1");
+    assert!(store.claim_heads_of(&g, request, &keys).await.unwrap().is_empty(), "a's head is leased");
+    let rest: Vec<_> = store.claim(&g, request).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(rest, vec![x1.id], "a claim in commit order takes what was passed over");
+    tx.rollback().await.unwrap();
+    let got: Vec<_> = store.claim_heads_of(&g, request, &keys).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(got, vec![b1.id], "b once its commit is done");
 }
 
 #[tokio::test]

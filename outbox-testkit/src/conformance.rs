@@ -404,6 +404,44 @@ pub async fn key_waits_for_its_leased_or_retrying_predecessor<F: StoreFactory>(f
     assert_eq!(ids(&ctx.claim(&g, 10).await), vec![a1.id, a2.id], "once a1 is due both come, in order");
 }
 
+/// `claim_heads_of` keeps per-key order: a key whose first undelivered
+/// event is leased gives nothing (not its next event), a key's next event
+/// comes once the first is acked, and dead letters park the key when
+/// asked. It holds for a store that finds the heads of given keys and for
+/// one that claims in commit order instead (the provided method).
+pub async fn claim_heads_of_keeps_key_order<F: StoreFactory>(factory: &F) {
+    let ctx = Ctx::fresh(factory).await;
+    let (a, b) = (actor("a"), actor("b"));
+    let (a1, a2, b1) = (event(&a, 1), event(&a, 2), event(&b, 1));
+    ctx.commit_events(vec![a1.clone(), b1.clone(), a2.clone()]).await;
+    let g = ctx.lead("l").await;
+    let key_a = [a1.key.clone()];
+    let heads_of = |limit: usize, park: bool| {
+        let request = ClaimRequest::new(limit, LEASE).park_dead_keys(park);
+        let store = ctx.store.clone();
+        let (g, keys) = (g.clone(), key_a.clone());
+        async move { store.claim_heads_of(&g, request, &keys).await.expect("claim_heads_of") }
+    };
+
+    let first = heads_of(1, false).await;
+    assert_eq!(ids(&first), vec![a1.id], "a's head");
+    assert!(first.iter().all(|e| e.attempts == 1), "a claim counts an attempt");
+    let second = heads_of(10, false).await;
+    assert!(
+        !ids(&second).contains(&a2.id) && !ids(&second).contains(&a1.id),
+        "a2 waits behind leased a1, and a1 is not claimed twice: {second:?}"
+    );
+    ctx.store.ack(&g, &[a1.id]).await.expect("ack a1");
+    assert_eq!(ids(&heads_of(10, false).await), vec![a2.id], "a's next event once a1 is acked");
+
+    // a2 dead: parked, a's later event waits; skipped past otherwise.
+    let a3 = event(&a, 3);
+    ctx.commit_events(vec![a3.clone()]).await;
+    ctx.store.dead_letter(&g, a2.id, "poison").await.expect("dead_letter a2");
+    assert!(heads_of(10, true).await.is_empty(), "a dead letter parks its key when asked");
+    assert_eq!(ids(&heads_of(10, false).await), vec![a3.id], "and is passed over otherwise");
+}
+
 /// A leased event is not claimed again, by anyone, until its lease ends.
 pub async fn claims_exclusive_while_leased<F: StoreFactory>(factory: &F) {
     let ctx = Ctx::fresh(factory).await;

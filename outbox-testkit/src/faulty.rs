@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use outbox_core::{
     ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryStore,
-    DurableStore, Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, Result,
-    StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
+    DurableStore, Envelope, Error, EventId, InboxStore, InspectStore, LeaderGrant, LeaderStore, OrderingKey,
+    Result, StateSnapshot, StateStore, StoreStats, Timestamp, async_trait,
 };
 
 /// Where an injected fault strikes.
@@ -31,6 +31,8 @@ struct Plan {
     fired: u64,
     /// Commits fail with `QuotaExceeded` (a full disk or storage quota).
     full: bool,
+    /// The operations seen, by name, in order.
+    log: Vec<&'static str>,
 }
 
 /// A store wrapper that fails the Nth operation (or every operation from
@@ -96,6 +98,12 @@ impl FaultyStore {
         self.plan().ops
     }
 
+    /// The names of the operations seen so far, in order (the store
+    /// trait's method names, such as `"claim"` or `"claim_heads_of"`).
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.plan().log.clone()
+    }
+
     /// Faults injected so far.
     pub fn faults(&self) -> u64 {
         self.plan().fired
@@ -110,6 +118,7 @@ impl FaultyStore {
     fn gate(&self, op: &'static str) -> Option<(FaultMode, Error)> {
         let mut p = self.plan();
         p.ops += 1;
+        p.log.push(op);
         let due = match p.fail_at {
             Some(at) if p.sticky => p.ops >= at,
             Some(at) => p.ops == at,
@@ -171,6 +180,14 @@ impl LeaderStore for FaultyStore {
 impl DeliveryStore for FaultyStore {
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
         faulty!(self, "claim", self.inner.claim(grant, request))
+    }
+    async fn claim_heads_of(
+        &self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        keys: &[OrderingKey],
+    ) -> Result<Vec<Envelope>> {
+        faulty!(self, "claim_heads_of", self.inner.claim_heads_of(grant, request, keys))
     }
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
         faulty!(self, "ack", self.inner.ack(grant, ids))

@@ -218,6 +218,7 @@ macro_rules! __conformance_tests {
             bad_input_rejected_and_nothing_written,
             events_of_one_key_claimed_in_commit_order,
             key_waits_for_its_leased_or_retrying_predecessor,
+            claim_heads_of_keeps_key_order,
             claims_exclusive_while_leased,
             expired_lease_claimable_again,
             ack_is_idempotent,

@@ -171,6 +171,11 @@ async fn ours_drain(pg: &str, nats: &str, forwarders: usize, n: usize, keys: usi
             .max_idle_interval(Duration::from_millis(50))
             .retention(None)
             .prefetch(std::env::var("PREFETCH").ok().map(|v| v != "0"));
+        let cfg = match std::env::var("FAIRNESS_MS") {
+            Ok(v) if v == "off" => cfg.fairness(None),
+            Ok(v) => cfg.fairness(Some(Duration::from_millis(v.parse().unwrap()))),
+            Err(_) => cfg,
+        };
         fwds.push(Forwarder::new(Arc::new(s), Arc::new(sink), cfg));
     }
     // Done when no event is pending. A cheap probe on the pending index:
