@@ -76,14 +76,16 @@ pub struct ForwarderConfig {
     pub dead_letters: DeadLetterPolicy,
     /// Circuit breaker.
     pub breaker: BreakerConfig,
-    /// How long a forwarder may go on claiming the next events of the
+    /// How long a busy forwarder may go on claiming the next events of the
     /// keys it just delivered ([`DeliveryStore::claim_heads_of`]) before
-    /// it claims in commit order over all keys again: the longest an older
-    /// event of another key is passed over for them. Going on is cheaper
-    /// for a store that walks its backlog to find claimable events
-    /// (PostgreSQL). It is done only while the keys fill at least half a
-    /// batch, so a forwarder that is not busy claims in commit order every
-    /// time. `None`: always in commit order. Default: 100 ms.
+    /// it claims in commit order over all keys again. Meanwhile older
+    /// events of other keys are passed over; every forwarder claims in
+    /// commit order at least this often, so they wait about this long at
+    /// most. Going on is cheaper for a store whose claims in commit order
+    /// walk past other forwarders' leased events (PostgreSQL). It is done
+    /// only while the keys fill at least half a batch, so a forwarder that
+    /// is not busy claims in commit order every time. Per-key order holds
+    /// either way. `None`: always in commit order. Default: 500 ms.
     ///
     /// [`DeliveryStore::claim_heads_of`]: outbox_core::DeliveryStore::claim_heads_of
     pub fairness: Option<Duration>,
@@ -119,7 +121,8 @@ pub struct ForwarderConfig {
 impl Default for ForwarderConfig {
     /// Batches of 256, 64 in flight, 30 s lease, 15 s leadership, 100 ms
     /// flush interval backing off to 5 s when idle, default retry policy,
-    /// parking dead letters, default breaker, 7-day retention pruned 500 at
+    /// parking dead letters, default breaker, going on with the delivered
+    /// keys for up to 500 ms (`fairness`), 7-day retention pruned 500 at
     /// a time every minute, stats every second, system clock, prefetching
     /// decided by the store.
     fn default() -> Self {
@@ -136,7 +139,7 @@ impl Default for ForwarderConfig {
             retry: RetryPolicy::default(),
             dead_letters: DeadLetterPolicy::Park,
             breaker: BreakerConfig::default(),
-            fairness: Some(Duration::from_millis(100)),
+            fairness: Some(Duration::from_millis(500)),
             retention: Some(outbox_core::retry::DEFAULT_RETENTION),
             prune_batch: 500,
             prune_every: Duration::from_secs(60),

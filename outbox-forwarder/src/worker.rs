@@ -146,11 +146,18 @@ pub struct Forwarder<S: DurableStore + ?Sized = dyn DurableStore> {
     delivered_keys: Vec<OrderingKey>,
     /// When the last claim in commit order over all keys was made.
     last_fair_claim: Option<mono::Instant>,
+    /// When going on with the delivered keys last gave less than half a
+    /// batch: it is not tried again for `fairness`.
+    go_on_paused_at: Option<mono::Instant>,
     last_prune: Option<Timestamp>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     last_stats: Option<Timestamp>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     stats_cost: Duration,
+    /// When housekeeping first ran (the gauges' first read waits
+    /// `stats_every` from it while the forwarder is busy).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    first_housekeeping: Option<Timestamp>,
 }
 
 impl<S: DurableStore + ?Sized> fmt::Debug for Forwarder<S> {
@@ -208,9 +215,11 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             next_due: None,
             delivered_keys: Vec::new(),
             last_fair_claim: None,
+            go_on_paused_at: None,
             last_prune: None,
             last_stats: None,
             stats_cost: Duration::ZERO,
+            first_housekeeping: None,
         }
     }
 
@@ -289,6 +298,14 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
         }
         if let Some(p) = prefetched.take() {
             self.give_back(p).await;
+        }
+        // A run too short to read the gauges reads them once on the way out.
+        #[cfg(feature = "metrics")]
+        if self.last_stats.is_none() && self.grant.is_some() {
+            let now = self.cfg.clock.now();
+            if let Err(e) = self.gauges(now, false).await {
+                tracing::debug!(target: "outbox", error = %e, "reading the gauges failed");
+            }
         }
         self.step_down().await;
     }
@@ -411,7 +428,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             Permit::Wait(until) => {
                 self.next_due = Some(self.next_due.map_or(until, |t| t.min(until)));
                 report.circuit = self.breaker.state();
-                self.housekeeping(now).await?;
+                self.housekeeping(now, false).await?;
                 return Ok((report, None));
             }
         };
@@ -427,16 +444,44 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                 // Go on with the keys the last batch delivered while they
                 // fill at least half a batch and a claim in commit order
                 // was made within `fairness`; otherwise claim in commit
-                // order.
+                // order. Going on that finds less than half of its keys
+                // claimable pauses for `fairness`.
+                let half = limit.div_ceil(2);
                 let go_on = permit == Permit::All
                     && !prefetch
-                    && keys.len() >= limit.div_ceil(2)
-                    && self
-                        .cfg
-                        .fairness
-                        .is_some_and(|f| self.last_fair_claim.is_some_and(|t| t.elapsed() < f));
+                    && keys.len() >= half
+                    && self.cfg.fairness.is_some_and(|f| {
+                        self.last_fair_claim.is_some_and(|t| t.elapsed() < f)
+                            && self.go_on_paused_at.is_none_or(|t| t.elapsed() >= f)
+                    });
                 let claimed = if go_on {
-                    self.store.claim_heads_of(&grant, request, &keys).await
+                    match self.store.claim_heads_of(&grant, request, &keys).await {
+                        Ok(mut b) => {
+                            if b.len() < keys.len().div_ceil(2) {
+                                // Most of the keys had nothing to claim (no
+                                // events left, or others took them).
+                                self.go_on_paused_at = Some(mono::Instant::now());
+                            }
+                            if b.len() < half {
+                                // Less than half a batch: the rest in commit
+                                // order (other keys: the keys taken above
+                                // have their heads leased).
+                                self.last_fair_claim = Some(mono::Instant::now());
+                                let rest = ClaimRequest { limit: limit - b.len(), ..request };
+                                match self.store.claim(&grant, rest).await {
+                                    Ok(more) => b.extend(more),
+                                    Err(e) if e.kind() == ErrorKind::Fenced => {
+                                        return Ok((self.fenced(report), None));
+                                    }
+                                    // What was claimed is delivered; the next
+                                    // cycle tries again.
+                                    Err(e) => tracing::debug!(target: "outbox", error = %e, "claim failed"),
+                                }
+                            }
+                            Ok(b)
+                        }
+                        Err(e) => Err(e),
+                    }
                 } else {
                     self.last_fair_claim = Some(mono::Instant::now());
                     self.store.claim(&grant, request).await
@@ -485,7 +530,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             obs::flush(self.sink.name(), started.elapsed().as_secs_f64());
         }
         report.circuit = self.breaker.state();
-        if let Err(e) = self.housekeeping(now).await {
+        if let Err(e) = self.housekeeping(now, report.claimed > 0).await {
             if let Some(p) = next.take() {
                 self.give_back(p).await;
             }
@@ -734,10 +779,13 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
     }
 
     /// Gauges (at most every `stats_every`) and pruning (every
-    /// `prune_every`), by the leader only.
-    async fn housekeeping(&mut self, now: Timestamp) -> Result<()> {
+    /// `prune_every`), by the leader only, after a cycle that delivered
+    /// (`busy`) or not.
+    async fn housekeeping(&mut self, now: Timestamp, busy: bool) -> Result<()> {
         #[cfg(feature = "metrics")]
-        self.gauges(now).await?;
+        self.gauges(now, busy).await?;
+        #[cfg(not(feature = "metrics"))]
+        let _ = busy;
         if let Some(retention) = self.cfg.retention
             && self.last_prune.is_none_or(|t| now.duration_since(t) >= self.cfg.prune_every)
         {
@@ -753,13 +801,21 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
 
     /// The gauges. Counting a big backlog is not free: reads are spaced by
     /// at least 50 times what the last one cost, so they take at most ~2%
-    /// of the forwarder's time.
+    /// of the forwarder's time. The first read is at the first idle
+    /// cycle, or `stats_every` after the first cycle, or when the forwarder
+    /// stops: forwarders starting together on a backlog do not all count
+    /// it before delivering it.
     #[cfg(feature = "metrics")]
-    async fn gauges(&mut self, now: Timestamp) -> Result<()> {
+    async fn gauges(&mut self, now: Timestamp, busy: bool) -> Result<()> {
         obs::circuit(self.sink.name(), self.breaker.is_open());
         obs::gauge(m::DURABLE, if self.store.capabilities().durable { 1.0 } else { 0.0 });
         let every = self.cfg.stats_every.max(self.stats_cost * 50);
-        if self.last_stats.is_none_or(|t| now.duration_since(t) >= every) {
+        let started = *self.first_housekeeping.get_or_insert(now);
+        let due = match self.last_stats {
+            Some(t) => now.duration_since(t) >= every,
+            None => !busy || now.duration_since(started) >= self.cfg.stats_every,
+        };
+        if due {
             self.last_stats = Some(now);
             let t0 = mono::Instant::now();
             let s = self.store.stats().await?;

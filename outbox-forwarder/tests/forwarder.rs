@@ -529,6 +529,35 @@ async fn random_30_percent_failures_still_deliver_everything_in_order() {
     assert_eq!(by_key(&delivered), by_key_new(&committed), "per-key order held through the failures");
 }
 
+/// A forwarder that starts on a backlog delivers before it counts it for
+/// the gauges: the first read waits for an idle cycle or `stats_every`.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn the_first_gauge_read_waits_while_a_backlog_is_delivered() {
+    let mut rig = Rig::new();
+    let faulty = FaultyStore::new(rig.store.clone());
+    rig.store = faulty.clone();
+    let stats = || faulty.calls().iter().filter(|c| **c == "stats").count();
+    rig.commit(8, 1).await;
+    let mut f = rig.forwarder(rig.config().batch_size(4).stats_every(Duration::from_secs(1)));
+    f.run_once().await.unwrap();
+    f.run_once().await.unwrap();
+    assert_eq!(stats(), 0, "busy cycles deliver without counting the backlog");
+    assert_eq!(f.run_once().await.unwrap().claimed, 0);
+    assert_eq!(stats(), 1, "the first idle cycle reads the gauges");
+
+    let mut rig = Rig::new();
+    let faulty = FaultyStore::new(rig.store.clone());
+    rig.store = faulty.clone();
+    let stats = || faulty.calls().iter().filter(|c| **c == "stats").count();
+    rig.commit(8, 2).await;
+    let mut f = rig.forwarder(rig.config().batch_size(4).stats_every(Duration::from_secs(1)));
+    f.run_once().await.unwrap();
+    rig.clock.advance(Duration::from_secs(1));
+    f.run_once().await.unwrap();
+    assert_eq!(stats(), 1, "or `stats_every` after the first cycle, busy or not");
+}
+
 #[cfg(feature = "metrics")]
 #[tokio::test]
 async fn metrics_are_reported() {
@@ -647,6 +676,39 @@ async fn a_busy_forwarder_goes_on_with_its_keys_and_claims_in_commit_order_every
     while fwd.run_once().await.unwrap().claimed > 0 {}
     assert_eq!(rig.delivered().len(), 16, "all delivered");
     assert!(claims()[before..].iter().all(|c| *c == "claim"), "{:?}", &claims()[before..]);
+}
+
+/// Going on with the delivered keys that finds less than half of them
+/// claimable (they had few events left) fills the batch in commit order,
+/// and is not tried again for `fairness`.
+#[tokio::test(start_paused = true)]
+async fn going_on_that_gives_less_than_half_a_batch_pauses_for_fairness() {
+    let mut rig = Rig::new();
+    let faulty = FaultyStore::new(rig.store.clone());
+    rig.store = faulty.clone();
+    let claims =
+        || -> Vec<&'static str> { faulty.calls().into_iter().filter(|c| c.starts_with("claim")).collect() };
+    let cfg = rig.config().batch_size(4).max_concurrency(4).fairness(Some(Duration::from_millis(100)));
+    let mut fwd = rig.forwarder(cfg);
+    rig.commit(5, 1).await;
+    fwd.run_once().await.unwrap();
+    assert_eq!(fwd.run_once().await.unwrap().claimed, 1, "one event left, of another key");
+    assert_eq!(
+        claims(),
+        ["claim", "claim_heads_of", "claim"],
+        "its keys had nothing left: the rest of the batch in commit order"
+    );
+    tokio::time::advance(Duration::from_millis(60)).await;
+    rig.commit(8, 1).await;
+    fwd.run_once().await.unwrap();
+    fwd.run_once().await.unwrap();
+    assert_eq!(claims()[3..], ["claim", "claim"], "paused, though 4 keys were delivered");
+    tokio::time::advance(Duration::from_millis(50)).await;
+    rig.commit(8, 1).await;
+    assert_eq!(fwd.run_once().await.unwrap().claimed, 4);
+    assert_eq!(claims()[5..], ["claim_heads_of"], "going on again once `fairness` has passed");
+    while fwd.run_once().await.unwrap().claimed > 0 {}
+    assert_eq!(rig.delivered().len(), 21, "everything delivered once");
 }
 
 #[tokio::test(start_paused = true)]

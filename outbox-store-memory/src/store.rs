@@ -9,7 +9,8 @@ use outbox_core::rules::{self, ClaimPlan};
 use outbox_core::{
     ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryInfo,
     DeliveryStore, DurableStore, Envelope, Epoch, EventId, EventStatus, InboxStore, InspectStore,
-    LeaderGrant, LeaderStore, Result, StateSnapshot, StateStore, StoreStats, Timestamp, Version, async_trait,
+    LeaderGrant, LeaderStore, OrderingKey, Result, StateSnapshot, StateStore, StoreStats, Timestamp, Version,
+    async_trait,
 };
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
@@ -112,23 +113,37 @@ impl LeaderStore for MemoryStore {
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl DeliveryStore for MemoryStore {
-    async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
+impl MemoryStore {
+    /// [`DeliveryStore::claim`], or with `heads_of` only the heads of
+    /// those keys ([`DeliveryStore::claim_heads_of`]).
+    fn claim_where(
+        &self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        heads_of: Option<&[OrderingKey]>,
+    ) -> Result<Vec<Envelope>> {
         rules::check_lease(&request)?;
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.check_fence(grant)?;
         let lease_until = now.saturating_add(request.lease);
         let mut plan = ClaimPlan::new(&request, now);
+        // The keys still to find a head for, when only heads are claimed.
+        let mut wanted: Option<HashSet<&OrderingKey>> = heads_of.map(|keys| keys.iter().collect());
         let mut out = Vec::new();
         for (&seq, row) in inner.events.iter_mut() {
-            if plan.is_full() {
+            if plan.is_full() || wanted.as_ref().is_some_and(|w| w.is_empty()) {
                 break;
+            }
+            if wanted.as_ref().is_some_and(|w| !w.contains(&row.env.key)) {
+                continue;
             }
             if !plan.offer(&row.env.key, seq, row.entry()) {
                 continue;
+            }
+            if let Some(w) = wanted.as_mut() {
+                // Its key's head: nothing more of this key.
+                w.remove(&row.env.key);
             }
             row.env.attempts = row.env.attempts.saturating_add(1);
             row.claimed_by = Some(grant.epoch);
@@ -136,6 +151,23 @@ impl DeliveryStore for MemoryStore {
             out.push(row.env.clone());
         }
         Ok(out)
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl DeliveryStore for MemoryStore {
+    async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
+        self.claim_where(grant, request, None)
+    }
+
+    async fn claim_heads_of(
+        &self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        keys: &[OrderingKey],
+    ) -> Result<Vec<Envelope>> {
+        self.claim_where(grant, request, Some(keys))
     }
 
     async fn ack(&self, grant: &LeaderGrant, ids: &[EventId]) -> Result<()> {
