@@ -14,8 +14,9 @@
 //! (5); `PARTS` (`commit,drain,latency`); for the drain `DRAIN_EVENTS`
 //! (40000), `KEYS` (`1024,16384`), `FORWARDERS` (`1,2,4`), `RELAY` and
 //! `OURS` (1: run the relay, our forwarders), and the forwarders' `BATCH`
-//! (256), `CONC` (256 in flight) and `PREFETCH` (the store's choice; 0
-//! or 1).
+//! (256), `CONC` (256 in flight), `PREFETCH` (the store's choice; 0
+//! or 1) and `FAIRNESS_MS` (`ForwarderConfig::fairness` in milliseconds,
+//! or `off`; default 500).
 #![allow(clippy::unwrap_used)] // test code: an unwrap that fails is the test failing
 
 use std::collections::HashMap;
