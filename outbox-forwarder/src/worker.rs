@@ -470,6 +470,10 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                                 let rest = ClaimRequest { limit: limit - b.len(), ..request };
                                 match self.store.claim(&grant, rest).await {
                                     Ok(more) => b.extend(more),
+                                    // Fenced: what `b` leased cannot be
+                                    // settled under this grant any more;
+                                    // its leases lapse and it is claimed
+                                    // again, as on every fenced path.
                                     Err(e) if e.kind() == ErrorKind::Fenced => {
                                         return Ok((self.fenced(report), None));
                                     }

@@ -117,9 +117,9 @@ pub(crate) const SQL_CLAIM_KEYS: &str = "SELECT e.key, e.seq, e.id,
      ORDER BY e.seq LIMIT $2";
 /// The claim of the heads of the keys `$2`: each key's first event that
 /// holds it back (as in [`SQL_CLAIM_KEYS`]) when it is claimable (due, not
-/// leased, not parked), its key's advisory lock taken (keys held by
-/// another claim or a commit in flight are left out), at most `$4` in
-/// commit order, leased to epoch `$5` until `$6`. The heads are found by
+/// leased, not parked), the oldest `$4` of them, each key's advisory lock
+/// then taken (only those keys' locks; a key held by another claim or a
+/// commit in flight is left out), leased to epoch `$5` until `$6`. The heads are found by
 /// their keys' by-key index entries, with no walk over the backlog. The
 /// update checks each row again: a head another claim leased, or an ack
 /// settled, after this statement's snapshot was taken is left out (the
@@ -127,19 +127,19 @@ pub(crate) const SQL_CLAIM_KEYS: &str = "SELECT e.key, e.seq, e.id,
 pub(crate) static SQL_CLAIM_HEADS_OF: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH h AS MATERIALIZED (
-             SELECT h.id
-             FROM unnest($2::text[]) AS k(key)
-             CROSS JOIN LATERAL (
-                 SELECT p.key, p.seq, p.id, p.status, p.next_attempt_at, p.lease_until
-                 FROM outbox_events p
-                 WHERE p.key = k.key AND p.status <> 2
-                   AND (p.status = 0 OR ($3 AND p.status = 1 AND NOT p.skipped))
-                 ORDER BY p.key, p.seq LIMIT 1) h
-             WHERE CASE WHEN h.status = 0 AND h.next_attempt_at <= $1
-                             AND (h.lease_until IS NULL OR h.lease_until <= $1)
-                        THEN pg_try_advisory_xact_lock(hashtext(current_schema()), hashtext(h.key))
-                        ELSE false END
-             ORDER BY h.seq LIMIT $4)
+             SELECT c.id
+             FROM (SELECT h.key, h.seq, h.id
+                   FROM unnest($2::text[]) AS k(key)
+                   CROSS JOIN LATERAL (
+                       SELECT p.key, p.seq, p.id, p.status, p.next_attempt_at, p.lease_until
+                       FROM outbox_events p
+                       WHERE p.key = k.key AND p.status <> 2
+                         AND (p.status = 0 OR ($3 AND p.status = 1 AND NOT p.skipped))
+                       ORDER BY p.key, p.seq LIMIT 1) h
+                   WHERE h.status = 0 AND h.next_attempt_at <= $1
+                     AND (h.lease_until IS NULL OR h.lease_until <= $1)
+                   ORDER BY h.seq LIMIT $4) c
+             WHERE pg_try_advisory_xact_lock(hashtext(current_schema()), hashtext(c.key)))
          UPDATE outbox_events e
          SET attempts = e.attempts + 1, claimed_epoch = $5, lease_until = $6
          FROM h

@@ -440,6 +440,27 @@ pub async fn claim_heads_of_keeps_key_order<F: StoreFactory>(factory: &F) {
     ctx.store.dead_letter(&g, a2.id, "poison").await.expect("dead_letter a2");
     assert!(heads_of(10, true).await.is_empty(), "a dead letter parks its key when asked");
     assert_eq!(ids(&heads_of(10, false).await), vec![a3.id], "and is passed over otherwise");
+
+    // Several keys: the limit, commit order, and a head waiting for a
+    // retry holds its key.
+    let (c, d) = (actor("c"), actor("d"));
+    let (d1, c1, c2, d2) = (event(&d, 1), event(&c, 1), event(&c, 2), event(&d, 2));
+    ctx.commit_events(vec![d1.clone(), c1.clone(), c2.clone(), d2.clone()]).await;
+    let keys = [c1.key.clone(), d1.key.clone()];
+    let heads_of = |limit: usize| {
+        let store = ctx.store.clone();
+        let (g, keys) = (g.clone(), keys.clone());
+        async move {
+            store.claim_heads_of(&g, ClaimRequest::new(limit, LEASE), &keys).await.expect("claim_heads_of")
+        }
+    };
+    assert_eq!(ids(&heads_of(1).await), vec![d1.id], "the oldest head first, one at the limit of 1");
+    let got = ids(&heads_of(10).await);
+    assert!(got.first() == Some(&c1.id) && !got.contains(&d2.id), "c1 next, d2 behind leased d1: {got:?}");
+    let later = ctx.clock.now().saturating_add(Duration::from_secs(60));
+    ctx.store.retry_later(&g, c1.id, later, "sink down", Attempt::Counted).await.expect("retry_later c1");
+    let got = ids(&heads_of(10).await);
+    assert!(!got.contains(&c1.id) && !got.contains(&c2.id), "c waits for its retry: {got:?}");
 }
 
 /// A leased event is not claimed again, by anyone, until its lease ends.
