@@ -455,37 +455,7 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
                             && self.go_on_paused_at.is_none_or(|t| t.elapsed() >= f)
                     });
                 let claimed = if go_on {
-                    match self.store.claim_heads_of(&grant, request, &keys).await {
-                        Ok(mut b) => {
-                            if b.len() < keys.len().div_ceil(2) {
-                                // Most of the keys had nothing to claim (no
-                                // events left, or others took them).
-                                self.go_on_paused_at = Some(mono::Instant::now());
-                            }
-                            if b.len() < half {
-                                // Less than half a batch: the rest in commit
-                                // order (other keys: the keys taken above
-                                // have their heads leased).
-                                self.last_fair_claim = Some(mono::Instant::now());
-                                let rest = ClaimRequest { limit: limit - b.len(), ..request };
-                                match self.store.claim(&grant, rest).await {
-                                    Ok(more) => b.extend(more),
-                                    // Fenced: what `b` leased cannot be
-                                    // settled under this grant any more;
-                                    // its leases lapse and it is claimed
-                                    // again, as on every fenced path.
-                                    Err(e) if e.kind() == ErrorKind::Fenced => {
-                                        return Ok((self.fenced(report), None));
-                                    }
-                                    // What was claimed is delivered; the next
-                                    // cycle tries again.
-                                    Err(e) => tracing::debug!(target: "outbox", error = %e, "claim failed"),
-                                }
-                            }
-                            Ok(b)
-                        }
-                        Err(e) => Err(e),
-                    }
+                    self.go_on(&grant, request, &keys).await
                 } else {
                     self.last_fair_claim = Some(mono::Instant::now());
                     self.store.claim(&grant, request).await
@@ -541,6 +511,38 @@ impl<S: DurableStore + ?Sized + 'static> Forwarder<S> {
             return Err(e);
         }
         Ok((report, next))
+    }
+
+    /// The claim of a busy forwarder going on with `keys`, the keys its
+    /// last batch delivered ([`ForwarderConfig::fairness`]).
+    async fn go_on(
+        &mut self,
+        grant: &LeaderGrant,
+        request: ClaimRequest,
+        keys: &[OrderingKey],
+    ) -> Result<Vec<Envelope>> {
+        let mut batch = self.store.claim_heads_of(grant, request, keys).await?;
+        if batch.len() < keys.len().div_ceil(2) {
+            // Most of the keys had nothing to claim (no events left, or
+            // others took them).
+            self.go_on_paused_at = Some(mono::Instant::now());
+        }
+        if batch.len() < request.limit.div_ceil(2) {
+            // Less than half a batch: the rest in commit order (other keys:
+            // the keys taken above have their heads leased).
+            self.last_fair_claim = Some(mono::Instant::now());
+            let rest = ClaimRequest { limit: request.limit - batch.len(), ..request };
+            match self.store.claim(grant, rest).await {
+                Ok(more) => batch.extend(more),
+                // Fenced: what `batch` leased cannot be settled under this
+                // grant any more; its leases lapse and it is claimed again,
+                // as on every fenced path.
+                Err(e) if e.kind() == ErrorKind::Fenced => return Err(e),
+                // What was claimed is delivered; the next cycle tries again.
+                Err(e) => tracing::debug!(target: "outbox", error = %e, "claim failed"),
+            }
+        }
+        Ok(batch)
     }
 
     fn fenced(&mut self, mut report: CycleReport) -> CycleReport {

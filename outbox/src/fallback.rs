@@ -10,8 +10,8 @@ use std::time::Duration;
 use outbox_core::{
     ActorId, Attempt, Capabilities, ClaimRequest, Commit, CommitReceipt, ConsumerId, DeliveryInfo,
     DeliveryStore, DurableStore, Envelope, Error, ErrorKind, EventId, EventStatus, InboxStore, InspectStore,
-    LeaderGrant, LeaderStore, Limits, OrderingKey, Result, SharedClock, StateSnapshot, StateStore,
-    StoreStats, Timestamp, async_trait,
+    LeaderGrant, LeaderStore, Limits, Result, SharedClock, StateSnapshot, StateStore, StoreStats, Timestamp,
+    async_trait,
 };
 use outbox_store_memory::MemoryStore;
 
@@ -512,19 +512,6 @@ impl<P: DurableStore + ?Sized> LeaderStore for FallbackStore<P> {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 impl<P: DurableStore + ?Sized> DeliveryStore for FallbackStore<P> {
-    async fn claim_heads_of(
-        &self,
-        grant: &LeaderGrant,
-        request: ClaimRequest,
-        keys: &[OrderingKey],
-    ) -> Result<Vec<Envelope>> {
-        // While fallen back, memory's backlog is claimed in commit order.
-        if self.is_fallen() {
-            return self.claim(grant, request).await;
-        }
-        self.primary.claim_heads_of(grant, request, keys).await
-    }
-
     async fn claim(&self, grant: &LeaderGrant, request: ClaimRequest) -> Result<Vec<Envelope>> {
         let got = self.primary.claim(grant, request).await?;
         if !got.is_empty() || !self.is_fallen() {
